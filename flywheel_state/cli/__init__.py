@@ -1,0 +1,42 @@
+"""The ``flywheel-state`` command: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import click
+
+from flywheel_state import __version__
+from flywheel_state.cli.doctor import doctor
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flywheel-state")
+def cli() -> None:
+    """flywheel-state: persistence for agentic-flywheel sessions on Redis.
+
+    Connection settings come from REDIS_URL (or REDIS_HOST/REDIS_PORT/...) and REDIS_NAMESPACE,
+    or from --url / --namespace on each command.
+    """
+
+
+cli.add_command(doctor)
+
+
+def _register_optional() -> None:
+    # Command groups that live in their own modules.
+    from flywheel_state.cli import server as server_module
+
+    cli.add_command(server_module.server)
+
+
+_register_optional()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

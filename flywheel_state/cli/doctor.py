@@ -1,0 +1,125 @@
+"""``flywheel-state doctor``: check the connection, modules, indexes and key counts."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+
+from flywheel_state._redis import as_str
+from flywheel_state.cli._common import CliContext, common_options, console, emit_json, run_async
+from flywheel_state.errors import FlywheelStateError
+from flywheel_state.indexes import alias_name, index_info
+from flywheel_state.store import Store
+
+__all__ = ["doctor"]
+
+_KINDS = ("session", "execution")
+
+
+async def diagnose(store: Store) -> dict[str, Any]:
+    """Gather what ``doctor`` reports; ``problems`` lists what is wrong (empty when healthy)."""
+    report: dict[str, Any] = {
+        "url": store.settings.safe_url,
+        "namespace": store.namespace,
+        "problems": [],
+    }
+    problems: list[str] = report["problems"]
+    client = store.client
+    try:
+        await client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is the finding
+        problems.append(f"cannot reach Redis at {store.settings.safe_url}: {exc}")
+        report["reachable"] = False
+        return report
+    report["reachable"] = True
+    try:
+        report.update(await store.server_info())
+        missing = await store.missing_commands()
+        report["json"] = not any(c.startswith("JSON.") for c in missing)
+        report["search"] = not any(c.startswith("FT.") for c in missing)
+        if missing:
+            problems.append(
+                f"missing commands {', '.join(missing)}: use Redis 8 or Redis Stack 7.2+"
+            )
+            return report
+        indexes: dict[str, Any] = {}
+        keys: dict[str, int] = {}
+        for kind in _KINDS:
+            info = await index_info(client, alias_name(store.namespace, kind))
+            if info is None:
+                indexes[kind] = None
+                problems.append(
+                    f"no {kind} index ({alias_name(store.namespace, kind)}): "
+                    "run `flywheel-state migrate up`"
+                )
+            else:
+                indexes[kind] = {
+                    "index": as_str(info["index_name"]),
+                    "num_docs": int(as_str(info.get("num_docs", b"0"))),
+                    "indexing": bool(int(as_str(info.get("indexing", b"0")))),
+                }
+            count = 0
+            async for _ in client.scan_iter(match=f"{store.namespace}:{kind}:*", count=1000):
+                count += 1
+            keys[kind] = count
+        report["indexes"] = indexes
+        report["keys"] = keys
+    except FlywheelStateError as exc:
+        problems.append(str(exc))
+    return report
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    table = Table(title="flywheel-state doctor", show_header=False)
+    table.add_column("check")
+    table.add_column("result")
+    table.add_row("server", report["url"])
+    table.add_row("namespace", report["namespace"])
+    if report.get("reachable"):
+        table.add_row("redis version", str(report.get("redis_version", "?")))
+        table.add_row("modules", ", ".join(report.get("modules", [])) or "(none listed)")
+        table.add_row("JSON", "available" if report.get("json") else "MISSING")
+        table.add_row("search", "available" if report.get("search") else "MISSING")
+        for kind, info in (report.get("indexes") or {}).items():
+            shown = (
+                "absent"
+                if info is None
+                else f"{info['index']} ({info['num_docs']} docs"
+                + (", indexing)" if info["indexing"] else ")")
+            )
+            table.add_row(f"{kind} index", shown)
+        for kind, count in (report.get("keys") or {}).items():
+            table.add_row(f"{kind} keys", str(count))
+    console.print(table)
+    if report["problems"]:
+        for problem in report["problems"]:
+            console.print(f"[red]problem:[/red] {problem}")
+    else:
+        console.print("[green]all checks passed[/green]")
+
+
+@click.command()
+@common_options
+def doctor(ctx: CliContext) -> None:
+    """Check the server: version, JSON/search modules, namespace, indexes, key counts.
+
+    Exits non-zero, with the reason, when something is wrong.
+    """
+
+    async def _run() -> dict[str, Any]:
+        store = ctx.store()
+        try:
+            return await diagnose(store)
+        finally:
+            await store.close()
+
+    report = run_async(_run())
+    if ctx.json:
+        emit_json(report)
+    else:
+        _print_report(report)
+    if report["problems"]:
+        sys.exit(1)

@@ -1,0 +1,105 @@
+"""The errors flywheel-state raises.
+
+Every error leaving the library derives from :class:`FlywheelStateError`. Errors from the Redis
+driver are converted where they leave the library and chained (``raise ... from exc``), so callers
+never need to import ``redis.exceptions``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ConflictError",
+    "CorruptRecordError",
+    "FlywheelStateError",
+    "InvalidIdError",
+    "InvalidQueryError",
+    "MigrationError",
+    "MigrationLockedError",
+    "ModuleMissingError",
+    "NotFoundError",
+    "SchemaOutOfDateError",
+    "StoreUnavailableError",
+]
+
+
+class FlywheelStateError(Exception):
+    """The root of every error raised by flywheel-state."""
+
+
+class ConfigError(FlywheelStateError, ValueError):
+    """A setting has a value that can't be used (names the setting and the value it got)."""
+
+
+class NotFoundError(FlywheelStateError, LookupError):
+    """The record does not exist (never written, deleted, or expired)."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ConflictError(FlywheelStateError):
+    """A write lost a race: the stored version differs, or the record already exists."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        expected_version: int | None = None,
+        actual_version: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+
+class InvalidIdError(FlywheelStateError):
+    """An id is empty, too long, or holds whitespace, control or glob characters.
+
+    Raised by repository methods and by model construction alike (it is deliberately not a
+    ``ValueError``, so pydantic lets it through instead of wrapping it).
+    """
+
+
+class InvalidQueryError(FlywheelStateError, ValueError):
+    """A query has an unknown filter, a value of the wrong type, or an out-of-range bound."""
+
+
+class CorruptRecordError(FlywheelStateError):
+    """A key holds something that is not a valid document (a legacy string, invalid JSON...).
+
+    Nothing is deleted or overwritten when this is raised: the value stays for inspection or for
+    the ``0002_import_legacy_strings`` migration.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.reason = reason
+
+
+class StoreUnavailableError(FlywheelStateError, ConnectionError):
+    """Redis can't be reached, or a command timed out."""
+
+
+class ModuleMissingError(FlywheelStateError):
+    """The server lacks JSON or search commands (RedisJSON / RediSearch, built in from Redis 8)."""
+
+
+class SchemaOutOfDateError(FlywheelStateError):
+    """The data's applied migration revision does not match the code's head revision."""
+
+
+class MigrationError(FlywheelStateError):
+    """A migration failed or can't be run as asked."""
+
+
+class MigrationLockedError(MigrationError):
+    """Another migration runner holds the namespace's lock."""
+
+    def __init__(self, message: str, *, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder

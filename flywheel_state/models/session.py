@@ -1,0 +1,50 @@
+"""Session and HistoryEntry."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from aredis_om import Field
+from pydantic import BaseModel, ConfigDict
+
+from flywheel_state.models._base import Document
+from flywheel_state.models._types import Id, TagStr, UtcDatetime, utcnow
+from flywheel_state.models.enums import Backend, SessionStatus
+
+__all__ = ["HistoryEntry", "Session"]
+
+
+class HistoryEntry(BaseModel):
+    """One turn of a session's conversation.
+
+    Old history items were free-form dicts (``{"q": ..., "a": ...}`` as well as role/content):
+    keys other than ``role``, ``content`` and ``timestamp`` are kept as they are.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str | None = None
+    content: Any = None
+    timestamp: UtcDatetime | None = None
+
+
+class Session(Document, index=True):
+    """A conversation routed to a flow backend. Stored at ``{namespace}:session:{id}``."""
+
+    KIND: ClassVar[str] = "session"
+
+    id: Id = Field(primary_key=True)
+    backend: Backend = Field(index=True)
+    backend_session_id: str | None = None
+    status: SessionStatus = Field(default=SessionStatus.PENDING, index=True)
+    current_flow_id: TagStr | None = Field(default=None, index=True)
+    user_id: TagStr | None = Field(default=None, index=True)
+    context: dict[str, Any] = Field(default_factory=dict)
+    history: list[HistoryEntry] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: UtcDatetime = Field(default_factory=utcnow, index=True, sortable=True)
+    updated_at: UtcDatetime = Field(default_factory=utcnow)
+    last_active: UtcDatetime = Field(default_factory=utcnow, index=True, sortable=True)
+    total_queries: int = 0
+    successful_queries: int = 0
+    total_response_time: float = 0.0

@@ -1,0 +1,14 @@
+"""TTL-aware repositories: the generic Repository, SessionRepository, ExecutionRepository."""
+
+from flywheel_state.repositories.base import BATCH_SIZE, DEFAULT, Repository, TTLArg
+from flywheel_state.repositories.executions import ExecutionRepository
+from flywheel_state.repositories.sessions import SessionRepository
+
+__all__ = [
+    "BATCH_SIZE",
+    "DEFAULT",
+    "ExecutionRepository",
+    "Repository",
+    "SessionRepository",
+    "TTLArg",
+]

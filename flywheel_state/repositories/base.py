@@ -1,0 +1,483 @@
+"""The generic, async, TTL-aware repository every record kind is stored through."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Annotated, Any, ClassVar, Final, Generic, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+from redis import exceptions as redis_exc
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from flywheel_state._redis import Client, as_str, translate_errors
+from flywheel_state.errors import (
+    ConflictError,
+    CorruptRecordError,
+    FlywheelStateError,
+    InvalidQueryError,
+    NotFoundError,
+)
+from flywheel_state.models._base import Document
+from flywheel_state.models._types import utcnow, validate_id
+from flywheel_state.repositories._scripts import WRITE_SCRIPT
+from flywheel_state.repositories.query import QueryMixin
+
+__all__ = ["DEFAULT", "BATCH_SIZE", "Repository", "TTLArg"]
+
+M = TypeVar("M", bound=Document)
+
+
+class _Default:
+    """Marker for "use the repository's default TTL"."""
+
+    _instance: _Default | None = None
+
+    def __new__(cls) -> _Default:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Final = _Default()
+"""Pass as ``ttl=`` to use the repository's default time to live (the usual case)."""
+
+TTLArg = int | float | timedelta | None | _Default
+"""A TTL argument: seconds, a timedelta, ``None`` for no expiry, or :data:`DEFAULT`."""
+
+BATCH_SIZE = 500
+"""Commands per pipeline round trip in ``save_many`` / ``get_many`` / ``delete_many``."""
+
+_KEEP_TTL = -1
+_NO_EXPIRY = 0
+_PROTECTED_FIELDS = frozenset({"id", "version", "schema_version", "pk"})
+
+
+class Repository(QueryMixin[M], Generic[M]):
+    """Stores one model class under ``{namespace}:{model.KIND}:{id}``.
+
+    Every write carries its TTL in the same atomic step (one Lua script). Partial writes touch
+    only their JSON paths and never recreate a missing key. Every write bumps the document's
+    ``version``; pass ``expected_version`` to fail with :class:`ConflictError` on a race.
+
+    Args:
+        client: The Store's ``redis.asyncio`` client (keyword-only, never a global).
+        namespace: Key prefix of this store.
+        default_ttl: TTL applied when a write does not say otherwise (None: no expiry).
+    """
+
+    model: ClassVar[type[Document]]
+    #: When True every write restarts the TTL (sessions); otherwise partial writes keep it.
+    sliding: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        client: Client | Callable[[], Client],
+        namespace: str,
+        default_ttl: timedelta | None,
+    ) -> None:
+        # A Store passes a callable returning the client of the running event loop, so a
+        # repository works in whatever loop it is used in.
+        self._client_source: Callable[[], Client] = (
+            client if callable(client) and not isinstance(client, Redis) else (lambda: client)
+        )
+        self.namespace = namespace
+        self.default_ttl = default_ttl
+        self._prefix = f"{namespace}:{self.model.KIND}:"
+        self._script = AsyncScript(None, WRITE_SCRIPT.encode())  # type: ignore[arg-type]
+        self._adapters: dict[str, TypeAdapter[Any]] = {}
+
+    @property
+    def _client(self) -> Client:
+        return self._client_source()
+
+    async def _write(self, *, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        return await self._script(keys=keys, args=args, client=client or self._client)
+
+    # ------------------------------------------------------------------ keys and encoding
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix of every key of this repository, ``{namespace}:{kind}:``."""
+        return self._prefix
+
+    def key(self, id: str) -> str:
+        """The Redis key of record ``id`` (validated).
+
+        Raises:
+            InvalidIdError: ``id`` is not a usable id.
+        """
+        return self._prefix + validate_id(id)
+
+    def _encode(self, model: Document) -> str:
+        return model.model_dump_json()
+
+    def _decode(self, key: str, raw: bytes | str) -> M:
+        try:
+            return self.model.model_validate_json(raw)  # type: ignore[return-value]
+        except ValidationError as exc:
+            errors = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<document>'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            raise CorruptRecordError(
+                f"{key} does not hold a valid {self.model.__name__}: {errors}",
+                key=key,
+                reason=errors,
+            ) from exc
+        except FlywheelStateError as exc:  # e.g. an invalid id inside the document
+            raise CorruptRecordError(
+                f"{key} does not hold a valid {self.model.__name__}: {exc}",
+                key=key,
+                reason=str(exc),
+            ) from exc
+
+    def _ttl_ms(self, ttl: TTLArg, *, partial: bool) -> int:
+        if isinstance(ttl, _Default):
+            if partial and not self.sliding:
+                return _KEEP_TTL
+            ttl = self.default_ttl
+        if ttl is None:
+            return _NO_EXPIRY
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float, timedelta)):
+            raise InvalidQueryError(f"ttl must be seconds, a timedelta or None, got {ttl!r}")
+        seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+        if seconds <= 0:
+            raise InvalidQueryError(f"ttl must be positive (or None for no expiry), got {ttl!r}")
+        return max(1, int(seconds * 1000))
+
+    def _corrupt_type(self, key: str, ktype: str) -> CorruptRecordError:
+        return CorruptRecordError(
+            f"{key} holds a Redis {ktype} value, not a {self.model.__name__} document "
+            "(data written by the original persistence code?). It was left untouched: run "
+            "`flywheel-state migrate up` to import legacy values.",
+            key=key,
+            reason=f"key type is {ktype}",
+        )
+
+    def _check_reply(self, key: str, reply: Any, expected_version: int | None) -> int:
+        status = as_str(reply[0])
+        number = int(reply[1])
+        if status == "ok":
+            return number
+        if status == "corrupt":
+            raise self._corrupt_type(key, as_str(reply[2]))
+        if status == "exists":
+            raise ConflictError(f"{key} already exists", key=key)
+        if status == "missing":
+            raise NotFoundError(f"{key} does not exist (never written, deleted or expired)", key=key)
+        if status == "conflict":
+            raise ConflictError(
+                f"{key} is at version {number}, expected {expected_version}",
+                key=key,
+                expected_version=expected_version,
+                actual_version=number,
+            )
+        if status == "badpath":
+            raise CorruptRecordError(
+                f"{key}: field {as_str(reply[2])} is missing or has the wrong JSON type",
+                key=key,
+                reason=f"bad path {as_str(reply[2])}",
+            )
+        raise FlywheelStateError(f"unexpected reply from the write script: {reply!r}")
+
+    # ------------------------------------------------------------------ full writes
+
+    def _prepare(self, model: Document) -> None:
+        """Hook run before a full write (sessions stamp ``updated_at``)."""
+
+    def _write_args(
+        self, model: Document, mode: str, ttl: TTLArg, expected_version: int | None
+    ) -> list[Any]:
+        if not isinstance(model, self.model):
+            raise TypeError(
+                f"{type(self).__name__} stores {self.model.__name__}, got {type(model).__name__}"
+            )
+        self._prepare(model)
+        expected = "" if expected_version is None else str(int(expected_version))
+        return [mode, self._ttl_ms(ttl, partial=False), expected, self._encode(model)]
+
+    async def save(
+        self, model: M, *, ttl: TTLArg = DEFAULT, expected_version: int | None = None
+    ) -> M:
+        """Write the whole document and its TTL in one atomic step.
+
+        Args:
+            model: The record to store; its ``version`` is set to the stored version.
+            ttl: Time to live (seconds or timedelta), ``None`` for no expiry; defaults to the
+                repository's default.
+            expected_version: When given, the write fails unless the stored version equals it
+                (0 means "must not exist yet").
+
+        Returns:
+            The same model, with ``version`` updated.
+
+        Raises:
+            ConflictError: The stored version differs from ``expected_version``.
+            CorruptRecordError: The key holds a non-document value (a legacy string).
+        """
+        key = self.key(model.id)  # type: ignore[attr-defined]
+        args = self._write_args(model, "save", ttl, expected_version)
+        with translate_errors(f"saving {key}"):
+            reply = await self._write(keys=[key], args=args)
+        model.version = self._check_reply(key, reply, expected_version)
+        return model
+
+    async def insert(self, model: M, *, ttl: TTLArg = DEFAULT) -> M:
+        """Like :meth:`save`, but only when no record with this id exists.
+
+        Raises:
+            ConflictError: The record exists already.
+        """
+        key = self.key(model.id)  # type: ignore[attr-defined]
+        args = self._write_args(model, "insert", ttl, None)
+        with translate_errors(f"inserting {key}"):
+            reply = await self._write(keys=[key], args=args)
+        model.version = self._check_reply(key, reply, None)
+        return model
+
+    async def save_many(self, models: Iterable[M], *, ttl: TTLArg = DEFAULT) -> list[M]:
+        """Save many records, one pipeline round trip per batch of :data:`BATCH_SIZE`.
+
+        Each record is written atomically with its TTL; the batch as a whole is not a
+        transaction. Raises the first error met after the whole batch was sent.
+        """
+        items = list(models)
+        for start in range(0, len(items), BATCH_SIZE):
+            batch = items[start : start + BATCH_SIZE]
+            keys = [self.key(m.id) for m in batch]  # type: ignore[attr-defined]
+            arglists = [self._write_args(m, "save", ttl, None) for m in batch]
+            with translate_errors(f"saving {len(batch)} records"):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key, args in zip(keys, arglists):
+                        await self._write(keys=[key], args=args, client=pipe)
+                    replies = await pipe.execute(raise_on_error=False)
+            for model, key, reply in zip(batch, keys, replies):
+                if isinstance(reply, Exception):
+                    with translate_errors(f"saving {key}"):
+                        raise reply
+                model.version = self._check_reply(key, reply, None)
+        return items
+
+    # ------------------------------------------------------------------ reads
+
+    async def _fetch(self, key: str) -> bytes | None:
+        with translate_errors(f"reading {key}"):
+            try:
+                raw: bytes | None = await self._client.execute_command("JSON.GET", key)
+            except redis_exc.ResponseError as exc:
+                ktype = as_str(await self._client.type(key))
+                if ktype not in ("ReJSON-RL", "none"):
+                    raise self._corrupt_type(key, ktype) from exc
+                raise
+        return raw
+
+    async def get_or_none(self, id: str) -> M | None:
+        """The record ``id``, or None when it does not exist.
+
+        Raises:
+            CorruptRecordError: The key holds something that is not a valid document.
+        """
+        key = self.key(id)
+        raw = await self._fetch(key)
+        if raw is None:
+            return None
+        model = self._decode(key, raw)
+        await self._after_read([key])
+        return model
+
+    async def get(self, id: str) -> M:
+        """The record ``id``.
+
+        Raises:
+            NotFoundError: It does not exist (never written, deleted, or expired).
+            CorruptRecordError: The key holds something that is not a valid document.
+        """
+        model = await self.get_or_none(id)
+        if model is None:
+            raise NotFoundError(f"{self.key(id)} does not exist", key=self.key(id))
+        return model
+
+    async def _after_read(self, keys: Sequence[str]) -> None:
+        """Hook run after a successful read (sessions may restart the TTL)."""
+
+    async def get_many(self, ids: Iterable[str]) -> list[M | None]:
+        """The records ``ids`` in order, None for each missing one; one round trip per batch.
+
+        Raises:
+            CorruptRecordError: One of the keys holds something that is not a valid document.
+        """
+        keys = [self.key(i) for i in ids]
+        out: list[M | None] = []
+        for start in range(0, len(keys), BATCH_SIZE):
+            batch = keys[start : start + BATCH_SIZE]
+            with translate_errors(f"reading {len(batch)} records"):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key in batch:
+                        pipe.execute_command("JSON.GET", key)
+                    replies = await pipe.execute(raise_on_error=False)
+            found: list[str] = []
+            for key, reply in zip(batch, replies):
+                if isinstance(reply, redis_exc.ResponseError):
+                    await self._fetch(key)  # raises CorruptRecordError with the key's type
+                if isinstance(reply, Exception):
+                    with translate_errors(f"reading {key}"):
+                        raise reply
+                if reply is None:
+                    out.append(None)
+                else:
+                    out.append(self._decode(key, reply))
+                    found.append(key)
+            if found:
+                await self._after_read(found)
+        return out
+
+    async def exists(self, id: str) -> bool:
+        """True when record ``id`` exists."""
+        key = self.key(id)
+        with translate_errors(f"checking {key}"):
+            return bool(await self._client.exists(key))
+
+    async def ttl(self, id: str) -> timedelta | None:
+        """The remaining time to live of ``id``, or None when it never expires.
+
+        Raises:
+            NotFoundError: It does not exist.
+        """
+        key = self.key(id)
+        with translate_errors(f"reading the TTL of {key}"):
+            ms = int(await self._client.pttl(key))
+        if ms == -2:
+            raise NotFoundError(f"{key} does not exist", key=key)
+        if ms == -1:
+            return None
+        return timedelta(milliseconds=ms)
+
+    # ------------------------------------------------------------------ partial writes
+
+    def _adapter(self, field: str) -> TypeAdapter[Any]:
+        adapter = self._adapters.get(field)
+        if adapter is None:
+            info = self.model.model_fields[field]
+            annotation: Any = info.annotation
+            if info.metadata:
+                annotation = Annotated[(annotation, *info.metadata)]
+            adapter = TypeAdapter(annotation)
+            self._adapters[field] = adapter
+        return adapter
+
+    def _field_json(self, field: str, value: Any) -> str:
+        if field in _PROTECTED_FIELDS or field not in self.model.model_fields:
+            known = sorted(set(self.model.model_fields) - _PROTECTED_FIELDS)
+            raise InvalidQueryError(
+                f"{self.model.__name__} has no updatable field {field!r}; "
+                f"updatable fields: {', '.join(known)}"
+            )
+        adapter = self._adapter(field)
+        try:
+            validated = adapter.validate_python(value)
+        except ValidationError as exc:
+            msg = "; ".join(e["msg"] for e in exc.errors()[:3])
+            raise InvalidQueryError(f"invalid value for {field}: {msg} (got {value!r})") from exc
+        return adapter.dump_json(validated).decode()
+
+    async def _patch(
+        self,
+        id: str,
+        ops: Sequence[tuple[str, str, Any]],
+        *,
+        ttl: TTLArg,
+        expected_version: int | None,
+    ) -> int:
+        key = self.key(id)
+        args: list[Any] = [
+            "patch",
+            self._ttl_ms(ttl, partial=True),
+            "" if expected_version is None else str(int(expected_version)),
+            len(ops),
+        ]
+        for op, path, value in ops:
+            args.extend((op, path, value))
+        with translate_errors(f"updating {key}"):
+            reply = await self._write(keys=[key], args=args)
+        return self._check_reply(key, reply, expected_version)
+
+    def _stamp_ops(self, now: datetime) -> list[tuple[str, str, Any]]:
+        """Extra path writes every partial write makes (sessions stamp ``updated_at``)."""
+        return []
+
+    async def update(
+        self,
+        id: str,
+        *,
+        ttl: TTLArg = DEFAULT,
+        expected_version: int | None = None,
+        **fields: Any,
+    ) -> int:
+        """Change some fields of ``id``, writing only their JSON paths.
+
+        Values are validated against the model's field types first. The key is never
+        recreated: a record that expired or was deleted gives NotFoundError.
+
+        Args:
+            id: The record to change.
+            ttl: For sliding repositories (sessions) the TTL restarts (default); otherwise the
+                remaining TTL is kept unless ``ttl`` is given.
+            expected_version: Fail with ConflictError unless the stored version equals it.
+            **fields: Field names and new values.
+
+        Returns:
+            The new version of the record.
+
+        Raises:
+            NotFoundError, ConflictError, InvalidQueryError (unknown field or bad value).
+        """
+        if not fields:
+            raise InvalidQueryError("update() needs at least one field to change")
+        ops: list[tuple[str, str, Any]] = [
+            ("set", f"$.{name}", self._field_json(name, value)) for name, value in fields.items()
+        ]
+        stamped = {path for _, path, _ in ops}
+        ops.extend(op for op in self._stamp_ops(utcnow()) if op[1] not in stamped)
+        return await self._patch(id, ops, ttl=ttl, expected_version=expected_version)
+
+    async def touch(self, id: str, *, ttl: TTLArg = DEFAULT) -> int:
+        """Mark ``id`` as active now and restart its TTL (never recreates a missing key).
+
+        Returns:
+            The new version of the record.
+
+        Raises:
+            NotFoundError: The record does not exist.
+        """
+        ops = self._touch_ops(utcnow())
+        if isinstance(ttl, _Default):
+            ttl = self.default_ttl
+        return await self._patch(id, ops, ttl=ttl, expected_version=None)
+
+    def _touch_ops(self, now: datetime) -> list[tuple[str, str, Any]]:
+        return self._stamp_ops(now)
+
+    # ------------------------------------------------------------------ deletes
+
+    async def delete(self, id: str) -> bool:
+        """Delete ``id``. Returns True if it existed."""
+        key = self.key(id)
+        with translate_errors(f"deleting {key}"):
+            return bool(await self._client.delete(key))
+
+    async def delete_many(self, ids: Iterable[str]) -> int:
+        """Delete many records; returns how many existed."""
+        keys = [self.key(i) for i in ids]
+        deleted = 0
+        for start in range(0, len(keys), BATCH_SIZE):
+            batch = keys[start : start + BATCH_SIZE]
+            if batch:
+                with translate_errors(f"deleting {len(batch)} records"):
+                    deleted += int(await self._client.delete(*batch))
+        return deleted

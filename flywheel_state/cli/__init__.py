@@ -23,14 +23,19 @@ def cli() -> None:
 cli.add_command(doctor)
 
 
-def _register_optional() -> None:
-    # Command groups that live in their own modules.
-    from flywheel_state.cli import server as server_module
+def _register() -> None:
+    # Each command group lives in its own module.
+    from flywheel_state.cli.demo import demo
+    from flywheel_state.cli.executions import executions
+    from flywheel_state.cli.migrate import migrate
+    from flywheel_state.cli.server import server
+    from flywheel_state.cli.sessions import sessions
 
-    cli.add_command(server_module.server)
+    for command in (demo, server, sessions, executions, migrate):
+        cli.add_command(command)
 
 
-_register_optional()
+_register()
 
 
 def main() -> None:

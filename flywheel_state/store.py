@@ -149,9 +149,16 @@ class Store:
 
     async def missing_commands(self) -> list[str]:
         """The required commands (JSON.*, FT.*) this server does not have."""
-        client = self._client_for_loop()
+        pool = self._client_for_loop().connection_pool
         with translate_errors("checking server commands"):
-            info = await client.execute_command("COMMAND", "INFO", *REQUIRED_COMMANDS)
+            # Raw reply on a pooled connection: redis-py's COMMAND parser can't read the nil
+            # entries a server returns for commands it lacks.
+            conn = await pool.get_connection()
+            try:
+                await conn.send_command("COMMAND", "INFO", *REQUIRED_COMMANDS)
+                info = await conn.read_response()
+            finally:
+                await pool.release(conn)
         return [name for name, entry in zip(REQUIRED_COMMANDS, info) if not entry]
 
     async def server_info(self) -> dict[str, Any]:

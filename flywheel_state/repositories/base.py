@@ -414,6 +414,7 @@ class Repository(QueryMixin[M], Generic[M]):
     async def update(
         self,
         id: str,
+        /,
         *,
         ttl: TTLArg = DEFAULT,
         expected_version: int | None = None,

@@ -1,0 +1,119 @@
+"""Store: connecting, module checks, unreachable servers, isolation, event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from flywheel_state import (
+    Backend,
+    ModuleMissingError,
+    Session,
+    Settings,
+    Store,
+    StoreUnavailableError,
+)
+from flywheel_state.server import EmbeddedRedis
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_connect_reports_unreachable_server_within_timeout() -> None:
+    port = _closed_port()
+    store = Store(Settings(port=port, host="127.0.0.1", connect_timeout=0.5, command_timeout=0.5))
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError) as info:
+        await store.connect()
+    elapsed = time.monotonic() - started
+    assert f":{port}" in str(info.value)
+    assert isinstance(info.value.__cause__, Exception)  # the driver error is chained
+    # A functional "does not hang" check: connection refused must fail well inside the budget.
+    assert elapsed < 0.5 + 0.5 + 5
+    await store.close()
+
+
+async def test_silent_server_times_out_instead_of_hanging() -> None:
+    # A socket that accepts connections (kernel backlog) but never answers: the command
+    # timeout must end the attempt with StoreUnavailableError.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        store = Store(
+            Settings(host="127.0.0.1", port=port, connect_timeout=0.3, command_timeout=0.3)
+        )
+        with pytest.raises(StoreUnavailableError):
+            await asyncio.wait_for(store.connect(), timeout=10)
+        await store.close()
+
+
+async def test_server_without_modules_raises_module_missing() -> None:
+    with EmbeddedRedis(with_modules=False) as plain:
+        store = Store(url=plain.url, namespace="plain")
+        with pytest.raises(ModuleMissingError) as info:
+            await store.connect()
+        message = str(info.value)
+        assert "JSON.SET" in message and "FT.SEARCH" in message
+        assert "Redis 8" in message
+        await store.close()
+
+
+async def test_connect_checks_modules_on_real_server(store: Store) -> None:
+    assert await store.missing_commands() == []
+    info = await store.server_info()
+    assert info["redis_version"]
+
+
+async def test_two_namespaces_keep_separate_data(redis_server: str) -> None:
+    import uuid
+
+    ns_a, ns_b = f"iso{uuid.uuid4().hex[:6]}", f"iso{uuid.uuid4().hex[:6]}"
+    async with (
+        Store(url=redis_server, namespace=ns_a, auto_migrate=True) as a,
+        Store(url=redis_server, namespace=ns_b, auto_migrate=True) as b,
+    ):
+        try:
+            await a.sessions.save(Session(id="same", backend=Backend.FLOWISE, user_id="alice"))
+            await b.sessions.save(Session(id="same", backend=Backend.LANGFLOW, user_id="bob"))
+            assert (await a.sessions.get("same")).user_id == "alice"
+            assert (await b.sessions.get("same")).user_id == "bob"
+            await a.sessions.delete("same")
+            assert await a.sessions.get_or_none("same") is None
+            assert (await b.sessions.get("same")).backend is Backend.LANGFLOW
+        finally:
+            for s in (a, b):
+                keys = [k async for k in s.client.scan_iter(match=f"{s.namespace}:*")]
+                for name in await s.client.execute_command("FT._LIST"):
+                    text = name.decode() if isinstance(name, bytes) else name
+                    if text.startswith(f"{s.namespace}:"):
+                        await s.client.execute_command("FT.DROPINDEX", text)
+                if keys:
+                    await s.client.delete(*keys)
+
+
+def test_store_works_across_event_loops(settings: Settings) -> None:
+    store = Store(settings, auto_migrate=True)
+
+    async def first() -> None:
+        await store.connect()
+        await store.sessions.save(Session(id="loop", backend="custom"))
+
+    async def second() -> str:
+        got = await store.sessions.get("loop")
+        await store.close()
+        return got.id
+
+    asyncio.run(first())
+    assert asyncio.run(second()) == "loop"
+
+
+def test_store_repr_hides_password(redis_server: str) -> None:
+    store = Store(Settings(url="redis://user:pw-very-secret@localhost:1/0"))
+    assert "pw-very-secret" not in repr(store)

@@ -56,8 +56,15 @@ class Row:
     values: dict[str, float]
 
 
-def print_table(title: str, columns: list[str], rows: list[Row], *, unit: str,
-                ratio: tuple[str, str] | None = None, ratio_label: str = "ratio") -> None:
+def print_table(
+    title: str,
+    columns: list[str],
+    rows: list[Row],
+    *,
+    unit: str,
+    ratio: tuple[str, str] | None = None,
+    ratio_label: str = "ratio",
+) -> None:
     """Print rows with one column per implementation and, optionally, a ratio column."""
     table = Table(title=title)
     table.add_column("operation")
@@ -66,9 +73,7 @@ def print_table(title: str, columns: list[str], rows: list[Row], *, unit: str,
     if ratio:
         table.add_column(ratio_label, justify="right")
     for row in rows:
-        cells = [row.name] + [
-            f"{row.values[c]:,.1f}" if c in row.values else "-" for c in columns
-        ]
+        cells = [row.name] + [f"{row.values[c]:,.1f}" if c in row.values else "-" for c in columns]
         if ratio:
             a, b = ratio
             if a in row.values and b in row.values and row.values[b]:

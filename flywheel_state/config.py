@@ -46,7 +46,9 @@ def _ttl(value: int | float | timedelta | None, name: str) -> timedelta | None:
         raise ConfigError(f"{name} must be seconds or a timedelta, got {value!r}")
     td = value if isinstance(value, timedelta) else timedelta(seconds=value)
     if td.total_seconds() < 1:
-        raise ConfigError(f"{name} must be at least 1 second (or None for no expiry), got {value!r}")
+        raise ConfigError(
+            f"{name} must be at least 1 second (or None for no expiry), got {value!r}"
+        )
     return td
 
 
@@ -88,8 +90,9 @@ class Settings:
         if self.url is not None:
             scheme = urlsplit(self.url).scheme
             if scheme not in ("redis", "rediss", "unix"):
+                shown = redact_url(self.url)
                 raise ConfigError(
-                    f"url must start with redis://, rediss:// or unix://, got {redact_url(self.url)!r}"
+                    f"url must start with redis://, rediss:// or unix://, got {shown!r}"
                 )
         if not _NAMESPACE_RE.match(self.namespace):
             raise ConfigError(

@@ -159,7 +159,7 @@ class Store:
                 info = await conn.read_response()
             finally:
                 await pool.release(conn)
-        return [name for name, entry in zip(REQUIRED_COMMANDS, info) if not entry]
+        return [name for name, entry in zip(REQUIRED_COMMANDS, info, strict=False) if not entry]
 
     async def server_info(self) -> dict[str, Any]:
         """Server version and loaded modules (for ``doctor``)."""
@@ -190,7 +190,7 @@ class Store:
         self._connected = False
         for owner, client in clients.items():
             if owner is loop:
-                await client.aclose()
+                await client.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
             else:
                 # Its loop is gone or elsewhere: connections can't be awaited from here.
                 client.connection_pool.reset()

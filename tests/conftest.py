@@ -6,6 +6,7 @@ per test session, unless REDIS_URL points at a server to use instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,10 +23,8 @@ def _drop_namespace(url: str, namespace: str) -> None:
         for name in client.execute_command("FT._LIST"):
             text = name.decode() if isinstance(name, bytes) else str(name)
             if text.startswith(f"{namespace}:"):
-                try:
+                with contextlib.suppress(redis.ResponseError):
                     client.execute_command("FT.DROPINDEX", text)
-                except redis.ResponseError:
-                    pass
         batch = []
         for key in client.scan_iter(match=f"{namespace}:*", count=1000):
             batch.append(key)

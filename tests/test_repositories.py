@@ -46,7 +46,9 @@ def ttl_seconds(sync_client: redis.Redis, key: str) -> float:
 # ---------------------------------------------------------------- save / get
 
 
-async def test_save_then_get_round_trips_every_field(store: Store, sync_client: redis.Redis) -> None:
+async def test_save_then_get_round_trips_every_field(
+    store: Store, sync_client: redis.Redis
+) -> None:
     created = datetime(2025, 11, 18, 10, 0, 0, 123456, tzinfo=timezone.utc)
     s = make_session(
         backend_session_id="flowise_session_xyz",
@@ -352,8 +354,11 @@ async def test_save_many_get_many_delete_many(store: Store, sync_client: redis.R
     assert [g.user_id if g else None for g in got] == ["u5", None, "u1202", "u0"]
     everything = await store.sessions.get_many(ids)
     assert [g.id for g in everything if g] == ids
-    assert await store.sessions.delete_many(ids[:1000] + ["missing"]) == 1000
-    assert await store.sessions.get_many(["s0", "s1000"]) == [None, (await store.sessions.get("s1000"))]
+    assert await store.sessions.delete_many([*ids[:1000], "missing"]) == 1000
+    assert await store.sessions.get_many(["s0", "s1000"]) == [
+        None,
+        (await store.sessions.get("s1000")),
+    ]
     assert await store.sessions.delete_many([]) == 0
 
 

@@ -30,7 +30,7 @@ async def diagnose(store: Store) -> dict[str, Any]:
     client = store.client
     try:
         await client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is the finding
+    except Exception as exc:
         problems.append(f"cannot reach Redis at {store.settings.safe_url}: {exc}")
         report["reachable"] = False
         return report

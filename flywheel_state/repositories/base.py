@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from redis import exceptions as redis_exc
@@ -24,7 +24,7 @@ from flywheel_state.models._types import utcnow, validate_id
 from flywheel_state.repositories._scripts import WRITE_SCRIPT
 from flywheel_state.repositories.query import QueryMixin
 
-__all__ = ["DEFAULT", "BATCH_SIZE", "Repository", "TTLArg"]
+__all__ = ["BATCH_SIZE", "DEFAULT", "Repository", "TTLArg"]
 
 M = TypeVar("M", bound=Document)
 
@@ -170,7 +170,9 @@ class Repository(QueryMixin[M], Generic[M]):
         if status == "exists":
             raise ConflictError(f"{key} already exists", key=key)
         if status == "missing":
-            raise NotFoundError(f"{key} does not exist (never written, deleted or expired)", key=key)
+            raise NotFoundError(
+                f"{key} does not exist (never written, deleted or expired)", key=key
+            )
         if status == "conflict":
             raise ConflictError(
                 f"{key} is at version {number}, expected {expected_version}",
@@ -254,10 +256,10 @@ class Repository(QueryMixin[M], Generic[M]):
             arglists = [self._write_args(m, "save", ttl, None) for m in batch]
             with translate_errors(f"saving {len(batch)} records"):
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for key, args in zip(keys, arglists):
+                    for key, args in zip(keys, arglists, strict=False):
                         await self._write(keys=[key], args=args, client=pipe)
                     replies = await pipe.execute(raise_on_error=False)
-            for model, key, reply in zip(batch, keys, replies):
+            for model, key, reply in zip(batch, keys, replies, strict=False):
                 if isinstance(reply, Exception):
                     with translate_errors(f"saving {key}"):
                         raise reply
@@ -322,7 +324,7 @@ class Repository(QueryMixin[M], Generic[M]):
                         pipe.execute_command("JSON.GET", key)
                     replies = await pipe.execute(raise_on_error=False)
             found: list[str] = []
-            for key, reply in zip(batch, replies):
+            for key, reply in zip(batch, replies, strict=False):
                 if isinstance(reply, redis_exc.ResponseError):
                     await self._fetch(key)  # raises CorruptRecordError with the key's type
                 if isinstance(reply, Exception):
@@ -363,11 +365,7 @@ class Repository(QueryMixin[M], Generic[M]):
     def _adapter(self, field: str) -> TypeAdapter[Any]:
         adapter = self._adapters.get(field)
         if adapter is None:
-            info = self.model.model_fields[field]
-            annotation: Any = info.annotation
-            if info.metadata:
-                annotation = Annotated[(annotation, *info.metadata)]
-            adapter = TypeAdapter(annotation)
+            adapter = TypeAdapter(self.model.model_fields[field].rebuild_annotation())
             self._adapters[field] = adapter
         return adapter
 

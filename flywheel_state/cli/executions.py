@@ -1,12 +1,189 @@
-"""``flywheel-state executions``: admin commands over the indexed queries."""
+"""``flywheel-state executions``: admin commands over the indexed queries.
+
+``list``, ``show`` and ``stats``; each takes ``--url``, ``--namespace`` and ``--json``.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import click
+from rich.columns import Columns
+
+from flywheel_state.cli._admin import document_json, fetch_ttls, filters
+from flywheel_state.cli._common import (
+    CliContext,
+    common_options,
+    console,
+    emit_json,
+    run_async,
+)
+from flywheel_state.cli._params import POINT_IN_TIME
+from flywheel_state.cli._tables import (
+    counts_table,
+    execution_table,
+    format_duration_ms,
+    page_footer,
+    ttl_cell,
+)
+from flywheel_state.models import Backend, ExecutionResult, ExecutionStatus
+from flywheel_state.repositories import Page
 
 __all__ = ["executions"]
+
+_SORTS = ("-created_at", "created_at", "-duration_ms", "duration_ms")
 
 
 @click.group()
 def executions() -> None:
-    """Inspect and manage stored executions."""
+    """Inspect stored execution results (through the execution index)."""
+
+
+@executions.command("list")
+@click.option("--session", multiple=True, help="Only executions of this session (repeatable).")
+@click.option("--flow", multiple=True, help="Only this flow id (repeatable).")
+@click.option(
+    "--backend",
+    multiple=True,
+    type=click.Choice([b.value for b in Backend]),
+    help="Only this backend (repeatable).",
+)
+@click.option(
+    "--status",
+    multiple=True,
+    type=click.Choice([s.value for s in ExecutionStatus]),
+    help="Only this status (repeatable).",
+)
+@click.option(
+    "--since",
+    type=POINT_IN_TIME,
+    help="Created at or after this time: 30m, 2h, 7d (ago) or an ISO datetime.",
+)
+@click.option("--before", type=POINT_IN_TIME, help="Created at or before this time.")
+@click.option(
+    "--min-duration-ms", type=click.FloatRange(min=0), help="Only runs at least this long."
+)
+@click.option(
+    "--max-duration-ms", type=click.FloatRange(min=0), help="Only runs at most this long."
+)
+@click.option(
+    "--sort",
+    type=click.Choice(_SORTS),
+    default="-created_at",
+    show_default=True,
+    help="Sort field; '-' for descending (-duration_ms: slowest first).",
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@common_options
+def list_(
+    ctx: CliContext,
+    session: tuple[str, ...],
+    flow: tuple[str, ...],
+    backend: tuple[str, ...],
+    status: tuple[str, ...],
+    since: datetime | None,
+    before: datetime | None,
+    min_duration_ms: float | None,
+    max_duration_ms: float | None,
+    sort: str,
+    limit: int,
+    offset: int,
+) -> None:
+    """List execution results matching the filters, newest first.
+
+    Repeating an option matches any of its values: --flow csv2507 --flow rag-docs.
+    """
+    if (
+        min_duration_ms is not None
+        and max_duration_ms is not None
+        and min_duration_ms > max_duration_ms
+    ):
+        raise click.BadParameter(
+            f"--min-duration-ms {min_duration_ms:g} is above --max-duration-ms {max_duration_ms:g}",
+            param_hint="'--min-duration-ms'",
+        )
+    query = filters(
+        session_id=session,
+        flow_id=flow,
+        backend=backend,
+        status=status,
+        created_after=since,
+        created_before=before,
+        min_duration_ms=min_duration_ms,
+        max_duration_ms=max_duration_ms,
+    )
+
+    async def _run() -> tuple[Page[ExecutionResult], list[timedelta | None]]:
+        async with ctx.store() as store:
+            page = await store.executions.find(sort=sort, limit=limit, offset=offset, **query)
+            keys = [store.executions.key(e.id) for e in page.items]
+            return page, await fetch_ttls(store.client, keys)
+
+    page, ttls = run_async(_run())
+    if ctx.json:
+        emit_json(
+            {
+                "items": [document_json(e, t) for e, t in zip(page.items, ttls, strict=True)],
+                "total": page.total,
+                "offset": page.offset,
+                "limit": page.limit,
+            }
+        )
+        return
+    if page.items:
+        console.print(execution_table(page.items, ttls))
+    console.print(page_footer(page.total, page.offset, len(page.items), noun="executions"))
+
+
+@executions.command()
+@click.argument("execution_id", metavar="ID")
+@common_options
+def show(ctx: CliContext, execution_id: str) -> None:
+    """Show one execution result and its remaining TTL."""
+
+    async def _run() -> tuple[ExecutionResult, timedelta | None]:
+        async with ctx.store() as store:
+            execution = await store.executions.get(execution_id)
+            ttls = await fetch_ttls(store.client, [store.executions.key(execution_id)])
+            return execution, ttls[0]
+
+    execution, ttl = run_async(_run())
+    data = document_json(execution, ttl)
+    if ctx.json:
+        emit_json(data)
+        return
+    console.print(
+        f"[bold]execution {execution.id}[/bold]  {execution.flow_id or '-'} / {execution.status}"
+        f"  {format_duration_ms(execution.duration_ms)}  TTL left {ttl_cell(ttl)}"
+    )
+    data.pop("ttl_seconds")
+    console.print_json(data=data)
+
+
+@executions.command()
+@common_options
+def stats(ctx: CliContext) -> None:
+    """Count execution results per flow and per status (one FT.AGGREGATE on the index).
+
+    --json prints the library's stats(): {"flow_id": {...}, "status": {...}, "total": {"all": n}}.
+    """
+
+    async def _run() -> dict[str, dict[str, int]]:
+        async with ctx.store() as store:
+            return await store.executions.stats()
+
+    counts = run_async(_run())
+    if ctx.json:
+        emit_json(counts)
+        return
+    console.print(
+        Columns(
+            [
+                counts_table("flow", counts.get("flow_id", {}), title="per flow"),
+                counts_table("status", counts.get("status", {}), title="per status"),
+            ],
+            padding=(0, 4),
+        )
+    )
+    console.print(f"{counts.get('total', {}).get('all', 0)} executions")

@@ -1,12 +1,320 @@
-"""``flywheel-state sessions``: admin commands over the indexed queries."""
+"""``flywheel-state sessions``: admin commands over the indexed queries.
+
+``list``, ``show``, ``delete``, ``touch`` and ``stats``; each takes ``--url``, ``--namespace`` and
+``--json``. Deleting by query is explicit: ``sessions delete --where --status failed ...`` needs
+``--where`` and at least one filter, so no command line deletes every session.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
 import click
+from rich.columns import Columns
+
+from flywheel_state.cli._admin import document_json, fetch_ttls, filters, ttl_seconds
+from flywheel_state.cli._common import (
+    CliContext,
+    common_options,
+    console,
+    emit_json,
+    run_async,
+)
+from flywheel_state.cli._params import DURATION, POINT_IN_TIME
+from flywheel_state.cli._tables import counts_table, page_footer, session_table, ttl_cell
+from flywheel_state.models import Backend, Session, SessionStatus
+from flywheel_state.repositories import DEFAULT, Page, TTLArg
 
 __all__ = ["sessions"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SORTS = ("-last_active", "last_active", "-created_at", "created_at")
+_PREVIEW = 5
+
+
+def _filter_options(func: F) -> F:
+    """The session filters shared by ``list`` and ``delete --where``."""
+    options = [
+        click.option(
+            "--backend",
+            multiple=True,
+            type=click.Choice([b.value for b in Backend]),
+            help="Only this backend (repeatable: any of them).",
+        ),
+        click.option(
+            "--status",
+            multiple=True,
+            type=click.Choice([s.value for s in SessionStatus]),
+            help="Only this status (repeatable).",
+        ),
+        click.option("--flow", multiple=True, help="Only this current flow id (repeatable)."),
+        click.option("--user", multiple=True, help="Only this user id (repeatable)."),
+        click.option(
+            "--active-since",
+            type=POINT_IN_TIME,
+            help="Last active at or after this time: 30m, 2h, 7d (ago) or an ISO datetime.",
+        ),
+        click.option(
+            "--active-before",
+            type=POINT_IN_TIME,
+            help="Last active at or before this time (e.g. 7d: idle for a week).",
+        ),
+        click.option("--created-since", type=POINT_IN_TIME, help="Created at or after this time."),
+        click.option(
+            "--created-before", type=POINT_IN_TIME, help="Created at or before this time."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _query_filters(opts: dict[str, Any]) -> dict[str, Any]:
+    return filters(
+        backend=opts["backend"],
+        status=opts["status"],
+        flow_id=opts["flow"],
+        user_id=opts["user"],
+        active_after=opts["active_since"],
+        active_before=opts["active_before"],
+        created_after=opts["created_since"],
+        created_before=opts["created_before"],
+    )
 
 
 @click.group()
 def sessions() -> None:
-    """Inspect and manage stored sessions."""
+    """Inspect and manage stored sessions (through the session index)."""
+
+
+# ---------------------------------------------------------------------------------- list
+
+
+@sessions.command("list")
+@_filter_options
+@click.option(
+    "--sort",
+    type=click.Choice(_SORTS),
+    default="-last_active",
+    show_default=True,
+    help="Sort field; '-' for descending.",
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@common_options
+def list_(ctx: CliContext, sort: str, limit: int, offset: int, **opts: Any) -> None:
+    """List sessions matching the filters, most recently active first.
+
+    Repeating an option matches any of its values: --status active --status idle. Without
+    filters every session is listed, a page at a time (--limit / --offset).
+    """
+    query = _query_filters(opts)
+
+    async def _run() -> tuple[Page[Session], list[timedelta | None]]:
+        async with ctx.store() as store:
+            page = await store.sessions.find(sort=sort, limit=limit, offset=offset, **query)
+            ttls = await fetch_ttls(store.client, [store.sessions.key(s.id) for s in page.items])
+            return page, ttls
+
+    page, ttls = run_async(_run())
+    if ctx.json:
+        emit_json(
+            {
+                "items": [document_json(s, t) for s, t in zip(page.items, ttls, strict=True)],
+                "total": page.total,
+                "offset": page.offset,
+                "limit": page.limit,
+            }
+        )
+        return
+    if page.items:
+        console.print(session_table(page.items, ttls))
+    console.print(page_footer(page.total, page.offset, len(page.items), noun="sessions"))
+
+
+# ---------------------------------------------------------------------------------- show
+
+
+@sessions.command()
+@click.argument("session_id", metavar="ID")
+@common_options
+def show(ctx: CliContext, session_id: str) -> None:
+    """Show one session's document and its remaining TTL."""
+
+    async def _run() -> tuple[Session, timedelta | None]:
+        async with ctx.store() as store:
+            session = await store.sessions.get(session_id)
+            ttls = await fetch_ttls(store.client, [store.sessions.key(session_id)])
+            return session, ttls[0]
+
+    session, ttl = run_async(_run())
+    data = document_json(session, ttl)
+    if ctx.json:
+        emit_json(data)
+        return
+    console.print(
+        f"[bold]session {session.id}[/bold]  {session.backend} / {session.status}  "
+        f"version {session.version}  TTL left {ttl_cell(ttl)}"
+    )
+    data.pop("ttl_seconds")
+    console.print_json(data=data)
+
+
+# ---------------------------------------------------------------------------------- touch
+
+
+@sessions.command()
+@click.argument("session_id", metavar="ID")
+@click.option("--ttl", type=DURATION, default=None, help="Restart with this TTL (default: 7d).")
+@common_options
+def touch(ctx: CliContext, session_id: str, ttl: timedelta | None) -> None:
+    """Mark a session active now and restart its TTL."""
+
+    async def _run() -> tuple[int, timedelta | None]:
+        async with ctx.store() as store:
+            ttl_arg: TTLArg = DEFAULT if ttl is None else ttl
+            version = await store.sessions.touch(session_id, ttl=ttl_arg)
+            ttls = await fetch_ttls(store.client, [store.sessions.key(session_id)])
+            return version, ttls[0]
+
+    version, left = run_async(_run())
+    if ctx.json:
+        emit_json({"id": session_id, "version": version, "ttl_seconds": ttl_seconds(left)})
+        return
+    console.print(
+        f"touched {session_id}: last active now, TTL {ttl_cell(left)} (version {version})"
+    )
+
+
+# ---------------------------------------------------------------------------------- delete
+
+
+@sessions.command()
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option(
+    "--where",
+    is_flag=True,
+    help="Delete the sessions matching the filter options that follow (at least one).",
+)
+@_filter_options
+@click.option("--yes", "-y", is_flag=True, help="Don't ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@common_options
+def delete(
+    ctx: CliContext, ids: tuple[str, ...], where: bool, yes: bool, dry_run: bool, **opts: Any
+) -> None:
+    """Delete sessions by id, or by query with --where and filters.
+
+    \b
+      flywheel-state sessions delete session_1 session_2
+      flywheel-state sessions delete --where --status failed --active-before 7d
+
+    Asks "Delete N sessions? [y/N]" unless --yes; without an answer (no terminal, no input) it
+    refuses and deletes nothing. With --where, the matching ids are collected first and exactly
+    those are deleted after the confirmation. There is no way to delete every session without a
+    filter: use `flywheel-state sessions delete --where --created-before <now>` if you mean it.
+    """
+    query = _query_filters(opts)
+    if ids and (where or query):
+        raise click.UsageError("give session ids, or --where with filters, not both")
+    if not ids and not where:
+        if query:
+            raise click.UsageError(
+                "filters select sessions to delete only after --where, e.g. "
+                "`sessions delete --where --status failed`"
+            )
+        raise click.UsageError("give session ids to delete, or --where with filters")
+    if where and not query:
+        raise click.UsageError(
+            "--where needs at least one filter (--backend, --status, --flow, --user, "
+            "--active-since, --active-before, --created-since, --created-before)"
+        )
+
+    async def _resolve() -> tuple[list[str], list[str]]:
+        async with ctx.store() as store:
+            if where:
+                found: list[str] = await store.sessions.ids(**query)
+                return found, []
+            unique = list(dict.fromkeys(ids))
+            keys = [store.sessions.key(i) for i in unique]
+            async with store.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(key)
+                flags = await pipe.execute()
+            existing = [i for i, flag in zip(unique, flags, strict=True) if flag]
+            missing = [i for i, flag in zip(unique, flags, strict=True) if not flag]
+            return existing, missing
+
+    targets, missing = run_async(_resolve())
+    if missing and not ctx.json:
+        console.print(f"not found: {', '.join(missing)}")
+    if not targets:
+        if ctx.json:
+            emit_json({"deleted": 0, "ids": [], "not_found": missing})
+        else:
+            console.print("no sessions match; nothing deleted")
+        return
+
+    noun = "session" if len(targets) == 1 else "sessions"
+    if not ctx.json or dry_run:
+        preview = ", ".join(targets[:_PREVIEW])
+        more = f" and {len(targets) - _PREVIEW} more" if len(targets) > _PREVIEW else ""
+        click.echo(f"{len(targets)} {noun}: {preview}{more}", err=ctx.json)
+    if dry_run:
+        if ctx.json:
+            emit_json({"deleted": 0, "would_delete": targets, "not_found": missing})
+        return
+    if not yes:
+        try:
+            confirmed = click.confirm(f"Delete {len(targets)} {noun}?", default=False, err=True)
+        except click.Abort:
+            click.echo("\nrefusing to delete without confirmation (no input): pass --yes", err=True)
+            sys.exit(1)
+        if not confirmed:
+            click.echo("nothing deleted", err=True)
+            sys.exit(1)
+
+    async def _delete() -> int:
+        async with ctx.store() as store:
+            return await store.sessions.delete_many(targets)
+
+    deleted = run_async(_delete())
+    if ctx.json:
+        emit_json({"deleted": deleted, "ids": targets, "not_found": missing})
+    else:
+        console.print(f"deleted {deleted} {'session' if deleted == 1 else 'sessions'}")
+
+
+# ---------------------------------------------------------------------------------- stats
+
+
+@sessions.command()
+@common_options
+def stats(ctx: CliContext) -> None:
+    """Count sessions per backend and per status (one FT.AGGREGATE on the index).
+
+    --json prints the library's stats(): {"backend": {...}, "status": {...}, "total": {"all": n}}.
+    """
+
+    async def _run() -> dict[str, dict[str, int]]:
+        async with ctx.store() as store:
+            return await store.sessions.stats()
+
+    counts = run_async(_run())
+    if ctx.json:
+        emit_json(counts)
+        return
+    console.print(
+        Columns(
+            [
+                counts_table("backend", counts.get("backend", {}), title="per backend"),
+                counts_table("status", counts.get("status", {}), title="per status"),
+            ],
+            padding=(0, 4),
+        )
+    )
+    console.print(f"{counts.get('total', {}).get('all', 0)} sessions")

@@ -1,5 +1,1129 @@
-"""The original API (RedisSessionManager, RedisExecutionCache, RedisConfig) on the new layer."""
+"""The original API (RedisSessionManager, RedisExecutionCache, RedisConfig) on the new layer.
+
+Existing callers (the MCP server) switch by changing one import line::
+
+    from flywheel_state import RedisConfig, RedisExecutionCache, RedisSessionManager
+
+    manager = RedisSessionManager(**RedisConfig.from_env())
+    await manager.save_session(session)          # True / False, never raises
+    await manager.load_session("session_123")    # a flywheel_state Session, or None
+    await manager.list_sessions("session_*")     # ids, from the index (no SCAN)
+    cache = RedisExecutionCache(**RedisConfig.execution_from_env())
+    await cache.cache_result("exec_abc", {"result": "...", "metadata": {"duration_ms": 1234}})
+    await cache.get_result("exec_abc")           # exactly the dict that was cached
+
+Underneath, sessions and results are RedisJSON documents of the current models, written with
+their TTL atomically through a :class:`~flywheel_state.Store`, indexed, and visible to every admin
+query and CLI command.
+
+Fail-safe behaviour (the promise of the original code, kept and improved):
+
+- ``enabled=False`` does no I/O at all: every call returns its fail-safe value at once.
+- Without the ``redis`` package (or redis-om) a manager disables itself, with one warning.
+- When Redis is down or failing, every call returns ``False`` / ``None`` / ``[]`` within the
+  command timeout plus a small margin, and logs one WARNING per outage (later failures of the
+  same outage are logged at DEBUG). The next call after Redis comes back works again, on the same
+  manager, and logs "reconnected" at INFO. The original disabled itself for the life of the
+  process after one failed connection; these managers never do.
+- This module is the one place in flywheel-state that swallows errors: it catches
+  :class:`~flywheel_state.FlywheelStateError` (and the timeout it sets itself), logs it on the
+  ``flywheel_state.compat`` logger, and returns the fail-safe value.
+
+Schema: the first call of a manager connects its Store with ``auto_migrate=True``, because the
+original code worked on an empty Redis with no migration step: the indexes are created, and
+pending migrations (the import of data written by the original code among them) run then. That
+first call is not cut off by the call timeout while migrations run (a migration interrupted
+half-way would only have to resume later); reaching the server is. Pass ``auto_migrate=False``
+to get the Store's default instead (a pending migration then counts as an outage until an
+operator runs ``flywheel-state migrate up``).
+
+No event-loop binding: the Store keeps one client per event loop, so a manager created in one
+loop (or outside any) works in any other, e.g. across two ``asyncio.run`` calls.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from flywheel_state.config import DEFAULT_NAMESPACE, Settings
+from flywheel_state.errors import (
+    ConfigError,
+    ConflictError,
+    CorruptRecordError,
+    FlywheelStateError,
+    InvalidIdError,
+    InvalidQueryError,
+    NotFoundError,
+)
+
+if TYPE_CHECKING:
+    from flywheel_state.models import ExecutionResult, Session
+    from flywheel_state.store import Store
+
+__all__ = ["CALL_MARGIN", "RedisConfig", "RedisExecutionCache", "RedisSessionManager"]
+
+logger = logging.getLogger("flywheel_state.compat")
+
+T = TypeVar("T")
+
+CALL_MARGIN = 0.5
+"""Seconds a call may take beyond the command timeout before it gives up (fail-safe value)."""
+
+DEFAULT_SESSION_TTL_SECONDS = 604800
+"""Seven days, the original default of RedisSessionManager."""
+DEFAULT_EXECUTION_TTL_SECONDS = 3600
+"""One hour, the original default of RedisExecutionCache."""
+
+# Errors about one record or one call's arguments: Redis itself is fine, so they are logged for
+# that call and do not start an outage.
+_RECORD_ERRORS: tuple[type[FlywheelStateError], ...] = (
+    InvalidIdError,
+    InvalidQueryError,
+    CorruptRecordError,
+    ConflictError,
+    NotFoundError,
+)
+
+_warned_missing_driver = False
+
+
+def _import_store() -> type[Store] | None:
+    """The Store class, or None (with one warning per process) when the driver is missing."""
+    global _warned_missing_driver
+    try:
+        from flywheel_state.store import Store
+    except ImportError as exc:
+        if not _warned_missing_driver:
+            _warned_missing_driver = True
+            logger.warning(
+                "Redis persistence is disabled: the redis package (or redis-om) can't be "
+                "imported (%s). Install flywheel-state's dependencies to enable it.",
+                exc,
+            )
+        return None
+    return Store
+
+
+# --------------------------------------------------------------------------------------------
+# RedisConfig
+# --------------------------------------------------------------------------------------------
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_ENABLED_VARS = ("REDIS_ENABLED", "REDIS_STATE_ENABLED")
+
+
+def _env_value(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return raw.strip()
+
+
+class RedisConfig:
+    """Configuration of the managers from environment variables (both generations of them).
+
+    ``RedisSessionManager(**RedisConfig.from_env())`` and
+    ``RedisExecutionCache(**RedisConfig.execution_from_env())``.
+    """
+
+    @staticmethod
+    def enabled_from_env(environ: Mapping[str, str] | None = None) -> bool:
+        """Whether persistence is enabled: ``REDIS_ENABLED`` / ``REDIS_STATE_ENABLED``.
+
+        Unset means enabled (as in the original code). Accepts true/false, 1/0, yes/no, on/off
+        (any case). When both variables are set, persistence is off if either says so.
+
+        Raises:
+            ConfigError: A variable holds another value (the message names it).
+        """
+        env = os.environ if environ is None else environ
+        enabled = True
+        for name in _ENABLED_VARS:
+            raw = _env_value(env, name)
+            if raw is None:
+                continue
+            if raw.lower() in _FALSE:
+                enabled = False
+            elif raw.lower() not in _TRUE:
+                raise ConfigError(
+                    f"{name} must be true or false (or 1/0, yes/no, on/off), got {raw!r}"
+                )
+        return enabled
+
+    @staticmethod
+    def from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Keyword arguments for :class:`RedisSessionManager`, read from the environment.
+
+        Always has ``enabled``, ``ttl_seconds``, ``host`` and ``port``; has ``db``,
+        ``password``, ``username``, ``url``, ``namespace``, ``connect_timeout`` and
+        ``command_timeout`` when their variables are set. Variables: ``REDIS_ENABLED`` /
+        ``REDIS_STATE_ENABLED``; ``REDIS_SESSION_TTL_SECONDS`` / ``REDIS_TTL_SECONDS`` (default
+        604800, 7 days); ``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_DB``, ``REDIS_USERNAME``,
+        ``REDIS_PASSWORD``, ``REDIS_URL``; ``REDIS_NAMESPACE`` / ``REDIS_KEY_PREFIX``;
+        ``REDIS_CONNECT_TIMEOUT`` / ``REDIS_COMMAND_TIMEOUT`` (seconds).
+
+        Args:
+            environ: The mapping to read (default ``os.environ``).
+
+        Raises:
+            ConfigError: A variable holds an unusable value; the message names the variable.
+        """
+        env = os.environ if environ is None else environ
+        settings = Settings.from_env(env)
+        config = RedisConfig._common(env, settings)
+        config["ttl_seconds"] = _seconds(settings.session_ttl)
+        return config
+
+    @staticmethod
+    def execution_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Keyword arguments for :class:`RedisExecutionCache`, read from the environment.
+
+        As :meth:`from_env`, but ``ttl_seconds`` is ``REDIS_EXECUTION_TTL_SECONDS`` (default
+        3600, one hour).
+
+        Raises:
+            ConfigError: A variable holds an unusable value; the message names the variable.
+        """
+        env = os.environ if environ is None else environ
+        settings = Settings.from_env(env)
+        config = RedisConfig._common(env, settings)
+        config["ttl_seconds"] = _seconds(settings.execution_ttl)
+        return config
+
+    @staticmethod
+    def execution_ttl_seconds(environ: Mapping[str, str] | None = None) -> int | None:
+        """The execution results' TTL in seconds: ``REDIS_EXECUTION_TTL_SECONDS`` (default 3600).
+
+        Raises:
+            ConfigError: The variable holds an unusable value.
+        """
+        return _seconds(Settings.from_env(environ).execution_ttl)
+
+    @staticmethod
+    def _common(env: Mapping[str, str], settings: Settings) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "enabled": RedisConfig.enabled_from_env(env),
+            "host": settings.host,
+            "port": settings.port,
+        }
+        optional = (
+            ("REDIS_DB", "db", settings.db),
+            ("REDIS_PASSWORD", "password", settings.password),
+            ("REDIS_USERNAME", "username", settings.username),
+            ("REDIS_URL", "url", settings.url),
+            ("REDIS_NAMESPACE", "namespace", settings.namespace),
+            ("REDIS_KEY_PREFIX", "namespace", settings.namespace),
+            ("REDIS_CONNECT_TIMEOUT", "connect_timeout", settings.connect_timeout),
+            ("REDIS_COMMAND_TIMEOUT", "command_timeout", settings.command_timeout),
+        )
+        for var, key, value in optional:
+            if _env_value(env, var) is not None:
+                config[key] = value
+        return config
+
+
+def _seconds(ttl: Any) -> int | None:
+    return None if ttl is None else int(ttl.total_seconds())
+
+
+# --------------------------------------------------------------------------------------------
+# The fail-safe base
+# --------------------------------------------------------------------------------------------
+
+
+class _FailSafe:
+    """Shared machinery: lazy Store, per-loop connect lock, outage state and logging."""
+
+    _default_ttl_field: ClassVar[str]
+    _label: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        ttl_seconds: int | float | None,
+        host: str,
+        port: int,
+        db: int,
+        password: str | None,
+        url: str | None,
+        namespace: str,
+        key_prefix: str | None,
+        username: str | None,
+        connect_timeout: float,
+        command_timeout: float,
+        auto_migrate: bool,
+    ) -> None:
+        if key_prefix is not None:
+            namespace = key_prefix.rstrip(":")
+        # Settings converts seconds to a timedelta and checks the value.
+        ttl: dict[str, Any] = {self._default_ttl_field: ttl_seconds}
+        self.settings = Settings(
+            url=url,
+            host=host,
+            port=port,
+            db=db,
+            username=username,
+            password=password,
+            namespace=namespace,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+            **ttl,
+        )
+        self.ttl_seconds = ttl_seconds
+        self.auto_migrate = auto_migrate
+        self.enabled = bool(enabled)
+        self._store_class: type[Store] | None = None
+        if self.enabled:
+            self._store_class = _import_store()
+            if self._store_class is None:
+                self.enabled = False
+        self._store: Store | None = None
+        self._ready = False
+        self._healthy = True
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(url={self.settings.safe_url!r}, "
+            f"namespace={self.settings.namespace!r}, ttl_seconds={self.ttl_seconds!r}, "
+            f"enabled={self.enabled})"
+        )
+
+    @property
+    def namespace(self) -> str:
+        """The namespace (key prefix) the manager's records live under."""
+        return self.settings.namespace
+
+    @property
+    def call_timeout(self) -> float:
+        """Seconds after which a call gives up: the command timeout plus :data:`CALL_MARGIN`."""
+        return self.settings.command_timeout + CALL_MARGIN
+
+    @property
+    def store(self) -> Store:
+        """The underlying Store (created on first use; not connected by this property).
+
+        Raises:
+            ConfigError: The manager is disabled (``enabled=False`` or no redis package).
+        """
+        if self._store is None:
+            if not self.enabled or self._store_class is None:
+                raise ConfigError(f"{type(self).__name__} is disabled: it has no Store")
+            self._store = self._store_class(self.settings, auto_migrate=self.auto_migrate)
+        return self._store
+
+    # ------------------------------------------------------------------ calls
+
+    async def _call(self, what: str, op: Callable[[Store], Awaitable[T]], fallback: T) -> T:
+        """Run ``op`` on the Store, or return ``fallback`` (disabled, outage, bad record)."""
+        if not self.enabled:
+            return fallback
+        store = self.store
+        try:
+            await self._ensure_ready(store)
+            result = await asyncio.wait_for(op(store), timeout=self.call_timeout)
+        except _RECORD_ERRORS as exc:
+            logger.warning("%s failed: %s", what, exc)
+            return fallback
+        except (FlywheelStateError, asyncio.TimeoutError) as exc:
+            self._failed(what, exc)
+            return fallback
+        self._succeeded()
+        return result
+
+    async def _ensure_ready(self, store: Store) -> None:
+        if self._ready:
+            return
+        # Reaching the server is bounded like any call, so an outage answers fast; the connect
+        # itself may run pending migrations (auto_migrate) and is not cut off half-way.
+        await asyncio.wait_for(self._ping(store), timeout=self.call_timeout)
+        async with self._lock():
+            if not self._ready:
+                await store.connect()
+                self._ready = True
+
+    @staticmethod
+    async def _ping(store: Store) -> None:
+        from flywheel_state._redis import translate_errors
+
+        with translate_errors(f"connecting to {store.settings.safe_url}"):
+            await store.client.ping()
+
+    def _lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[loop] = lock
+        return lock
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self._ready = False  # check the server and the schema again on the next call
+        reason = str(exc) or f"no reply within {self.call_timeout:g} s"
+        if self._healthy:
+            self._healthy = False
+            logger.warning(
+                "%s: Redis at %s (namespace %r) is unavailable or failing (%s failed: %s). "
+                "Calls return False/None/[] until it recovers; further failures are logged at "
+                "DEBUG.",
+                self._label,
+                self.settings.safe_url,
+                self.namespace,
+                what,
+                reason,
+            )
+        else:
+            logger.debug("%s failed (Redis still unavailable): %s", what, reason)
+
+    def _succeeded(self) -> None:
+        if not self._healthy:
+            self._healthy = True
+            logger.info(
+                "%s: reconnected to Redis at %s; persistence works again.",
+                self._label,
+                self.settings.safe_url,
+            )
+
+    async def close(self) -> None:
+        """Close the connections of the running event loop (never raises).
+
+        The manager stays usable: the next call connects again.
+        """
+        store, self._store = self._store, None
+        self._ready = False
+        if store is None:
+            return
+        from flywheel_state._redis import translate_errors
+
+        try:
+            with translate_errors("closing the connection"):
+                await store.close()
+        except FlywheelStateError as exc:
+            logger.debug("%s: error while closing: %s", self._label, exc)
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions
+# --------------------------------------------------------------------------------------------
+
+_STATUS_ALIASES = {
+    "canceled": "cancelled",
+    "cancel": "cancelled",
+    "aborted": "cancelled",
+    "stopped": "cancelled",
+    "error": "failed",
+    "errored": "failed",
+    "failure": "failed",
+    "done": "completed",
+    "complete": "completed",
+    "finished": "completed",
+    "success": "completed",
+    "succeeded": "completed",
+    "in_progress": "running",
+    "in-progress": "running",
+    "started": "running",
+    "processing": "running",
+    "executing": "running",
+    "paused": "idle",
+    "inactive": "idle",
+    "waiting": "idle",
+    "new": "pending",
+    "created": "pending",
+    "queued": "pending",
+    "open": "active",
+    "ongoing": "active",
+}
+_UNKNOWN_SESSION_STATUS = "active"
+"""The status an unmappable value is stored as (the session is being saved, so it is live)."""
+
+_SESSION_DATETIMES = ("created_at", "updated_at", "last_active")
+_DROPPED_KEYS = frozenset({"_schema_version", "schema_version", "version", "pk"})
+
+
+@functools.cache
+def _adapter(kind: str) -> Any:
+    """A cached pydantic TypeAdapter for the models' ``datetime`` or ``tag`` field type."""
+    from pydantic import TypeAdapter
+
+    from flywheel_state.models._types import TagStr, UtcDatetime
+
+    return TypeAdapter(UtcDatetime if kind == "datetime" else TagStr)
+
+
+def _plain(value: Any) -> Any:
+    """An Enum member's value (or name when the value is not a string); anything else as is."""
+    if isinstance(value, Enum):
+        return value.value if isinstance(value.value, str) else value.name
+    return value
+
+
+def _as_mapping(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        data = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        # The original code set ``session.metadata`` as a plain attribute on the dataclass.
+        extra = getattr(obj, "__dict__", {})
+        for key, value in extra.items():
+            data.setdefault(key, value)
+        return data
+    if hasattr(obj, "__dict__") and hasattr(obj, "id"):
+        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    raise TypeError(
+        "save_session() takes a flywheel_state Session, a UniversalSession-like dataclass or "
+        f"a dict, got {type(obj).__name__}"
+    )
+
+
+def _session_from(obj: Any, notes: list[str]) -> Session:
+    """Map a Session, a UniversalSession-like object or a dict (both legacy shapes) to Session.
+
+    Values that can't be mapped are kept, never dropped: an unknown status or backend is stored
+    as a known one with the original in ``metadata`` (``original_status`` /
+    ``original_backend``), and unknown fields go into ``metadata`` under their own names.
+    ``notes`` receives a line per such value.
+    """
+    from pydantic import ValidationError
+
+    from flywheel_state.models import Backend, HistoryEntry, Session, SessionStatus
+    from flywheel_state.models._types import utcnow
+
+    if isinstance(obj, Session):
+        return obj
+    data = _as_mapping(obj)
+    metadata_raw = data.pop("metadata", None)
+    metadata: dict[str, Any] = dict(metadata_raw) if isinstance(metadata_raw, Mapping) else {}
+    if metadata_raw is not None and not isinstance(metadata_raw, Mapping):
+        metadata["original_metadata"] = metadata_raw
+    # Shape B kept created_at / last_active inside metadata.
+    for name in _SESSION_DATETIMES:
+        if data.get(name) is None and metadata.get(name) is not None:
+            data[name] = metadata.pop(name)
+    for key in _DROPPED_KEYS:
+        data.pop(key, None)
+
+    out: dict[str, Any] = {"id": data.pop("id", None)}
+
+    backend = _plain(data.pop("backend", None))
+    known_backends = {b.value for b in Backend}
+    if isinstance(backend, str) and backend.strip().lower() in known_backends:
+        out["backend"] = backend.strip().lower()
+    else:
+        out["backend"] = Backend.CUSTOM.value
+        if backend is not None:
+            metadata["original_backend"] = backend
+            notes.append(f"unknown backend {backend!r} stored as 'custom'")
+
+    status = _plain(data.pop("status", None))
+    known_statuses = {s.value for s in SessionStatus}
+    if status is None:
+        out["status"] = SessionStatus.PENDING.value
+    else:
+        norm = str(status).strip().lower()
+        norm = _STATUS_ALIASES.get(norm, norm)
+        out["status"] = norm if norm in known_statuses else _UNKNOWN_SESSION_STATUS
+        if out["status"] != status:
+            metadata["original_status"] = status
+            if norm not in known_statuses:
+                notes.append(f"unknown status {status!r} stored as {_UNKNOWN_SESSION_STATUS!r}")
+
+    for name in ("backend_session_id", "current_flow_id", "user_id"):
+        value = _plain(data.pop(name, None))
+        if value is not None:
+            out[name] = value if isinstance(value, str) else str(value)
+
+    context = data.pop("context", None)
+    if context is None:
+        out["context"] = {}
+    elif isinstance(context, Mapping):
+        out["context"] = dict(context)
+    else:
+        out["context"] = {"value": context}
+
+    out["history"] = _history_entries(data.pop("history", None), HistoryEntry)
+
+    datetime_adapter = _adapter("datetime")
+    for name in _SESSION_DATETIMES:
+        value = data.pop(name, None)
+        if value is None:
+            continue
+        try:
+            out[name] = datetime_adapter.validate_python(value)
+        except ValidationError:
+            metadata[f"original_{name}"] = value if isinstance(value, str) else str(value)
+            notes.append(f"{name} {value!r} is not a date and time; kept in metadata")
+    # The original wrote last_active = now on every save: saving is activity.
+    out.setdefault("last_active", utcnow())
+
+    for name, kind in (
+        ("total_queries", int),
+        ("successful_queries", int),
+        ("total_response_time", float),
+    ):
+        value = data.pop(name, None)
+        if value is not None:
+            out[name] = kind(value)
+
+    expires_at = data.pop("expires_at", None)
+    if expires_at is not None:
+        metadata["expires_at"] = (
+            expires_at.isoformat() if isinstance(expires_at, datetime) else expires_at
+        )
+    for key, value in data.items():
+        metadata.setdefault(key, _plain(value))
+    out["metadata"] = metadata
+    return Session.model_validate(out)
+
+
+def _history_entries(history: Any, entry_type: Any) -> list[Any]:
+    from pydantic import ValidationError
+
+    if history is None:
+        return []
+    items = history if isinstance(history, (list, tuple)) else [history]
+    entries: list[Any] = []
+    for item in items:
+        if isinstance(item, entry_type):
+            entries.append(item)
+            continue
+        raw = dict(item) if isinstance(item, Mapping) else {"content": item}
+        try:
+            entries.append(entry_type.model_validate(raw))
+        except ValidationError:
+            # A timestamp that is not a date (the original accepted any text): keep it aside.
+            if "timestamp" not in raw:
+                raise
+            raw["original_timestamp"] = str(raw.pop("timestamp"))
+            entries.append(entry_type.model_validate(raw))
+    return entries
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` as the original stored it: JSON with ``default=str`` for anything else."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A regex matching exactly what Redis's glob ``pattern`` matches (KEYS / SCAN MATCH)."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            if not out or out[-1] != ".*":
+                out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            j = i + 1
+            negate = j < n and pattern[j] == "^"
+            if negate:
+                j += 1
+            parts: list[str] = []
+            while j < n and pattern[j] != "]":
+                if pattern[j] == "\\" and j + 1 < n:
+                    parts.append(re.escape(pattern[j + 1]))
+                    j += 2
+                elif j + 2 < n and pattern[j + 1] == "-" and pattern[j + 2] != "]":
+                    lo, hi = sorted((pattern[j], pattern[j + 2]))
+                    parts.append(f"{re.escape(lo)}-{re.escape(hi)}")
+                    j += 3
+                else:
+                    parts.append(re.escape(pattern[j]))
+                    j += 1
+            if parts:
+                out.append(f"[{'^' if negate else ''}{''.join(parts)}]")
+            else:
+                out.append("." if negate else "(?!)")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _check_paging(limit: int | None, offset: int) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidQueryError(f"limit must be a positive integer or None, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidQueryError(f"offset must be a non-negative integer, got {offset!r}")
+
+
+class RedisSessionManager(_FailSafe):
+    """Session persistence with the original API, on flywheel-state documents and indexes.
+
+    Sessions live at ``{namespace}:session:{id}`` as RedisJSON documents with a sliding TTL
+    (every save restarts it). Every method returns its fail-safe value instead of raising.
+
+    Args:
+        enabled: False: no I/O at all, every call returns False / None / [].
+        ttl_seconds: Time to live of sessions (default 7 days); None for no expiry.
+        host: Redis host (when ``url`` is not given).
+        port: Redis port.
+        db: Database number.
+        password: Password (never logged).
+        url: A ``redis://`` / ``rediss://`` URL; wins over host/port/db.
+        namespace: Key prefix (default ``agentic_flywheel``, as the original).
+        key_prefix: The second generation's name for ``namespace``.
+        username: ACL user name.
+        connect_timeout: Seconds to wait for a connection.
+        command_timeout: Seconds to wait for a reply; a call gives up after this plus
+            :data:`CALL_MARGIN`.
+        auto_migrate: Create indexes and run pending migrations on the first call (default
+            True, because the original worked on an empty Redis).
+
+    Raises:
+        ConfigError: An argument can't be used (a bad port, namespace, TTL...).
+    """
+
+    _default_ttl_field: ClassVar[str] = "session_ttl"
+    _label: ClassVar[str] = "session persistence"
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        ttl_seconds: int | float | None = DEFAULT_SESSION_TTL_SECONDS,
+        host: str = "localhost",
+        port: int = 6379,
+        db: int = 0,
+        password: str | None = None,
+        url: str | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        key_prefix: str | None = None,
+        username: str | None = None,
+        connect_timeout: float = 2.0,
+        command_timeout: float = 2.0,
+        auto_migrate: bool = True,
+    ) -> None:
+        super().__init__(
+            enabled=enabled,
+            ttl_seconds=ttl_seconds,
+            host=host,
+            port=port,
+            db=db,
+            password=password,
+            url=url,
+            namespace=namespace,
+            key_prefix=key_prefix,
+            username=username,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+            auto_migrate=auto_migrate,
+        )
+        self._noted: set[str] = set()
+
+    async def save_session(self, session: Any) -> bool:
+        """Save a session (the whole document and its TTL, atomically).
+
+        Args:
+            session: A flywheel_state :class:`~flywheel_state.Session`, a dataclass with the
+                original ``UniversalSession`` fields (Enum members for backend and status), or
+                a dict in either legacy shape. Unknown status or backend values don't fail the
+                save: they are stored as a known value, with the original in ``metadata``.
+
+        Returns:
+            True when saved; False when disabled, when Redis is unavailable, or when the
+            session can't be mapped (logged).
+        """
+        if not self.enabled:
+            return False
+        notes: list[str] = []
+        sid = getattr(session, "id", None)
+        if sid is None and isinstance(session, Mapping):
+            sid = session.get("id")
+        try:
+            model = _session_from(session, notes)
+        except FlywheelStateError as exc:
+            logger.warning("saving session %r failed: %s", sid, exc)
+            return False
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            logger.warning(
+                "saving session %r failed: it can't be mapped to a Session: %s", sid, exc
+            )
+            return False
+        for note in notes:
+            if note not in self._noted:
+                self._noted.add(note)
+                logger.warning("session %s: %s (original kept in metadata)", model.id, note)
+
+        async def op(store: Store) -> bool:
+            try:
+                await store.sessions.save(model)
+            except (ValueError, TypeError):
+                # A value JSON can't hold (the original stored it with json default=str).
+                _sanitize_session(model)
+                await store.sessions.save(model)
+            return True
+
+        return await self._call(f"saving session {model.id!r}", op, False)
+
+    async def load_session(self, session_id: str) -> Session | None:
+        """Load a session.
+
+        Returns:
+            The :class:`~flywheel_state.Session`, or None when it does not exist, when
+            disabled, or when Redis is unavailable. A value still in the original's string
+            format is read too (not rewritten).
+        """
+
+        async def op(store: Store) -> Session | None:
+            try:
+                return await store.sessions.get_or_none(session_id)
+            except CorruptRecordError:
+                legacy = await _legacy_json(store, store.sessions.key(session_id))
+                if not isinstance(legacy, Mapping):
+                    raise
+                return _session_from(legacy, [])
+
+        return await self._call(f"loading session {session_id!r}", op, None)
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete a session.
+
+        Returns:
+            True when it existed and was deleted; False otherwise (or disabled / unavailable).
+        """
+
+        async def op(store: Store) -> bool:
+            return await store.sessions.delete(session_id)
+
+        return await self._call(f"deleting session {session_id!r}", op, False)
+
+    async def list_sessions(
+        self,
+        pattern: str = "*",
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        sort: str | None = None,
+        **filters: Any,
+    ) -> list[str]:
+        """Ids of stored sessions, from the session index (never a SCAN of the keyspace).
+
+        Args:
+            pattern: A Redis glob on the id (``*``, ``?``, ``[a-z]``, ``[^x]``, ``\\``), as
+                the original's ``SCAN MATCH``. ``"*"`` (default) matches every id.
+            limit: At most this many ids (None: all).
+            offset: Skip this many matching ids first.
+            sort: Order, e.g. ``"-last_active"`` (see ``store.sessions.ids``).
+            **filters: Index filters: ``backend``, ``status``, ``flow_id``, ``user_id``... (one
+                value or a collection), as ``store.sessions.find`` takes them.
+
+        Returns:
+            The ids; [] when none match, when disabled, or when Redis is unavailable.
+        """
+
+        async def op(store: Store) -> list[str]:
+            _check_paging(limit, offset)
+            if pattern == "*":
+                return list(
+                    await store.sessions.ids(sort=sort, limit=limit, offset=offset, **filters)
+                )
+            regex = _glob_regex(pattern)
+            ids = [i for i in await store.sessions.ids(sort=sort, **filters) if regex.fullmatch(i)]
+            return ids[offset:] if limit is None else ids[offset : offset + limit]
+
+        return await self._call(f"listing sessions matching {pattern!r}", op, [])
+
+
+def _sanitize_session(model: Session) -> None:
+    model.context = _json_safe(model.context)
+    model.metadata = _json_safe(model.metadata)
+    for entry in model.history:
+        extra = entry.__pydantic_extra__
+        if extra:
+            entry.__pydantic_extra__ = _json_safe(extra)
+        entry.content = _json_safe(entry.content)
+
+
+async def _legacy_json(store: Store, key: str) -> Any:
+    """The parsed JSON of a string value the original code wrote at ``key``, or None."""
+    from flywheel_state._redis import translate_errors
+
+    with translate_errors(f"reading {key}"):
+        raw = await store.client.execute_command("GET", key)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Execution results
+# --------------------------------------------------------------------------------------------
+
+
+def _result_fields(result: Any, *, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """Indexed ExecutionResult fields found in a result dict (top level, then ``metadata``).
+
+    Only values the model accepts are taken; anything else stays only in ``result``.
+    """
+    from pydantic import ValidationError
+
+    from flywheel_state.models import Backend, ExecutionStatus
+
+    if not isinstance(result, Mapping):
+        return {}
+    inner = result.get("metadata")
+    sources: list[Mapping[str, Any]] = [result]
+    if isinstance(inner, Mapping):
+        sources.append(inner)
+
+    def pick(*names: str) -> Any:
+        for source in sources:
+            for name in names:
+                value = source.get(name)
+                if value is not None:
+                    return _plain(value)
+        return None
+
+    fields: dict[str, Any] = {}
+    tag = _adapter("tag")
+    for field, names in (("session_id", ("session_id",)), ("flow_id", ("flow_id",))):
+        value = pick(*names)
+        if field not in skip and isinstance(value, str):
+            with contextlib.suppress(ValidationError):
+                fields[field] = tag.validate_python(value)
+    backend = pick("backend")
+    if isinstance(backend, str) and backend.lower() in {b.value for b in Backend}:
+        fields["backend"] = backend.lower()
+    status = pick("status")
+    norm = _STATUS_ALIASES.get(str(status).strip().lower(), str(status).strip().lower())
+    if status is not None and norm in {s.value for s in ExecutionStatus}:
+        fields["status"] = norm
+    elif result.get("error"):
+        fields["status"] = ExecutionStatus.FAILED.value
+    error = result.get("error")
+    if isinstance(error, str) and error:
+        fields["error"] = error
+    duration = pick("duration_ms")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration >= 0:
+        fields["duration_ms"] = float(duration)
+    if "created_at" not in skip:
+        when = pick("timestamp", "created_at")
+        if when is not None:
+            with contextlib.suppress(ValidationError):
+                fields["created_at"] = _adapter("datetime").validate_python(when)
+    return fields
+
+
+def _history_prefix(session_id: str, flow_id: str) -> str:
+    digest = hashlib.blake2b(f"{session_id}\x00{flow_id}".encode(), digest_size=10).hexdigest()
+    return f"history_{digest}_"
+
+
+class RedisExecutionCache(_FailSafe):
+    """Execution-result caching with the original API, on ExecutionResult documents.
+
+    Each cached result is an :class:`~flywheel_state.ExecutionResult` at
+    ``{namespace}:execution:{execution_id}``: ``result`` holds exactly the value passed in, and
+    ``session_id`` / ``flow_id`` / ``backend`` / ``status`` / ``duration_ms`` are filled from it
+    when it has them (at the top level or under ``metadata``), so results are indexed and
+    visible to admin queries. TTL: ``ttl_seconds`` (default one hour), set by the same write.
+
+    Flow history (:meth:`cache_flow_history`) is stored as one ExecutionResult per execution,
+    with ``session_id`` and ``flow_id`` set, ``result`` holding the execution record, and
+    ``metadata`` ``{"source": "flow_history", "position": i}``; their ids are
+    ``history_<hash of session and flow>_<position>``, so they never collide with the ids of
+    :meth:`cache_result`. ``store.executions.find(session_id=..., flow_id=...)`` finds them.
+
+    Args: as :class:`RedisSessionManager`, with ``ttl_seconds`` the results' time to live.
+
+    Raises:
+        ConfigError: An argument can't be used.
+    """
+
+    _default_ttl_field: ClassVar[str] = "execution_ttl"
+    _label: ClassVar[str] = "execution cache"
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        ttl_seconds: int | float | None = DEFAULT_EXECUTION_TTL_SECONDS,
+        host: str = "localhost",
+        port: int = 6379,
+        db: int = 0,
+        password: str | None = None,
+        url: str | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        key_prefix: str | None = None,
+        username: str | None = None,
+        connect_timeout: float = 2.0,
+        command_timeout: float = 2.0,
+        auto_migrate: bool = True,
+    ) -> None:
+        super().__init__(
+            enabled=enabled,
+            ttl_seconds=ttl_seconds,
+            host=host,
+            port=port,
+            db=db,
+            password=password,
+            url=url,
+            namespace=namespace,
+            key_prefix=key_prefix,
+            username=username,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+            auto_migrate=auto_migrate,
+        )
+
+    async def cache_result(self, execution_id: str, result: Any) -> bool:
+        """Cache an execution result (its TTL set by the same write).
+
+        Args:
+            execution_id: The execution's id.
+            result: The result, usually a dict; stored as given (values JSON can't hold are
+                stored as text, as the original did).
+
+        Returns:
+            True when cached; False when disabled, unavailable, or the id is unusable.
+        """
+        if not self.enabled:
+            return False
+        try:
+            doc = _execution(execution_id, result, _result_fields(result), {"source": "cache"})
+        except (FlywheelStateError, ValueError, TypeError) as exc:
+            logger.warning("caching execution %r failed: %s", execution_id, exc)
+            return False
+
+        async def op(store: Store) -> bool:
+            try:
+                await store.executions.save(doc)
+            except (ValueError, TypeError):
+                doc.result = _json_safe(doc.result)
+                await store.executions.save(doc)
+            return True
+
+        return await self._call(f"caching execution {execution_id!r}", op, False)
+
+    async def get_result(self, execution_id: str) -> Any:
+        """The cached result, exactly as it was passed to :meth:`cache_result`.
+
+        Returns:
+            The result (a dict, as cached), or None when missing, expired, disabled or
+            unavailable. A value still in the original's string format is read too.
+        """
+
+        async def op(store: Store) -> Any:
+            try:
+                doc = await store.executions.get_or_none(execution_id)
+            except CorruptRecordError:
+                legacy = await _legacy_json(store, store.executions.key(execution_id))
+                if legacy is None:
+                    raise
+                # Shape B wrapped the result: {"execution_id", "result", "cached_at"}.
+                if (
+                    isinstance(legacy, Mapping)
+                    and {"execution_id", "result", "cached_at"} <= legacy.keys()
+                    and legacy.get("execution_id") == execution_id
+                ):
+                    return legacy["result"]
+                return legacy
+            return None if doc is None else doc.result
+
+        return await self._call(f"reading execution {execution_id!r}", op, None)
+
+    async def cache_flow_history(
+        self, session_id: str, flow_id: str, executions: Iterable[Any]
+    ) -> bool:
+        """Cache the execution history of a session on a flow (replacing any cached before).
+
+        Each execution becomes an ExecutionResult document with ``session_id`` and ``flow_id``
+        set (see the class docstring), so ``store.executions.find(session_id=...,
+        flow_id=...)`` and :meth:`get_flow_history` find them.
+
+        Returns:
+            True when cached; False when disabled, unavailable, or an id is unusable.
+        """
+        if not self.enabled:
+            return False
+        prefix = _history_prefix(session_id, flow_id)
+        try:
+            docs = [
+                _execution(
+                    f"{prefix}{position:05d}",
+                    item,
+                    {
+                        **_result_fields(item, skip=("session_id", "flow_id")),
+                        "session_id": session_id,
+                        "flow_id": flow_id,
+                    },
+                    {"source": "flow_history", "position": position},
+                )
+                for position, item in enumerate(executions)
+            ]
+        except (FlywheelStateError, ValueError, TypeError) as exc:
+            logger.warning("caching the history of %r on %r failed: %s", session_id, flow_id, exc)
+            return False
+        keep = {doc.id for doc in docs}
+
+        async def op(store: Store) -> bool:
+            before = await store.executions.ids(session_id=session_id, flow_id=flow_id)
+            if docs:
+                try:
+                    await store.executions.save_many(docs)
+                except (ValueError, TypeError):
+                    for doc in docs:
+                        doc.result = _json_safe(doc.result)
+                    await store.executions.save_many(docs)
+            stale = [i for i in before if i.startswith(prefix) and i not in keep]
+            if stale:
+                await store.executions.delete_many(stale)
+            return True
+
+        return await self._call(f"caching the history of {session_id!r} on {flow_id!r}", op, False)
+
+    async def get_flow_history(self, session_id: str, flow_id: str) -> list[Any] | None:
+        """The executions cached by :meth:`cache_flow_history`, in their original order.
+
+        Returns:
+            The list, or None when nothing is cached (or disabled / unavailable).
+        """
+
+        async def op(store: Store) -> list[Any] | None:
+            prefix = _history_prefix(session_id, flow_id)
+            ids = [
+                i
+                for i in await store.executions.ids(session_id=session_id, flow_id=flow_id)
+                if i.startswith(prefix)
+            ]
+            if not ids:
+                return None
+            docs = [d for d in await store.executions.get_many(ids) if d is not None]
+            docs.sort(key=lambda d: int(d.metadata.get("position", 0)))
+            return [d.result for d in docs] or None
+
+        return await self._call(f"reading the history of {session_id!r} on {flow_id!r}", op, None)
+
+
+def _execution(
+    execution_id: str, result: Any, fields: dict[str, Any], metadata: dict[str, Any]
+) -> ExecutionResult:
+    from flywheel_state.models import ExecutionResult
+
+    return ExecutionResult(id=execution_id, result=result, metadata=metadata, **fields)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Generic, Literal, TypeVar
 
+from rich import box
 from rich.table import Table
 
 from flywheel_state.cli._admin import EXPIRED
@@ -12,6 +15,8 @@ from flywheel_state.cli._common import format_ttl
 from flywheel_state.models import ExecutionResult, Session
 
 __all__ = [
+    "EXECUTION_COLUMNS",
+    "SESSION_COLUMNS",
     "counts_table",
     "execution_table",
     "format_duration_ms",
@@ -20,6 +25,8 @@ __all__ = [
     "session_table",
     "ttl_cell",
 ]
+
+R = TypeVar("R")
 
 _STATUS_STYLE = {
     "active": "green",
@@ -77,73 +84,124 @@ def _status(value: object) -> str:
     return f"[{style}]{text}[/{style}]" if style else text
 
 
+@dataclass(frozen=True)
+class _Column(Generic[R]):
+    header: str
+    cell: Callable[[R, timedelta | None, datetime], str]
+    justify: Literal["left", "right"] = "left"
+    no_wrap: bool = False
+    max_width: int | None = None
+
+
+_SESSION_COLUMNS: dict[str, _Column[Session]] = {
+    "id": _Column("id", lambda s, t, n: s.id, no_wrap=True),
+    "backend": _Column("backend", lambda s, t, n: str(s.backend)),
+    "status": _Column("status", lambda s, t, n: _status(s.status)),
+    "flow": _Column("flow", lambda s, t, n: s.current_flow_id or "-"),
+    "user": _Column("user", lambda s, t, n: s.user_id or "-"),
+    "topic": _Column(
+        "topic", lambda s, t, n: str(s.context.get("topic", "-")), no_wrap=True, max_width=20
+    ),
+    "turns": _Column("turns", lambda s, t, n: str(len(s.history)), "right"),
+    "last_active": _Column(
+        "last active", lambda s, t, n: relative_time(s.last_active, n), "right", True
+    ),
+    "ttl": _Column("TTL left", lambda s, t, n: ttl_cell(t), "right", True),
+}
+
+_EXECUTION_COLUMNS: dict[str, _Column[ExecutionResult]] = {
+    "id": _Column("id", lambda e, t, n: e.id, no_wrap=True),
+    "flow": _Column("flow", lambda e, t, n: e.flow_id or "-"),
+    "backend": _Column("backend", lambda e, t, n: "-" if e.backend is None else str(e.backend)),
+    "status": _Column("status", lambda e, t, n: _status(e.status)),
+    "duration": _Column(
+        "duration", lambda e, t, n: format_duration_ms(e.duration_ms), "right", True
+    ),
+    "session": _Column("session", lambda e, t, n: e.session_id or "-", no_wrap=True),
+    "created": _Column("created", lambda e, t, n: relative_time(e.created_at, n), "right", True),
+    "ttl": _Column("TTL left", lambda e, t, n: ttl_cell(t), "right", True),
+}
+
+SESSION_COLUMNS = ("id", "backend", "status", "flow", "user", "turns", "last_active", "ttl")
+"""The columns of ``sessions list``; :func:`session_table` also knows ``topic``."""
+
+EXECUTION_COLUMNS = ("id", "flow", "backend", "status", "duration", "session", "created", "ttl")
+"""The columns of ``executions list``."""
+
+
+def _table(
+    columns: Mapping[str, _Column[R]],
+    chosen: Sequence[str],
+    items: Sequence[R],
+    ttls: Sequence[timedelta | None],
+    title: str | None,
+    now: datetime | None,
+) -> Table:
+    now = now or datetime.now(timezone.utc)
+    table = Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    picked = [columns[name] for name in chosen]
+    for column in picked:
+        table.add_column(
+            column.header,
+            justify=column.justify,
+            no_wrap=column.no_wrap,
+            max_width=column.max_width,
+        )
+    for item, ttl in zip(items, ttls, strict=True):
+        table.add_row(*(column.cell(item, ttl, now) for column in picked))
+    return table
+
+
 def session_table(
     items: Sequence[Session],
     ttls: Sequence[timedelta | None],
     *,
+    columns: Sequence[str] = SESSION_COLUMNS,
     title: str | None = None,
     now: datetime | None = None,
 ) -> Table:
-    """A table of sessions: id, backend, status, flow, user, turns, last active, TTL left."""
-    now = now or datetime.now(timezone.utc)
-    table = Table(title=title, title_justify="left", header_style="bold")
-    table.add_column("id", no_wrap=True)
-    table.add_column("backend")
-    table.add_column("status")
-    table.add_column("flow")
-    table.add_column("user")
-    table.add_column("turns", justify="right")
-    table.add_column("last active", justify="right")
-    table.add_column("TTL left", justify="right")
-    for session, ttl in zip(items, ttls, strict=True):
-        table.add_row(
-            session.id,
-            str(session.backend),
-            _status(session.status),
-            session.current_flow_id or "-",
-            session.user_id or "-",
-            str(len(session.history)),
-            relative_time(session.last_active, now),
-            ttl_cell(ttl),
-        )
-    return table
+    """A table of sessions (by default id, backend, status, flow, user, turns, last active, TTL).
+
+    Args:
+        items: The sessions.
+        ttls: Their remaining TTLs, in the same order.
+        columns: Names from :data:`SESSION_COLUMNS`, or ``topic`` (the context's topic).
+        title: A title above the table.
+        now: The time relative times are computed against (default: now).
+    """
+    return _table(_SESSION_COLUMNS, columns, items, ttls, title, now)
 
 
 def execution_table(
     items: Sequence[ExecutionResult],
     ttls: Sequence[timedelta | None],
     *,
+    columns: Sequence[str] = EXECUTION_COLUMNS,
     title: str | None = None,
     now: datetime | None = None,
 ) -> Table:
-    """A table of executions: id, flow, backend, status, duration, session, created, TTL left."""
-    now = now or datetime.now(timezone.utc)
-    table = Table(title=title, title_justify="left", header_style="bold")
-    table.add_column("id", no_wrap=True)
-    table.add_column("flow")
-    table.add_column("backend")
-    table.add_column("status")
-    table.add_column("duration", justify="right")
-    table.add_column("session", no_wrap=True)
-    table.add_column("created", justify="right")
-    table.add_column("TTL left", justify="right")
-    for execution, ttl in zip(items, ttls, strict=True):
-        table.add_row(
-            execution.id,
-            execution.flow_id or "-",
-            str(execution.backend) if execution.backend is not None else "-",
-            _status(execution.status),
-            format_duration_ms(execution.duration_ms),
-            execution.session_id or "-",
-            relative_time(execution.created_at, now),
-            ttl_cell(ttl),
-        )
-    return table
+    """A table of executions (by default id, flow, backend, status, duration, session, created,
+    TTL left); ``columns`` picks names from :data:`EXECUTION_COLUMNS`."""
+    return _table(_EXECUTION_COLUMNS, columns, items, ttls, title, now)
 
 
 def counts_table(field: str, counts: Mapping[str, int], *, title: str | None = None) -> Table:
     """A two-column table of ``counts`` (value -> count), largest first, with a total row."""
-    table = Table(title=title, title_justify="left", header_style="bold", show_footer=True)
+    table = Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        show_footer=True,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     total = sum(counts.values())
     table.add_column(field, footer="total")
     table.add_column("count", justify="right", footer=str(total))

@@ -232,6 +232,30 @@ async def test_sessions_list_table_shows_ttl_and_relative_time(
     assert "no sessions match" in result.stdout
 
 
+async def test_values_that_look_like_markup_are_printed_as_they_are(
+    run: Cli, store: Store, seeded: dict[str, Any]
+) -> None:
+    odd = Session(
+        id="odd", backend=Backend.CUSTOM, current_flow_id="[bold]flow[/bold]", user_id="[/]"
+    )
+    await store.sessions.save(odd)
+    await store.executions.save(ExecutionResult(id="odd_e", session_id="odd", flow_id="[/x]"))
+    for args in (
+        ("sessions", "list", "--backend", "custom"),
+        ("sessions", "show", "odd"),
+        ("executions", "list", "--session", "odd"),
+        ("executions", "show", "odd_e"),
+        ("executions", "stats"),
+    ):
+        result = await run(*args)
+        assert result.exit_code == 0, (args, result.output)
+    result = await run("sessions", "list", "--user", "[/]")
+    assert "[/]" in result.stdout
+    assert "[bold]flow[/bold]" in result.stdout
+    result = await run("executions", "stats")
+    assert "[/x]" in result.stdout
+
+
 # ----------------------------------------------------------------------------- show
 
 

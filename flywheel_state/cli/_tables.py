@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Generic, Literal, TypeVar
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from flywheel_state.cli._admin import EXPIRED
@@ -81,7 +82,7 @@ def format_duration_ms(ms: float | None) -> str:
 def _status(value: object) -> str:
     text = str(value)
     style = _STATUS_STYLE.get(text)
-    return f"[{style}]{text}[/{style}]" if style else text
+    return f"[{style}]{text}[/{style}]" if style else escape(text)
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,16 @@ class _Column(Generic[R]):
 
 
 _SESSION_COLUMNS: dict[str, _Column[Session]] = {
-    "id": _Column("id", lambda s, t, n: s.id, no_wrap=True),
+    "id": _Column("id", lambda s, t, n: escape(s.id), no_wrap=True),
     "backend": _Column("backend", lambda s, t, n: str(s.backend)),
     "status": _Column("status", lambda s, t, n: _status(s.status)),
-    "flow": _Column("flow", lambda s, t, n: s.current_flow_id or "-"),
-    "user": _Column("user", lambda s, t, n: s.user_id or "-"),
+    "flow": _Column("flow", lambda s, t, n: escape(s.current_flow_id or "-")),
+    "user": _Column("user", lambda s, t, n: escape(s.user_id or "-")),
     "topic": _Column(
-        "topic", lambda s, t, n: str(s.context.get("topic", "-")), no_wrap=True, max_width=20
+        "topic",
+        lambda s, t, n: escape(str(s.context.get("topic", "-"))),
+        no_wrap=True,
+        max_width=20,
     ),
     "turns": _Column("turns", lambda s, t, n: str(len(s.history)), "right"),
     "last_active": _Column(
@@ -110,14 +114,14 @@ _SESSION_COLUMNS: dict[str, _Column[Session]] = {
 }
 
 _EXECUTION_COLUMNS: dict[str, _Column[ExecutionResult]] = {
-    "id": _Column("id", lambda e, t, n: e.id, no_wrap=True),
-    "flow": _Column("flow", lambda e, t, n: e.flow_id or "-"),
+    "id": _Column("id", lambda e, t, n: escape(e.id), no_wrap=True),
+    "flow": _Column("flow", lambda e, t, n: escape(e.flow_id or "-")),
     "backend": _Column("backend", lambda e, t, n: "-" if e.backend is None else str(e.backend)),
     "status": _Column("status", lambda e, t, n: _status(e.status)),
     "duration": _Column(
         "duration", lambda e, t, n: format_duration_ms(e.duration_ms), "right", True
     ),
-    "session": _Column("session", lambda e, t, n: e.session_id or "-", no_wrap=True),
+    "session": _Column("session", lambda e, t, n: escape(e.session_id or "-"), no_wrap=True),
     "created": _Column("created", lambda e, t, n: relative_time(e.created_at, n), "right", True),
     "ttl": _Column("TTL left", lambda e, t, n: ttl_cell(t), "right", True),
 }
@@ -206,7 +210,9 @@ def counts_table(field: str, counts: Mapping[str, int], *, title: str | None = N
     table.add_column(field, footer="total")
     table.add_column("count", justify="right", footer=str(total))
     for value, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        table.add_row(_status(value) if field == "status" else (value or "(none)"), str(count))
+        table.add_row(
+            _status(value) if field == "status" else escape(value or "(none)"), str(count)
+        )
     return table
 
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 import click
 from rich.columns import Columns
+from rich.markup import escape
 
 from flywheel_state.cli._admin import document_json, fetch_ttls, filters
 from flywheel_state.cli._common import (
@@ -154,7 +155,8 @@ def show(ctx: CliContext, execution_id: str) -> None:
         emit_json(data)
         return
     console.print(
-        f"[bold]execution {execution.id}[/bold]  {execution.flow_id or '-'} / {execution.status}"
+        f"[bold]execution {escape(execution.id)}[/bold]  {escape(execution.flow_id or '-')}"
+        f" / {execution.status}"
         f"  {format_duration_ms(execution.duration_ms)}  TTL left {ttl_cell(ttl)}"
     )
     data.pop("ttl_seconds")

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.columns import Columns
+from rich.markup import escape
 
 from flywheel_state.cli._admin import document_json, fetch_ttls, filters, ttl_seconds
 from flywheel_state.cli._common import (
@@ -157,7 +158,7 @@ def show(ctx: CliContext, session_id: str) -> None:
         emit_json(data)
         return
     console.print(
-        f"[bold]session {session.id}[/bold]  {session.backend} / {session.status}  "
+        f"[bold]session {escape(session.id)}[/bold]  {session.backend} / {session.status}  "
         f"version {session.version}  TTL left {ttl_cell(ttl)}"
     )
     data.pop("ttl_seconds")
@@ -186,7 +187,8 @@ def touch(ctx: CliContext, session_id: str, ttl: timedelta | None) -> None:
         emit_json({"id": session_id, "version": version, "ttl_seconds": ttl_seconds(left)})
         return
     console.print(
-        f"touched {session_id}: last active now, TTL {ttl_cell(left)} (version {version})"
+        f"touched {session_id}: last active now, TTL {ttl_cell(left)} (version {version})",
+        markup=False,
     )
 
 
@@ -251,7 +253,7 @@ def delete(
 
     targets, missing = run_async(_resolve())
     if missing and not ctx.json:
-        console.print(f"not found: {', '.join(missing)}")
+        console.print(f"not found: {', '.join(missing)}", markup=False)
     if not targets:
         if ctx.json:
             emit_json({"deleted": 0, "ids": [], "not_found": missing})

@@ -4,6 +4,7 @@ Sessions and execution results are redis-om JsonModel documents stored through T
 repositories, queried through RediSearch indexes, and evolved by versioned migrations.
 """
 
+from flywheel_state.compat import RedisConfig, RedisExecutionCache, RedisSessionManager
 from flywheel_state.config import Settings
 from flywheel_state.errors import (
     ConfigError,
@@ -48,6 +49,9 @@ __all__ = [
     "MigrationLockedError",
     "ModuleMissingError",
     "NotFoundError",
+    "RedisConfig",
+    "RedisExecutionCache",
+    "RedisSessionManager",
     "SchemaOutOfDateError",
     "Session",
     "SessionStatus",

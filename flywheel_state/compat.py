@@ -353,18 +353,35 @@ class _FailSafe:
             return
         # Reaching the server is bounded like any call, so an outage answers fast; the connect
         # itself may run pending migrations (auto_migrate) and is not cut off half-way.
-        await asyncio.wait_for(self._ping(store), timeout=self.call_timeout)
+        await asyncio.wait_for(self._probe(), timeout=self.call_timeout)
         async with self._lock():
             if not self._ready:
                 await store.connect()
                 self._ready = True
 
-    @staticmethod
-    async def _ping(store: Store) -> None:
+    async def _probe(self) -> None:
+        """PING through a one-off connection that does not retry.
+
+        The Store's client retries failed connections with backoff (redis-py's default, about
+        4 s when the port is closed), which is right for a blip but makes every call of an
+        outage wait for the full call timeout. The probe fails at once instead.
+        """
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         from flywheel_state._redis import translate_errors
 
-        with translate_errors(f"connecting to {store.settings.safe_url}"):
-            await store.client.ping()
+        kwargs = self.settings.client_kwargs()
+        kwargs.update(retry=Retry(NoBackoff(), 0), max_connections=1)
+        url = self.settings.url
+        client = Redis.from_url(url, **kwargs) if url is not None else Redis(**kwargs)
+        try:
+            with translate_errors(f"connecting to {self.settings.safe_url}"):
+                await client.ping()
+        finally:
+            with translate_errors("closing the probe connection"):
+                await client.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
 
     def _lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -784,17 +801,21 @@ class RedisSessionManager(_FailSafe):
         Returns:
             The :class:`~flywheel_state.Session`, or None when it does not exist, when
             disabled, or when Redis is unavailable. A value still in the original's string
-            format is read too (not rewritten).
+            format, or a document the model rejects (an unknown status...), is mapped as
+            :meth:`save_session` maps its input, and returned without being rewritten.
         """
 
         async def op(store: Store) -> Session | None:
             try:
                 return await store.sessions.get_or_none(session_id)
             except CorruptRecordError:
-                legacy = await _legacy_json(store, store.sessions.key(session_id))
-                if not isinstance(legacy, Mapping):
+                # A string the original wrote, or a document the model rejects (an unknown
+                # status, say): map it the way save_session maps its input, without writing.
+                _, raw = await _raw_value(store, store.sessions.key(session_id))
+                session = _readable_session(session_id, raw)
+                if session is None:
                     raise
-                return _session_from(legacy, [])
+                return session
 
         return await self._call(f"loading session {session_id!r}", op, None)
 
@@ -857,17 +878,34 @@ def _sanitize_session(model: Session) -> None:
         entry.content = _json_safe(entry.content)
 
 
-async def _legacy_json(store: Store, key: str) -> Any:
-    """The parsed JSON of a string value the original code wrote at ``key``, or None."""
-    from flywheel_state._redis import translate_errors
+async def _raw_value(store: Store, key: str) -> tuple[str, Any]:
+    """The key's type and its value parsed as JSON (None when missing or not JSON).
+
+    Reads a string (as the original code wrote) or a RedisJSON document, bypassing the model.
+    """
+    from flywheel_state._redis import as_str, translate_errors
 
     with translate_errors(f"reading {key}"):
-        raw = await store.client.execute_command("GET", key)
-    if raw is None:
+        ktype = as_str(await store.client.type(key))
+        if ktype == "string":
+            raw = await store.client.execute_command("GET", key)
+        elif ktype == "ReJSON-RL":
+            raw = await store.client.execute_command("JSON.GET", key)
+        else:
+            return ktype, None
+    try:
+        return ktype, json.loads(raw)
+    except (TypeError, ValueError):
+        return ktype, None
+
+
+def _readable_session(session_id: str, raw: Any) -> Session | None:
+    """``raw`` (a parsed value) mapped to a Session with id ``session_id``, or None."""
+    if not isinstance(raw, Mapping):
         return None
     try:
-        return json.loads(raw)
-    except ValueError:
+        return _session_from({**raw, "id": session_id}, [])
+    except (FlywheelStateError, ValueError, TypeError):
         return None
 
 
@@ -1033,17 +1071,22 @@ class RedisExecutionCache(_FailSafe):
             try:
                 doc = await store.executions.get_or_none(execution_id)
             except CorruptRecordError:
-                legacy = await _legacy_json(store, store.executions.key(execution_id))
-                if legacy is None:
+                ktype, raw = await _raw_value(store, store.executions.key(execution_id))
+                if raw is None:
                     raise
-                # Shape B wrapped the result: {"execution_id", "result", "cached_at"}.
+                if ktype == "ReJSON-RL":  # a document the model rejects: its result as stored
+                    if not isinstance(raw, Mapping) or "result" not in raw:
+                        raise
+                    return raw["result"]
+                # A string the original wrote. Shape B wrapped the result in
+                # {"execution_id", "result", "cached_at"}; shape A is the result itself.
                 if (
-                    isinstance(legacy, Mapping)
-                    and {"execution_id", "result", "cached_at"} <= legacy.keys()
-                    and legacy.get("execution_id") == execution_id
+                    isinstance(raw, Mapping)
+                    and {"execution_id", "result", "cached_at"} <= raw.keys()
+                    and raw.get("execution_id") == execution_id
                 ):
-                    return legacy["result"]
-                return legacy
+                    return raw["result"]
+                return raw
             return None if doc is None else doc.result
 
         return await self._call(f"reading execution {execution_id!r}", op, None)

@@ -386,6 +386,26 @@ async def test_legacy_string_values_written_later_are_still_read(
     assert await cache.get_result("exec_b") == {"output": "x"}
     assert await cache.get_result("exec_a") == {"result": "y"}
     assert sync_client.type(f"{namespace}:session:old") == "string"  # read, not rewritten
+
+    # A document another writer stored with a status outside the enum stays readable.
+    odd_doc = {"id": "odd", "backend": "flowise", "status": "hibernating", "context": {},
+               "history": [], "metadata": {}, "created_at": 1763460000.0,
+               "last_active": 1763460000.0, "updated_at": 1763460000.0,
+               "schema_version": 1, "version": 3}  # fmt: skip
+    sync_client.execute_command("JSON.SET", f"{namespace}:session:odd", "$", json.dumps(odd_doc))
+    odd = await manager.load_session("odd")
+    assert odd is not None
+    assert (odd.status, odd.metadata) == (SessionStatus.ACTIVE, {"original_status": "hibernating"})
+    assert odd.created_at == datetime.fromtimestamp(1763460000.0, timezone.utc)
+    bad_exec = {"id": "exec_c", "status": "hibernating", "result": {"r": 1}}
+    sync_client.execute_command(
+        "JSON.SET", f"{namespace}:execution:exec_c", "$", json.dumps(bad_exec)
+    )
+    assert await cache.get_result("exec_c") == {"r": 1}
+
+    # Garbage is None (and a warning), never an exception.
+    sync_client.set(f"{namespace}:session:garbage", "not json", ex=600)
+    assert await manager.load_session("garbage") is None
     await manager.close()
     await cache.close()
 

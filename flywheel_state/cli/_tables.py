@@ -90,47 +90,42 @@ class _Column(Generic[R]):
     header: str
     cell: Callable[[R, timedelta | None, datetime], str]
     justify: Literal["left", "right"] = "left"
-    no_wrap: bool = False
+    #: Only wrapping columns give up width on a narrow terminal (folding their text); the
+    #: others always show their values whole.
+    wrap: bool = False
     max_width: int | None = None
 
 
 _SESSION_COLUMNS: dict[str, _Column[Session]] = {
-    "id": _Column("id", lambda s, t, n: escape(s.id), no_wrap=True),
+    "id": _Column("id", lambda s, t, n: escape(s.id)),
     "backend": _Column("backend", lambda s, t, n: str(s.backend)),
     "status": _Column("status", lambda s, t, n: _status(s.status)),
-    "flow": _Column("flow", lambda s, t, n: escape(s.current_flow_id or "-")),
-    "user": _Column("user", lambda s, t, n: escape(s.user_id or "-")),
+    "flow": _Column("flow", lambda s, t, n: escape(s.current_flow_id or "-"), wrap=True),
+    "user": _Column("user", lambda s, t, n: escape(s.user_id or "-"), wrap=True),
     "topic": _Column(
-        "topic",
-        lambda s, t, n: escape(str(s.context.get("topic", "-"))),
-        no_wrap=True,
-        max_width=20,
+        "topic", lambda s, t, n: escape(str(s.context.get("topic", "-"))), max_width=20
     ),
     "turns": _Column("turns", lambda s, t, n: str(len(s.history)), "right"),
-    "last_active": _Column(
-        "last active", lambda s, t, n: relative_time(s.last_active, n), "right", True
-    ),
-    "ttl": _Column("TTL left", lambda s, t, n: ttl_cell(t), "right", True),
+    "last_active": _Column("last active", lambda s, t, n: relative_time(s.last_active, n), "right"),
+    "ttl": _Column("TTL", lambda s, t, n: ttl_cell(t), "right"),
 }
 
 _EXECUTION_COLUMNS: dict[str, _Column[ExecutionResult]] = {
-    "id": _Column("id", lambda e, t, n: escape(e.id), no_wrap=True),
-    "flow": _Column("flow", lambda e, t, n: escape(e.flow_id or "-")),
+    "id": _Column("id", lambda e, t, n: escape(e.id)),
+    "flow": _Column("flow", lambda e, t, n: escape(e.flow_id or "-"), wrap=True),
     "backend": _Column("backend", lambda e, t, n: "-" if e.backend is None else str(e.backend)),
     "status": _Column("status", lambda e, t, n: _status(e.status)),
-    "duration": _Column(
-        "duration", lambda e, t, n: format_duration_ms(e.duration_ms), "right", True
-    ),
-    "session": _Column("session", lambda e, t, n: escape(e.session_id or "-"), no_wrap=True),
-    "created": _Column("created", lambda e, t, n: relative_time(e.created_at, n), "right", True),
-    "ttl": _Column("TTL left", lambda e, t, n: ttl_cell(t), "right", True),
+    "duration": _Column("duration", lambda e, t, n: format_duration_ms(e.duration_ms), "right"),
+    "session": _Column("session", lambda e, t, n: escape(e.session_id or "-")),
+    "created": _Column("created", lambda e, t, n: relative_time(e.created_at, n), "right"),
+    "ttl": _Column("TTL", lambda e, t, n: ttl_cell(t), "right"),
 }
 
-SESSION_COLUMNS = ("id", "backend", "status", "flow", "user", "turns", "last_active", "ttl")
-"""The columns of ``sessions list``; :func:`session_table` also knows ``topic``."""
+SESSION_COLUMNS = ("id", "backend", "status", "flow", "user", "last_active", "ttl")
+"""The columns of ``sessions list``; :func:`session_table` also knows ``topic`` and ``turns``."""
 
-EXECUTION_COLUMNS = ("id", "flow", "backend", "status", "duration", "session", "created", "ttl")
-"""The columns of ``executions list``."""
+EXECUTION_COLUMNS = ("id", "flow", "status", "duration", "session", "created", "ttl")
+"""The columns of ``executions list``; :func:`execution_table` also knows ``backend``."""
 
 
 def _table(
@@ -155,7 +150,8 @@ def _table(
         table.add_column(
             column.header,
             justify=column.justify,
-            no_wrap=column.no_wrap,
+            no_wrap=not column.wrap,
+            overflow="fold" if column.wrap else "ellipsis",
             max_width=column.max_width,
         )
     for item, ttl in zip(items, ttls, strict=True):
@@ -171,12 +167,13 @@ def session_table(
     title: str | None = None,
     now: datetime | None = None,
 ) -> Table:
-    """A table of sessions (by default id, backend, status, flow, user, turns, last active, TTL).
+    """A table of sessions (by default id, backend, status, flow, user, last active, TTL).
 
     Args:
         items: The sessions.
         ttls: Their remaining TTLs, in the same order.
-        columns: Names from :data:`SESSION_COLUMNS`, or ``topic`` (the context's topic).
+        columns: Names from :data:`SESSION_COLUMNS`, ``topic`` (the context's) or ``turns``
+            (history entries).
         title: A title above the table.
         now: The time relative times are computed against (default: now).
     """
@@ -191,8 +188,8 @@ def execution_table(
     title: str | None = None,
     now: datetime | None = None,
 ) -> Table:
-    """A table of executions (by default id, flow, backend, status, duration, session, created,
-    TTL left); ``columns`` picks names from :data:`EXECUTION_COLUMNS`."""
+    """A table of executions (by default id, flow, status, duration, session, created, TTL);
+    ``columns`` picks names from :data:`EXECUTION_COLUMNS` or ``backend``."""
     return _table(_EXECUTION_COLUMNS, columns, items, ttls, title, now)
 
 

@@ -755,9 +755,10 @@ def demo(
         if server is not None:
             server.stop()
             _say("Stopped the embedded server and removed its temporary directory.")
-    _say(
-        "Next: `flywheel-state server start --detach` for a server of your own, then "
-        "`flywheel-state sessions list --help`; `flywheel-state demo --keep` keeps this data."
-    )
+    if not keep:
+        _say(
+            "Next: `flywheel-state server start --detach` for a server of your own, then "
+            "`flywheel-state sessions list --help`; `flywheel-state demo --keep` keeps the data."
+        )
     seconds = time.perf_counter() - started
     console.print(Rule(f"done in {seconds:.1f} s", style="cyan"))

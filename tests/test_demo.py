@@ -52,7 +52,7 @@ def _check_tour(output: str) -> None:
     assert "MISMATCH" not in output, output
     # Every query result was checked against a brute-force filter of the generated data.
     assert len(re.findall(r"^\s+ok ", output, flags=re.MULTILINE)) >= 7, output
-    assert re.search(r"TTL left: 3\.0s → .*gone", output), output
+    assert re.search(r"TTL left: [23]\.\ds → .*gone", output), output
     assert "count(): 300 sessions (was 301), 0 of ttl-demo" in output
 
 

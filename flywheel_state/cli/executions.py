@@ -60,7 +60,7 @@ def executions() -> None:
     type=POINT_IN_TIME,
     help="Created at or after this time: 30m, 2h, 7d (ago) or an ISO datetime.",
 )
-@click.option("--before", type=POINT_IN_TIME, help="Created at or before this time.")
+@click.option("--before", type=POINT_IN_TIME, help="Created before this time.")
 @click.option(
     "--min-duration-ms", type=click.FloatRange(min=0), help="Only runs at least this long."
 )

@@ -62,12 +62,10 @@ def _filter_options(func: F) -> F:
         click.option(
             "--active-before",
             type=POINT_IN_TIME,
-            help="Last active at or before this time (e.g. 7d: idle for a week).",
+            help="Last active before this time (e.g. 7d: idle for over a week).",
         ),
         click.option("--created-since", type=POINT_IN_TIME, help="Created at or after this time."),
-        click.option(
-            "--created-before", type=POINT_IN_TIME, help="Created at or before this time."
-        ),
+        click.option("--created-before", type=POINT_IN_TIME, help="Created before this time."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -217,8 +215,8 @@ def delete(
 
     Asks "Delete N sessions? [y/N]" unless --yes; without an answer (no terminal, no input) it
     refuses and deletes nothing. With --where, the matching ids are collected first and exactly
-    those are deleted after the confirmation. There is no way to delete every session without a
-    filter: use `flywheel-state sessions delete --where --created-before <now>` if you mean it.
+    those are deleted after the confirmation. Nothing deletes every session without a filter:
+    --where needs at least one, and filters without --where are refused.
     """
     query = _query_filters(opts)
     if ids and (where or query):

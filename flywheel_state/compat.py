@@ -44,20 +44,24 @@ loop (or outside any) works in any other, e.g. across two ``asyncio.run`` calls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
-import functools
-import hashlib
 import json
 import logging
 import os
-import re
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import datetime
-from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from flywheel_state._compat_mapping import (
+    check_paging,
+    execution_from,
+    glob_regex,
+    history_prefix,
+    json_safe,
+    readable_session,
+    result_fields,
+    sanitize_session,
+    session_from,
+)
 from flywheel_state.config import DEFAULT_NAMESPACE, Settings
 from flywheel_state.errors import (
     ConfigError,
@@ -70,7 +74,7 @@ from flywheel_state.errors import (
 )
 
 if TYPE_CHECKING:
-    from flywheel_state.models import ExecutionResult, Session
+    from flywheel_state.models import Session
     from flywheel_state.store import Store
 
 __all__ = ["CALL_MARGIN", "RedisConfig", "RedisExecutionCache", "RedisSessionManager"]
@@ -436,256 +440,6 @@ class _FailSafe:
             logger.debug("%s: error while closing: %s", self._label, exc)
 
 
-# --------------------------------------------------------------------------------------------
-# Sessions
-# --------------------------------------------------------------------------------------------
-
-_STATUS_ALIASES = {
-    "canceled": "cancelled",
-    "cancel": "cancelled",
-    "aborted": "cancelled",
-    "stopped": "cancelled",
-    "error": "failed",
-    "errored": "failed",
-    "failure": "failed",
-    "done": "completed",
-    "complete": "completed",
-    "finished": "completed",
-    "success": "completed",
-    "succeeded": "completed",
-    "in_progress": "running",
-    "in-progress": "running",
-    "started": "running",
-    "processing": "running",
-    "executing": "running",
-    "paused": "idle",
-    "inactive": "idle",
-    "waiting": "idle",
-    "new": "pending",
-    "created": "pending",
-    "queued": "pending",
-    "open": "active",
-    "ongoing": "active",
-}
-_UNKNOWN_SESSION_STATUS = "active"
-"""The status an unmappable value is stored as (the session is being saved, so it is live)."""
-
-_SESSION_DATETIMES = ("created_at", "updated_at", "last_active")
-_DROPPED_KEYS = frozenset({"_schema_version", "schema_version", "version", "pk"})
-
-
-@functools.cache
-def _adapter(kind: str) -> Any:
-    """A cached pydantic TypeAdapter for the models' ``datetime`` or ``tag`` field type."""
-    from pydantic import TypeAdapter
-
-    from flywheel_state.models._types import TagStr, UtcDatetime
-
-    return TypeAdapter(UtcDatetime if kind == "datetime" else TagStr)
-
-
-def _plain(value: Any) -> Any:
-    """An Enum member's value (or name when the value is not a string); anything else as is."""
-    if isinstance(value, Enum):
-        return value.value if isinstance(value.value, str) else value.name
-    return value
-
-
-def _as_mapping(obj: Any) -> dict[str, Any]:
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        data = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-        # The original code set ``session.metadata`` as a plain attribute on the dataclass.
-        extra = getattr(obj, "__dict__", {})
-        for key, value in extra.items():
-            data.setdefault(key, value)
-        return data
-    if hasattr(obj, "__dict__") and hasattr(obj, "id"):
-        return {k: v for k, v in vars(obj).items() if not k.startswith("_")}
-    raise TypeError(
-        "save_session() takes a flywheel_state Session, a UniversalSession-like dataclass or "
-        f"a dict, got {type(obj).__name__}"
-    )
-
-
-def _session_from(obj: Any, notes: list[str]) -> Session:
-    """Map a Session, a UniversalSession-like object or a dict (both legacy shapes) to Session.
-
-    Values that can't be mapped are kept, never dropped: an unknown status or backend is stored
-    as a known one with the original in ``metadata`` (``original_status`` /
-    ``original_backend``), and unknown fields go into ``metadata`` under their own names.
-    ``notes`` receives a line per such value.
-    """
-    from pydantic import ValidationError
-
-    from flywheel_state.models import Backend, HistoryEntry, Session, SessionStatus
-    from flywheel_state.models._types import utcnow
-
-    if isinstance(obj, Session):
-        return obj
-    data = _as_mapping(obj)
-    metadata_raw = data.pop("metadata", None)
-    metadata: dict[str, Any] = dict(metadata_raw) if isinstance(metadata_raw, Mapping) else {}
-    if metadata_raw is not None and not isinstance(metadata_raw, Mapping):
-        metadata["original_metadata"] = metadata_raw
-    # Shape B kept created_at / last_active inside metadata.
-    for name in _SESSION_DATETIMES:
-        if data.get(name) is None and metadata.get(name) is not None:
-            data[name] = metadata.pop(name)
-    for key in _DROPPED_KEYS:
-        data.pop(key, None)
-
-    out: dict[str, Any] = {"id": data.pop("id", None)}
-
-    backend = _plain(data.pop("backend", None))
-    known_backends = {b.value for b in Backend}
-    if isinstance(backend, str) and backend.strip().lower() in known_backends:
-        out["backend"] = backend.strip().lower()
-    else:
-        out["backend"] = Backend.CUSTOM.value
-        if backend is not None:
-            metadata["original_backend"] = backend
-            notes.append(f"unknown backend {backend!r} stored as 'custom'")
-
-    status = _plain(data.pop("status", None))
-    known_statuses = {s.value for s in SessionStatus}
-    if status is None:
-        out["status"] = SessionStatus.PENDING.value
-    else:
-        norm = str(status).strip().lower()
-        norm = _STATUS_ALIASES.get(norm, norm)
-        out["status"] = norm if norm in known_statuses else _UNKNOWN_SESSION_STATUS
-        if out["status"] != status:
-            metadata["original_status"] = status
-            if norm not in known_statuses:
-                notes.append(f"unknown status {status!r} stored as {_UNKNOWN_SESSION_STATUS!r}")
-
-    for name in ("backend_session_id", "current_flow_id", "user_id"):
-        value = _plain(data.pop(name, None))
-        if value is not None:
-            out[name] = value if isinstance(value, str) else str(value)
-
-    context = data.pop("context", None)
-    if context is None:
-        out["context"] = {}
-    elif isinstance(context, Mapping):
-        out["context"] = dict(context)
-    else:
-        out["context"] = {"value": context}
-
-    out["history"] = _history_entries(data.pop("history", None), HistoryEntry)
-
-    datetime_adapter = _adapter("datetime")
-    for name in _SESSION_DATETIMES:
-        value = data.pop(name, None)
-        if value is None:
-            continue
-        try:
-            out[name] = datetime_adapter.validate_python(value)
-        except ValidationError:
-            metadata[f"original_{name}"] = value if isinstance(value, str) else str(value)
-            notes.append(f"{name} {value!r} is not a date and time; kept in metadata")
-    # The original wrote last_active = now on every save: saving is activity.
-    out.setdefault("last_active", utcnow())
-
-    for name, kind in (
-        ("total_queries", int),
-        ("successful_queries", int),
-        ("total_response_time", float),
-    ):
-        value = data.pop(name, None)
-        if value is not None:
-            out[name] = kind(value)
-
-    expires_at = data.pop("expires_at", None)
-    if expires_at is not None:
-        metadata["expires_at"] = (
-            expires_at.isoformat() if isinstance(expires_at, datetime) else expires_at
-        )
-    for key, value in data.items():
-        metadata.setdefault(key, _plain(value))
-    out["metadata"] = metadata
-    return Session.model_validate(out)
-
-
-def _history_entries(history: Any, entry_type: Any) -> list[Any]:
-    from pydantic import ValidationError
-
-    if history is None:
-        return []
-    items = history if isinstance(history, (list, tuple)) else [history]
-    entries: list[Any] = []
-    for item in items:
-        if isinstance(item, entry_type):
-            entries.append(item)
-            continue
-        raw = dict(item) if isinstance(item, Mapping) else {"content": item}
-        try:
-            entries.append(entry_type.model_validate(raw))
-        except ValidationError:
-            # A timestamp that is not a date (the original accepted any text): keep it aside.
-            if "timestamp" not in raw:
-                raise
-            raw["original_timestamp"] = str(raw.pop("timestamp"))
-            entries.append(entry_type.model_validate(raw))
-    return entries
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` as the original stored it: JSON with ``default=str`` for anything else."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """A regex matching exactly what Redis's glob ``pattern`` matches (KEYS / SCAN MATCH)."""
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "*":
-            if not out or out[-1] != ".*":
-                out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(pattern[i]))
-        elif c == "[":
-            j = i + 1
-            negate = j < n and pattern[j] == "^"
-            if negate:
-                j += 1
-            parts: list[str] = []
-            while j < n and pattern[j] != "]":
-                if pattern[j] == "\\" and j + 1 < n:
-                    parts.append(re.escape(pattern[j + 1]))
-                    j += 2
-                elif j + 2 < n and pattern[j + 1] == "-" and pattern[j + 2] != "]":
-                    lo, hi = sorted((pattern[j], pattern[j + 2]))
-                    parts.append(f"{re.escape(lo)}-{re.escape(hi)}")
-                    j += 3
-                else:
-                    parts.append(re.escape(pattern[j]))
-                    j += 1
-            if parts:
-                out.append(f"[{'^' if negate else ''}{''.join(parts)}]")
-            else:
-                out.append("." if negate else "(?!)")
-            i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _check_paging(limit: int | None, offset: int) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InvalidQueryError(f"limit must be a positive integer or None, got {limit!r}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise InvalidQueryError(f"offset must be a non-negative integer, got {offset!r}")
-
-
 class RedisSessionManager(_FailSafe):
     """Session persistence with the original API, on flywheel-state documents and indexes.
 
@@ -770,7 +524,7 @@ class RedisSessionManager(_FailSafe):
         if sid is None and isinstance(session, Mapping):
             sid = session.get("id")
         try:
-            model = _session_from(session, notes)
+            model = session_from(session, notes)
         except FlywheelStateError as exc:
             logger.warning("saving session %r failed: %s", sid, exc)
             return False
@@ -789,7 +543,7 @@ class RedisSessionManager(_FailSafe):
                 await store.sessions.save(model)
             except (ValueError, TypeError):
                 # A value JSON can't hold (the original stored it with json default=str).
-                _sanitize_session(model)
+                sanitize_session(model)
                 await store.sessions.save(model)
             return True
 
@@ -812,7 +566,7 @@ class RedisSessionManager(_FailSafe):
                 # A string the original wrote, or a document the model rejects (an unknown
                 # status, say): map it the way save_session maps its input, without writing.
                 _, raw = await _raw_value(store, store.sessions.key(session_id))
-                session = _readable_session(session_id, raw)
+                session = readable_session(session_id, raw)
                 if session is None:
                     raise
                 return session
@@ -856,26 +610,16 @@ class RedisSessionManager(_FailSafe):
         """
 
         async def op(store: Store) -> list[str]:
-            _check_paging(limit, offset)
+            check_paging(limit, offset)
             if pattern == "*":
                 return list(
                     await store.sessions.ids(sort=sort, limit=limit, offset=offset, **filters)
                 )
-            regex = _glob_regex(pattern)
+            regex = glob_regex(pattern)
             ids = [i for i in await store.sessions.ids(sort=sort, **filters) if regex.fullmatch(i)]
             return ids[offset:] if limit is None else ids[offset : offset + limit]
 
         return await self._call(f"listing sessions matching {pattern!r}", op, [])
-
-
-def _sanitize_session(model: Session) -> None:
-    model.context = _json_safe(model.context)
-    model.metadata = _json_safe(model.metadata)
-    for entry in model.history:
-        extra = entry.__pydantic_extra__
-        if extra:
-            entry.__pydantic_extra__ = _json_safe(extra)
-        entry.content = _json_safe(entry.content)
 
 
 async def _raw_value(store: Store, key: str) -> tuple[str, Any]:
@@ -899,78 +643,9 @@ async def _raw_value(store: Store, key: str) -> tuple[str, Any]:
         return ktype, None
 
 
-def _readable_session(session_id: str, raw: Any) -> Session | None:
-    """``raw`` (a parsed value) mapped to a Session with id ``session_id``, or None."""
-    if not isinstance(raw, Mapping):
-        return None
-    try:
-        return _session_from({**raw, "id": session_id}, [])
-    except (FlywheelStateError, ValueError, TypeError):
-        return None
-
-
 # --------------------------------------------------------------------------------------------
 # Execution results
 # --------------------------------------------------------------------------------------------
-
-
-def _result_fields(result: Any, *, skip: Iterable[str] = ()) -> dict[str, Any]:
-    """Indexed ExecutionResult fields found in a result dict (top level, then ``metadata``).
-
-    Only values the model accepts are taken; anything else stays only in ``result``.
-    """
-    from pydantic import ValidationError
-
-    from flywheel_state.models import Backend, ExecutionStatus
-
-    if not isinstance(result, Mapping):
-        return {}
-    inner = result.get("metadata")
-    sources: list[Mapping[str, Any]] = [result]
-    if isinstance(inner, Mapping):
-        sources.append(inner)
-
-    def pick(*names: str) -> Any:
-        for source in sources:
-            for name in names:
-                value = source.get(name)
-                if value is not None:
-                    return _plain(value)
-        return None
-
-    fields: dict[str, Any] = {}
-    tag = _adapter("tag")
-    for field, names in (("session_id", ("session_id",)), ("flow_id", ("flow_id",))):
-        value = pick(*names)
-        if field not in skip and isinstance(value, str):
-            with contextlib.suppress(ValidationError):
-                fields[field] = tag.validate_python(value)
-    backend = pick("backend")
-    if isinstance(backend, str) and backend.lower() in {b.value for b in Backend}:
-        fields["backend"] = backend.lower()
-    status = pick("status")
-    norm = _STATUS_ALIASES.get(str(status).strip().lower(), str(status).strip().lower())
-    if status is not None and norm in {s.value for s in ExecutionStatus}:
-        fields["status"] = norm
-    elif result.get("error"):
-        fields["status"] = ExecutionStatus.FAILED.value
-    error = result.get("error")
-    if isinstance(error, str) and error:
-        fields["error"] = error
-    duration = pick("duration_ms")
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration >= 0:
-        fields["duration_ms"] = float(duration)
-    if "created_at" not in skip:
-        when = pick("timestamp", "created_at")
-        if when is not None:
-            with contextlib.suppress(ValidationError):
-                fields["created_at"] = _adapter("datetime").validate_python(when)
-    return fields
-
-
-def _history_prefix(session_id: str, flow_id: str) -> str:
-    digest = hashlib.blake2b(f"{session_id}\x00{flow_id}".encode(), digest_size=10).hexdigest()
-    return f"history_{digest}_"
 
 
 class RedisExecutionCache(_FailSafe):
@@ -1044,7 +719,7 @@ class RedisExecutionCache(_FailSafe):
         if not self.enabled:
             return False
         try:
-            doc = _execution(execution_id, result, _result_fields(result), {"source": "cache"})
+            doc = execution_from(execution_id, result, result_fields(result), {"source": "cache"})
         except (FlywheelStateError, ValueError, TypeError) as exc:
             logger.warning("caching execution %r failed: %s", execution_id, exc)
             return False
@@ -1053,7 +728,7 @@ class RedisExecutionCache(_FailSafe):
             try:
                 await store.executions.save(doc)
             except (ValueError, TypeError):
-                doc.result = _json_safe(doc.result)
+                doc.result = json_safe(doc.result)
                 await store.executions.save(doc)
             return True
 
@@ -1105,14 +780,14 @@ class RedisExecutionCache(_FailSafe):
         """
         if not self.enabled:
             return False
-        prefix = _history_prefix(session_id, flow_id)
+        prefix = history_prefix(session_id, flow_id)
         try:
             docs = [
-                _execution(
+                execution_from(
                     f"{prefix}{position:05d}",
                     item,
                     {
-                        **_result_fields(item, skip=("session_id", "flow_id")),
+                        **result_fields(item, skip=("session_id", "flow_id")),
                         "session_id": session_id,
                         "flow_id": flow_id,
                     },
@@ -1132,7 +807,7 @@ class RedisExecutionCache(_FailSafe):
                     await store.executions.save_many(docs)
                 except (ValueError, TypeError):
                     for doc in docs:
-                        doc.result = _json_safe(doc.result)
+                        doc.result = json_safe(doc.result)
                     await store.executions.save_many(docs)
             stale = [i for i in before if i.startswith(prefix) and i not in keep]
             if stale:
@@ -1149,7 +824,7 @@ class RedisExecutionCache(_FailSafe):
         """
 
         async def op(store: Store) -> list[Any] | None:
-            prefix = _history_prefix(session_id, flow_id)
+            prefix = history_prefix(session_id, flow_id)
             ids = [
                 i
                 for i in await store.executions.ids(session_id=session_id, flow_id=flow_id)
@@ -1162,11 +837,3 @@ class RedisExecutionCache(_FailSafe):
             return [d.result for d in docs] or None
 
         return await self._call(f"reading the history of {session_id!r} on {flow_id!r}", op, None)
-
-
-def _execution(
-    execution_id: str, result: Any, fields: dict[str, Any], metadata: dict[str, Any]
-) -> ExecutionResult:
-    from flywheel_state.models import ExecutionResult
-
-    return ExecutionResult(id=execution_id, result=result, metadata=metadata, **fields)

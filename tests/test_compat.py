@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -36,6 +38,7 @@ from flywheel_state import (
     SessionStatus,
     Store,
 )
+from flywheel_state._compat_mapping import glob_regex
 from flywheel_state.server import EmbeddedRedis
 
 WEEK = 604800
@@ -361,6 +364,20 @@ async def test_list_sessions_glob_filters_and_paging(
     assert await manager.list_sessions(colour="blue") == []
     assert await manager.list_sessions(limit=0) == []
     await manager.close()
+
+
+def test_glob_patterns_match_exactly_what_redis_matches(
+    namespace: str, sync_client: redis.Redis
+) -> None:
+    ids = ["".join(t) for n in (1, 2, 3) for t in itertools.product("ab-^]\\", repeat=n)]
+    prefix = f"{namespace}:glob:"
+    sync_client.mset({prefix + i: 1 for i in ids})
+    rng = random.Random(20251118)
+    for _ in range(1500):
+        pattern = "".join(rng.choice("ab*?[]^-\\") for _ in range(rng.randint(1, 7)))
+        by_redis = {k[len(prefix) :] for k in sync_client.keys(prefix + pattern)}
+        regex = glob_regex(pattern)
+        assert {i for i in ids if regex.fullmatch(i)} == by_redis, pattern
 
 
 async def test_legacy_string_values_written_later_are_still_read(

@@ -84,7 +84,9 @@ class Settings:
     command_timeout: float = 2.0
     """Seconds to wait for a command's reply before StoreUnavailableError."""
     max_connections: int = 50
-    """Size of the client's connection pool."""
+    """Size of the client's connection pool (per event loop)."""
+    pool_timeout: float = 10.0
+    """Seconds a call waits for a free pooled connection before StoreUnavailableError."""
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -105,7 +107,7 @@ class Settings:
             raise ConfigError(f"db must be >= 0, got {self.db!r}")
         object.__setattr__(self, "session_ttl", _ttl(self.session_ttl, "session_ttl"))
         object.__setattr__(self, "execution_ttl", _ttl(self.execution_ttl, "execution_ttl"))
-        for name in ("connect_timeout", "command_timeout"):
+        for name in ("connect_timeout", "command_timeout", "pool_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")

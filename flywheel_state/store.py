@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_exc
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.config import Settings
@@ -89,10 +89,17 @@ class Store:
     # ------------------------------------------------------------------ clients
 
     def _new_client(self) -> Client:
+        # A blocking pool: a burst of concurrent calls waits for a free connection (up to
+        # pool_timeout) instead of failing with "Too many connections".
         kwargs = self.settings.client_kwargs()
+        kwargs["timeout"] = self.settings.pool_timeout
+        pool: BlockingConnectionPool[Any]
         if self.settings.url is not None:
-            return Redis.from_url(self.settings.url, **kwargs)
-        return Redis(**kwargs)
+            pool = BlockingConnectionPool.from_url(self.settings.url, **kwargs)
+        else:
+            pool = BlockingConnectionPool(**kwargs)
+        client: Client = Redis.from_pool(pool)  # type: ignore[attr-defined]  # stubs lag redis 5+
+        return client
 
     def _client_for_loop(self) -> Client:
         loop = asyncio.get_running_loop()

@@ -117,3 +117,10 @@ def test_store_works_across_event_loops(settings: Settings) -> None:
 def test_store_repr_hides_password(redis_server: str) -> None:
     store = Store(Settings(url="redis://user:pw-very-secret@localhost:1/0"))
     assert "pw-very-secret" not in repr(store)
+
+
+async def test_bursts_beyond_the_pool_size_wait_for_a_connection(settings: Settings) -> None:
+    async with Store(settings.replace(max_connections=4), auto_migrate=True) as small:
+        await small.sessions.save_many(Session(id=f"b{i}", backend="custom") for i in range(50))
+        got = await asyncio.gather(*(small.sessions.get(f"b{i % 50}") for i in range(300)))
+        assert [g.id for g in got] == [f"b{i % 50}" for i in range(300)]

@@ -340,9 +340,28 @@ class _FailSafe:
         if not self.enabled:
             return fallback
         store = self.store
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.call_timeout
         try:
-            await self._ensure_ready(store)
-            result = await asyncio.wait_for(op(store), timeout=self.call_timeout)
+            was_ready = self._ready
+            await self._ensure_ready(store, self.call_timeout)
+            try:
+                result = await asyncio.wait_for(op(store), timeout=self.call_timeout)
+            except _RECORD_ERRORS:
+                raise
+            except FlywheelStateError:
+                if not was_ready:
+                    raise
+                # The first failure after a quiet period is often not an outage: a pooled
+                # connection from before a server restart, or a server that came back empty
+                # (no index). Check the server (and the schema) again and retry once, within
+                # the same time budget; every operation here is safe to repeat.
+                self._ready = False
+                await _drop_idle_connections(store)
+                await self._ensure_ready(store, max(deadline - loop.time(), 0.01))
+                result = await asyncio.wait_for(
+                    op(store), timeout=max(deadline - loop.time(), 0.01)
+                )
         except _RECORD_ERRORS as exc:
             logger.warning("%s failed: %s", what, exc)
             return fallback
@@ -352,12 +371,12 @@ class _FailSafe:
         self._succeeded()
         return result
 
-    async def _ensure_ready(self, store: Store) -> None:
+    async def _ensure_ready(self, store: Store, timeout: float) -> None:
         if self._ready:
             return
         # Reaching the server is bounded like any call, so an outage answers fast; the connect
         # itself may run pending migrations (auto_migrate) and is not cut off half-way.
-        await asyncio.wait_for(self._probe(), timeout=self.call_timeout)
+        await asyncio.wait_for(self._probe(), timeout=timeout)
         async with self._lock():
             if not self._ready:
                 await store.connect()
@@ -620,6 +639,14 @@ class RedisSessionManager(_FailSafe):
             return ids[offset:] if limit is None else ids[offset : offset + limit]
 
         return await self._call(f"listing sessions matching {pattern!r}", op, [])
+
+
+async def _drop_idle_connections(store: Store) -> None:
+    """Disconnect the idle pooled connections of the running loop's client (not those in use)."""
+    from flywheel_state._redis import translate_errors
+
+    with translate_errors("dropping idle connections"):
+        await store.client.connection_pool.disconnect(inuse_connections=False)
 
 
 async def _raw_value(store: Store, key: str) -> tuple[str, Any]:

@@ -641,6 +641,29 @@ async def test_outage_returns_fail_safe_values_logs_once_and_recovers(
         server.stop()
 
 
+async def test_server_replaced_between_calls_next_calls_work(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # No call fails in between: the pooled connection is stale and the new server is empty
+    # (no index, no migration record). The very next calls still work.
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    server = EmbeddedRedis().start()
+    port = server.port
+    manager = RedisSessionManager(host="127.0.0.1", port=port, command_timeout=1.0)
+    try:
+        assert await manager.save_session(make_session("old")) is True
+        assert await manager.list_sessions() == ["old"]
+        server.stop()
+        server = EmbeddedRedis(port=port).start()
+        assert await manager.list_sessions() == []
+        assert await manager.save_session(make_session("new")) is True
+        assert await manager.list_sessions(backend="flowise") == ["new"]
+        assert compat_records(caplog, logging.WARNING) == []
+    finally:
+        await manager.close()
+        server.stop()
+
+
 async def test_hung_server_calls_return_within_the_timeout(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

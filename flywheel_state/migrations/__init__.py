@@ -1,54 +1,50 @@
-"""Versioned migrations (placeholder runner until the migrations work lands)."""
+"""Versioned migrations of index schemas and data, safe to run on live data.
 
-from __future__ import annotations
+Scripts live in ``flywheel_state/migrations/versions/NNNN_slug.py`` (Alembic's shape: module-level
+``revision`` / ``down_revision`` / ``description`` and ``async def upgrade(ctx)`` /
+``async def downgrade(ctx)``); the logic lives in library operations (``ctx.ops``). The runner
+(``store.migrations``) applies them one at a time per namespace under a lock, records them in
+Redis, resumes interrupted data migrations from checkpoints, and is what ``flywheel-state
+migrate`` calls::
 
-from typing import TYPE_CHECKING
+    status = await store.migrations.status()
+    report = await store.migrations.upgrade()              # to head
+    await store.migrations.upgrade(dry_run=True)          # what would change; writes nothing
+    await store.migrations.downgrade("0001")
+    await store.migrations.history()
+    await store.migrations.stamp("0002")
+"""
 
-from flywheel_state.indexes import IndexField, IndexSpec, create_index, point_alias
-
-if TYPE_CHECKING:
-    from flywheel_state.store import Store
-
-__all__ = ["MigrationRunner"]
-
-SESSION_INDEX = IndexSpec(
-    "session",
-    1,
-    (
-        IndexField("backend", "TAG"),
-        IndexField("status", "TAG"),
-        IndexField("current_flow_id", "TAG"),
-        IndexField("user_id", "TAG"),
-        IndexField("created_at", "NUMERIC", sortable=True),
-        IndexField("last_active", "NUMERIC", sortable=True),
-    ),
+from flywheel_state.migrations.context import DEFAULT_BATCH_SIZE, MigrationContext, ProgressCallback
+from flywheel_state.migrations.ops import Operations, Rewrite, RewriteResult
+from flywheel_state.migrations.report import (
+    MigrationProblem,
+    MigrationProgress,
+    MigrationRecord,
+    MigrationReport,
+    MigrationStatus,
+    StepReport,
 )
-EXECUTION_INDEX = IndexSpec(
-    "execution",
-    1,
-    (
-        IndexField("session_id", "TAG"),
-        IndexField("flow_id", "TAG"),
-        IndexField("backend", "TAG"),
-        IndexField("status", "TAG"),
-        IndexField("created_at", "NUMERIC", sortable=True),
-        IndexField("duration_ms", "NUMERIC", sortable=True),
-    ),
-)
+from flywheel_state.migrations.runner import MigrationRunner
+from flywheel_state.migrations.script import BASE, HEAD, Script, ScriptDirectory, default_scripts
 
-
-class MigrationRunner:
-    """Applies migrations to one Store's namespace."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    async def check_on_connect(self, *, auto_migrate: bool) -> None:
-        """Create the indexes when asked to migrate automatically."""
-        if not auto_migrate:
-            return
-        client = self._store.client
-        ns = self._store.namespace
-        for spec in (SESSION_INDEX, EXECUTION_INDEX):
-            name = await create_index(client, ns, spec)
-            await point_alias(client, ns, spec.kind, name)
+__all__ = [
+    "BASE",
+    "DEFAULT_BATCH_SIZE",
+    "HEAD",
+    "MigrationContext",
+    "MigrationProblem",
+    "MigrationProgress",
+    "MigrationRecord",
+    "MigrationReport",
+    "MigrationRunner",
+    "MigrationStatus",
+    "Operations",
+    "ProgressCallback",
+    "Rewrite",
+    "RewriteResult",
+    "Script",
+    "ScriptDirectory",
+    "StepReport",
+    "default_scripts",
+]

@@ -6,8 +6,10 @@ import abc
 from typing import Any, ClassVar
 
 from aredis_om import JsonModel
-from pydantic import ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic import Field as PydanticField
+
+from flywheel_state.models._upgrades import upgrade_document
 
 __all__ = ["Document"]
 
@@ -50,6 +52,26 @@ class Document(JsonModel, abc.ABC):
     SCHEMA_VERSION: ClassVar[int] = 1
     #: The key segment after the namespace: ``{namespace}:{KIND}:{id}``.
     KIND: ClassVar[str] = ""
+
+    # redis-om's __init__ re-checks the primary key declaration and builds an un-awaited
+    # has_redis_json() coroutine on every instance; worse, any custom __init__ makes pydantic
+    # validate every document twice in model_validate_json (from JSON, then again inside
+    # __init__). Plain pydantic construction, marked as such, keeps a single validation pass.
+    def __init__(self, /, **data: Any) -> None:
+        BaseModel.__init__(self, **data)
+
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_schema(cls, data: Any) -> Any:
+        # Stored documents of an older shape are upgraded in memory (see models/_upgrades.py);
+        # the current shape costs one lookup. A dict without schema_version is a new object.
+        if type(data) is dict:
+            version = data.get("schema_version")
+            if version is not None and version != cls.SCHEMA_VERSION:
+                return upgrade_document(cls.KIND, data, cls.SCHEMA_VERSION)
+        return data
 
     class Meta:
         database = _UnboundDatabase()

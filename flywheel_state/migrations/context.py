@@ -1,0 +1,114 @@
+"""MigrationContext: what a migration script's ``upgrade(ctx)`` / ``downgrade(ctx)`` receives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from flywheel_state._redis import Client
+from flywheel_state.config import Settings
+from flywheel_state.errors import MigrationError
+from flywheel_state.migrations.report import (
+    Direction,
+    MigrationProblem,
+    MigrationProgress,
+    StepReport,
+)
+
+if TYPE_CHECKING:
+    from flywheel_state.migrations._lock import MigrationLock
+    from flywheel_state.migrations.ops import Operations
+
+__all__ = ["DEFAULT_BATCH_SIZE", "MigrationContext", "ProgressCallback"]
+
+ProgressCallback = Callable[[MigrationProgress], None]
+"""Called after each batch of a data operation (see :class:`MigrationProgress`)."""
+
+DEFAULT_BATCH_SIZE = 500
+"""Keys per batch (one pipelined round trip of reads and one of writes) in data operations."""
+
+
+class MigrationContext:
+    """The namespace, client and operations a migration script works with.
+
+    Attributes:
+        client: The Store's redis.asyncio client (bytes replies, RESP2).
+        namespace: The namespace being migrated.
+        settings: The Store's settings (default TTLs, ...).
+        revision: The revision being applied or undone.
+        direction: ``"upgrade"`` or ``"downgrade"``.
+        dry_run: True when nothing may be written: operations only count and sample.
+        report: What this step did; operations fill it in.
+        ops: The library operations (:class:`~flywheel_state.migrations.ops.Operations`).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: Client,
+        namespace: str,
+        settings: Settings,
+        revision: str,
+        direction: Direction,
+        dry_run: bool,
+        report: StepReport,
+        lock: MigrationLock | None,
+        progress: ProgressCallback | None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        from flywheel_state.migrations.ops import Operations
+
+        self.client = client
+        self.namespace = namespace
+        self.settings = settings
+        self.revision = revision
+        self.direction: Direction = direction
+        self.dry_run = dry_run
+        self.report = report
+        self.batch_size = batch_size
+        self._lock = lock
+        self._progress = progress
+        self._op_count = 0
+        self.ops: Operations = Operations(self)
+
+    def key(self, *parts: str) -> str:
+        """A key of this namespace: ``key("session", "abc")`` is ``{ns}:session:abc``."""
+        return ":".join((self.namespace, *parts))
+
+    @property
+    def checkpoint_key(self) -> str:
+        """The hash holding this step's checkpoints (deleted when the step is recorded)."""
+        return self.key("_migrations", "checkpoint", self.revision, self.direction)
+
+    @property
+    def problems_key(self) -> str:
+        """The list holding this step's problems until the step is recorded."""
+        return self.checkpoint_key + ":problems"
+
+    def action(self, text: str) -> None:
+        """Record a schema action in the report (``created index ...``)."""
+        self.report.actions.append(("would " if self.dry_run else "") + text)
+
+    def problem(
+        self, key: str, message: str, *, field: str | None = None, value: object = None
+    ) -> MigrationProblem:
+        """Build a problem (a value that could not be mapped) to return from a transform."""
+        return MigrationProblem(key=key, message=message, field=field, value=value)
+
+    def irreversible(self, reason: str) -> MigrationError:
+        """The error a downgrade that can't be undone raises: ``raise ctx.irreversible(why)``."""
+        return MigrationError(f"revision {self.revision} is irreversible: {reason}")
+
+    # ------------------------------------------------------------------ used by operations
+
+    def _next_op(self) -> int:
+        self._op_count += 1
+        return self._op_count
+
+    def _check_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.check()
+
+    def _emit(self, event: MigrationProgress) -> None:
+        if self._progress is not None:
+            self._progress(event)

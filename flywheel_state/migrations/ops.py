@@ -1,0 +1,567 @@
+"""Operations migration scripts call: index swaps behind aliases and batched key rewrites.
+
+Scripts stay small (``await ctx.ops.swap_index(SPEC)``); the safety lives here:
+
+- :meth:`Operations.swap_index` builds the new index beside the old one, waits until its
+  background indexing is done and its document count matches the old index, moves the alias
+  (FT.ALIASUPDATE, atomic) and only then drops the old version. Queries through the alias never
+  see a partial index.
+- :meth:`Operations.rewrite_keys` walks keys with SCAN (filtered by type on the server) in
+  batches: one pipelined read and one pipelined write per batch. Each key is rewritten by a Lua
+  script that checks the key still holds what was read, keeps its remaining TTL, and writes the
+  new value atomically. A checkpoint (SCAN cursor and counters) is saved after each batch, so a
+  run killed halfway resumes where it stopped. Since a rewritten key changes type (or schema
+  version) it is recognisably done: a key SCAN returns twice, or a batch redone after a crash
+  between its writes and its checkpoint, is never transformed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
+from redis import exceptions as redis_exc
+
+from flywheel_state._redis import as_str, translate_errors
+from flywheel_state.errors import FlywheelStateError, MigrationError
+from flywheel_state.indexes import (
+    IndexSpec,
+    alias_name,
+    alias_target,
+    create_index,
+    drop_index,
+    index_info,
+    index_name,
+    point_alias,
+    wait_until_indexed,
+)
+from flywheel_state.migrations._scripts import JSON_TYPE, REWRITE_SCRIPT
+from flywheel_state.migrations.report import MAX_SAMPLES, MigrationProblem, MigrationProgress
+
+if TYPE_CHECKING:
+    from flywheel_state.migrations.context import MigrationContext
+    from flywheel_state.models._base import Document
+
+__all__ = ["KeyType", "Operations", "Rewrite", "RewriteResult", "Transform"]
+
+KeyType = Literal["string", "ReJSON-RL"]
+"""A key's Redis type as TYPE names it: a plain string, or a RedisJSON document."""
+
+#: Full passes over the keyspace at most (a pass that rewrote something is followed by a
+#: check pass, catching keys a still-running old writer created behind the cursor).
+MAX_PASSES = 3
+#: Attempts on a key that changes between its read and its write before reporting it.
+MAX_ATTEMPTS = 3
+_SAMPLE_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """What a transform returns for one key.
+
+    Attributes:
+        value: The new value (JSON text for a document), or None to leave the key as it is.
+        problems: Values that could not be mapped as they were (reported, never dropped).
+    """
+
+    value: str | None
+    problems: tuple[MigrationProblem, ...] = ()
+
+
+Transform = Callable[[str, bytes], "Rewrite | str | None"]
+"""``transform(key, value) -> Rewrite | new value | None`` (None: leave the key alone)."""
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    """Counts of one :meth:`Operations.rewrite_keys` run (cumulative over resumed runs)."""
+
+    scanned: int
+    changed: int
+    resumed: bool
+
+
+def _as_rewrite(result: Rewrite | str | None) -> Rewrite:
+    if isinstance(result, Rewrite):
+        return result
+    return Rewrite(result)
+
+
+def _sample_text(raw: bytes | str) -> str:
+    text = as_str(raw)
+    return text if len(text) <= _SAMPLE_CHARS else text[:_SAMPLE_CHARS] + "..."
+
+
+class Operations:
+    """The operations available to a migration script as ``ctx.ops``."""
+
+    def __init__(self, ctx: MigrationContext) -> None:
+        self._ctx = ctx
+        self._rewrite_sha: str | None = None
+
+    # ------------------------------------------------------------------ indexes
+
+    async def swap_index(self, spec: IndexSpec, *, timeout: float = 600.0) -> str:
+        """Make the ``spec.kind`` alias point at the index of ``spec``, without downtime.
+
+        Creates ``{ns}:{kind}:idx:v{N}`` (unless it exists), waits until its background
+        indexing has finished and, when the alias pointed at another version, until both
+        indexes hold the same number of documents; then moves the alias (atomic) and drops
+        every other version of that kind (documents are kept). Safe to run again.
+
+        Args:
+            spec: The index version to serve queries from (a frozen copy in the script).
+            timeout: Seconds to wait for indexing.
+
+        Returns:
+            The name of the index the alias points at.
+
+        Raises:
+            MigrationError: Indexing did not finish in time, or the new index holds a different
+                number of documents than the old one (the alias is left where it was).
+        """
+        ctx = self._ctx
+        client = ctx.client
+        ns = ctx.namespace
+        name = index_name(ns, spec.kind, spec.version)
+        alias = alias_name(ns, spec.kind)
+        old = await alias_target(client, ns, spec.kind)
+        stale = [n for n in await self._versions(spec.kind) if n != name]
+        if ctx.dry_run:
+            if await index_info(client, name) is None:
+                ctx.action(f"create index {name}")
+            if old != name:
+                ctx.action(f"point alias {alias} at {name}")
+            for other in stale:
+                ctx.action(f"drop index {other}")
+            return name
+        if await index_info(client, name) is None:
+            await create_index(client, ns, spec)
+            ctx.action(f"created index {name}")
+        count = await wait_until_indexed(client, name, timeout=timeout)
+        if old is not None and old != name:
+            count = await self._matching_count(name, old, timeout=timeout)
+        if old != name:
+            await point_alias(client, ns, spec.kind, name)
+            ctx.action(f"pointed alias {alias} at {name} ({count} documents)")
+        for other in stale:
+            if await drop_index(client, other):
+                ctx.action(f"dropped index {other}")
+        return name
+
+    async def _versions(self, kind: str) -> list[str]:
+        """Every versioned index of ``kind`` in this namespace."""
+        pattern = re.compile(re.escape(f"{self._ctx.namespace}:{kind}:idx:v") + r"\d+$")
+        with translate_errors("listing indexes"):
+            names = await self._ctx.client.execute_command("FT._LIST")
+        return sorted(n for n in (as_str(x) for x in names) if pattern.match(n))
+
+    async def _matching_count(self, new: str, old: str, *, timeout: float) -> int:
+        # Both indexes follow writes synchronously once the new one has caught up, so their
+        # counts, read in one transaction, are equal unless the new schema rejects documents.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(timeout, 5.0)
+        while True:
+            with translate_errors(f"comparing indexes {new} and {old}"):
+                async with self._ctx.client.pipeline(transaction=True) as pipe:
+                    pipe.execute_command("FT.INFO", new)
+                    pipe.execute_command("FT.INFO", old)
+                    new_raw, old_raw = await pipe.execute()
+            new_info = _info_dict(new_raw)
+            old_info = _info_dict(old_raw)
+            n_new = int(as_str(new_info.get("num_docs", b"0")))
+            n_old = int(as_str(old_info.get("num_docs", b"0")))
+            if n_new == n_old:
+                return n_new
+            if loop.time() > deadline:
+                failures = as_str(new_info.get("hash_indexing_failures", b"?"))
+                raise MigrationError(
+                    f"index {new} holds {n_new} documents but {old} holds {n_old} "
+                    f"({failures} indexing failures): the alias still points at {old}. "
+                    f"Fix the spec, FT.DROPINDEX {new}, and run the migration again."
+                )
+            await asyncio.sleep(0.05)
+
+    async def drop_index(self, spec: IndexSpec) -> None:
+        """Drop the index of ``spec`` (documents are kept), and its alias if it points there.
+
+        Safe to run again: an absent index or alias is not an error.
+        """
+        ctx = self._ctx
+        name = index_name(ctx.namespace, spec.kind, spec.version)
+        alias = alias_name(ctx.namespace, spec.kind)
+        points_here = await alias_target(ctx.client, ctx.namespace, spec.kind) == name
+        exists = await index_info(ctx.client, name) is not None
+        if ctx.dry_run:
+            if points_here:
+                ctx.action(f"delete alias {alias}")
+            if exists:
+                ctx.action(f"drop index {name}")
+            return
+        if points_here:
+            with translate_errors(f"deleting alias {alias}"):
+                try:
+                    await ctx.client.execute_command("FT.ALIASDEL", alias)
+                    ctx.action(f"deleted alias {alias}")
+                except redis_exc.ResponseError as exc:
+                    if "not exist" not in str(exc).lower():
+                        raise
+        if exists and await drop_index(ctx.client, name):
+            ctx.action(f"dropped index {name}")
+
+    # ------------------------------------------------------------------ data
+
+    async def upgrade_documents(
+        self, model: type[Document], *, label: str | None = None
+    ) -> RewriteResult:
+        """Rewrite the stored ``model`` documents of an older ``schema_version`` in the current one.
+
+        Each document is read through the model (which applies the registered upgrade
+        functions, see ``flywheel_state.models._upgrades``) and written back with the model's
+        encoding, keeping its TTL and its ``version``. Documents already current are skipped;
+        ones the model can't read are reported and left as they are.
+        """
+        ctx = self._ctx
+        target = model.SCHEMA_VERSION
+
+        def transform(key: str, raw: bytes) -> Rewrite | None:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                return Rewrite(None, (ctx.problem(key, "not valid JSON; left as it is"),))
+            if not isinstance(data, dict) or data.get("schema_version") == target:
+                return None
+            try:
+                doc = model.model_validate(data)
+            except (ValidationError, FlywheelStateError, ValueError) as exc:
+                msg = f"can't be read as {model.__name__}: {exc}; left as it is"
+                return Rewrite(None, (ctx.problem(key, msg.replace("\n", " ")),))
+            return Rewrite(doc.model_dump_json())
+
+        return await self.rewrite_keys(
+            match=f"{ctx.namespace}:{model.KIND}:*",
+            from_type=JSON_TYPE,
+            to_type=JSON_TYPE,
+            transform=transform,
+            label=label or f"{model.KIND} documents -> schema v{target}",
+        )
+
+    async def rewrite_keys(
+        self,
+        *,
+        match: str,
+        from_type: KeyType,
+        to_type: KeyType,
+        transform: Transform,
+        label: str,
+        batch_size: int | None = None,
+    ) -> RewriteResult:
+        """Rewrite every key matching ``match`` whose type is ``from_type``, in batches.
+
+        For each batch: SCAN (MATCH ``match`` TYPE ``from_type``), one pipelined read (MGET or
+        JSON.MGET), ``transform(key, value)`` in Python, then one pipelined round of a Lua
+        script per key that writes the new value as ``to_type`` only if the key still holds
+        what was read, with the key's remaining TTL, in one atomic step. A key changed by a
+        writer in between is read and transformed again. Then the progress callback, then the
+        checkpoint (cursor and counters) and a check that the lock is still ours.
+
+        In a dry run nothing is written: keys are read and transformed, counted, and the first
+        few are kept as samples in the report.
+
+        Args:
+            match: SCAN pattern (``{ns}:session:*``).
+            from_type: The type of the keys to rewrite (``string`` or ``ReJSON-RL``).
+            to_type: The type to write them as.
+            transform: ``(key, value) -> Rewrite | str | None``; must be a pure function of
+                its input (it may run again for a key whose write was not acknowledged).
+            label: What this does, for progress and reports.
+            batch_size: Keys per batch (default: the runner's).
+
+        Returns:
+            The counts, including those of an interrupted earlier run of this step.
+        """
+        ctx = self._ctx
+        op = ctx._next_op()
+        field = f"{op}:"
+        size = max(1, batch_size or ctx.batch_size)
+        state: dict[str, str] = {}
+        if not ctx.dry_run:
+            with translate_errors("reading the migration checkpoint"):
+                raw_state = await ctx.client.hgetall(ctx.checkpoint_key)
+            state = {as_str(k): as_str(v) for k, v in raw_state.items()}
+        cursor = int(state.get(field + "cursor", 0))
+        pass_no = int(state.get(field + "pass", 1))
+        scanned = int(state.get(field + "scanned", 0))
+        changed = int(state.get(field + "changed", 0))
+        resumed = bool(state.get(field + "cursor") or state.get(field + "done"))
+        ctx.report.resumed = ctx.report.resumed or resumed
+        if state.get(field + "done"):
+            self._account(scanned, changed)
+            return RewriteResult(scanned, changed, resumed=True)
+
+        total: int | None = None
+        if ctx._progress is not None and not ctx.dry_run:
+            total = scanned + await self._count(match, from_type)
+        pass_from_zero = cursor == 0
+        pass_changed = 0
+        start_scanned = scanned
+        reader = "MGET" if from_type == "string" else "JSON.MGET"
+        while True:
+            keys, cursor = await self._collect(cursor, match, from_type, size)
+            untouched_problems: list[MigrationProblem] = []
+            if keys:
+                with translate_errors(f"reading {len(keys)} keys"):
+                    args = [*keys, "."] if reader == "JSON.MGET" else keys
+                    values = await ctx.client.execute_command(reader, *args)
+                items: list[tuple[str, bytes, Rewrite]] = []
+                for key, raw in zip(keys, values, strict=True):
+                    if raw is None:
+                        continue
+                    result = _as_rewrite(transform(key, raw))
+                    if result.value is None:
+                        if pass_no == 1:
+                            untouched_problems.extend(result.problems)
+                        continue
+                    items.append((key, raw, result))
+                if pass_no == 1:
+                    scanned += len(keys)  # later passes only look for stragglers
+                if ctx.dry_run:
+                    changed += len(items)
+                    for key, raw, result in items:
+                        for p in result.problems:
+                            ctx.report.add_problem(p)
+                        if len(ctx.report.samples) < MAX_SAMPLES:
+                            ctx.report.samples.append(
+                                {
+                                    "key": key,
+                                    "before": _sample_text(raw),
+                                    "after": _sample_text(result.value or ""),
+                                }
+                            )
+                else:
+                    ok, batch_problems = await self._write(
+                        items, transform, from_type, to_type, field
+                    )
+                    changed += ok
+                    pass_changed += ok
+                    untouched_problems.extend(batch_problems)
+                for p in untouched_problems:
+                    ctx.report.add_problem(p)
+            finished_pass = cursor == 0
+            next_pass = (
+                finished_pass
+                and not ctx.dry_run
+                and (pass_changed > 0 or not pass_from_zero)
+                and pass_no < MAX_PASSES
+            )
+            ctx._emit(
+                MigrationProgress(
+                    revision=ctx.revision,
+                    direction=ctx.direction,
+                    label=label,
+                    processed=scanned,
+                    changed=changed,
+                    total=max(total, scanned) if total is not None else None,
+                    done=finished_pass and not next_pass,
+                )
+            )
+            if not ctx.dry_run:
+                await self._save_checkpoint(
+                    field,
+                    cursor=cursor,
+                    pass_no=pass_no + 1 if next_pass else pass_no,
+                    scanned=scanned - start_scanned,
+                    problems=untouched_problems,
+                    done=finished_pass and not next_pass,
+                )
+                start_scanned = scanned
+                ctx._check_lock()
+            if finished_pass:
+                if not next_pass:
+                    break
+                pass_no += 1
+                pass_from_zero = True
+                pass_changed = 0
+        self._account(scanned, changed)
+        return RewriteResult(scanned, changed, resumed)
+
+    def _account(self, scanned: int, changed: int) -> None:
+        self._ctx.report.documents_scanned += scanned
+        self._ctx.report.documents_changed += changed
+
+    async def _count(self, match: str, key_type: KeyType) -> int:
+        """How many keys match (an estimate for the progress bar: one SCAN pass)."""
+        count = 0
+        cursor = 0
+        with translate_errors("counting keys"):
+            while True:
+                cursor, keys = await self._ctx.client.scan(
+                    cursor, match=match, count=5000, _type=key_type
+                )
+                count += len(keys)
+                if cursor == 0:
+                    return count
+
+    async def _collect(
+        self, cursor: int, match: str, key_type: KeyType, size: int
+    ) -> tuple[list[str], int]:
+        """SCAN from ``cursor`` until about ``size`` keys or the end; returns keys and cursor."""
+        keys: list[str] = []
+        seen: set[str] = set()
+        with translate_errors("scanning keys"):
+            while True:
+                cursor, found = await self._ctx.client.scan(
+                    cursor, match=match, count=max(size, 1000), _type=key_type
+                )
+                for raw in found:
+                    key = as_str(raw)
+                    if key not in seen:
+                        seen.add(key)
+                        keys.append(key)
+                if cursor == 0 or len(keys) >= size:
+                    return keys, int(cursor)
+
+    async def _load_script(self) -> str:
+        if self._rewrite_sha is None:
+            with translate_errors("loading the rewrite script"):
+                self._rewrite_sha = as_str(await self._ctx.client.script_load(REWRITE_SCRIPT))
+        return self._rewrite_sha
+
+    async def _write(
+        self,
+        items: Sequence[tuple[str, bytes, Rewrite]],
+        transform: Transform,
+        from_type: KeyType,
+        to_type: KeyType,
+        field: str,
+    ) -> tuple[int, list[MigrationProblem]]:
+        """Rewrite ``items``; returns how many were written and problems of keys left alone."""
+        ctx = self._ctx
+        ok = 0
+        left_alone: list[MigrationProblem] = []
+        pending = list(items)
+        attempt = 0
+        while pending:
+            attempt += 1
+            sha = await self._load_script()
+            with translate_errors(f"rewriting {len(pending)} keys"):
+                async with ctx.client.pipeline(transaction=False) as pipe:
+                    for key, raw, result in pending:
+                        pipe.execute_command(
+                            "EVALSHA",
+                            sha,
+                            3,
+                            key,
+                            ctx.checkpoint_key,
+                            ctx.problems_key,
+                            from_type,
+                            hashlib.sha1(raw).hexdigest(),
+                            result.value,
+                            to_type,
+                            field + "changed",
+                            _problems_json(result.problems),
+                            field + "problems",
+                            len(result.problems),
+                        )
+                    replies = await pipe.execute(raise_on_error=False)
+            retry: list[str] = []
+            redo: list[tuple[str, bytes, Rewrite]] = []
+            for (key, raw, result), reply in zip(pending, replies, strict=True):
+                if isinstance(reply, redis_exc.NoScriptError):
+                    self._rewrite_sha = None  # the server lost its script cache: load again
+                    redo.append((key, raw, result))
+                    continue
+                if isinstance(reply, Exception):
+                    with translate_errors(f"rewriting {key}"):
+                        raise reply
+                status = as_str(reply[0])
+                if status == "ok":
+                    ok += 1
+                    for p in result.problems:
+                        ctx.report.add_problem(p)
+                elif status == "changed":
+                    retry.append(key)
+                elif status == "error":
+                    left_alone.append(
+                        ctx.problem(
+                            key,
+                            f"the server refused the new value ({as_str(reply[1])}); "
+                            "left as it was",
+                        )
+                    )
+                # 'gone' (expired or deleted) and 'skip' (rewritten already) need nothing.
+            pending = redo
+            if retry:
+                if attempt >= MAX_ATTEMPTS:
+                    left_alone.extend(
+                        ctx.problem(k, "kept changing during the migration; left as it was")
+                        for k in retry
+                    )
+                else:
+                    pending += await self._reread(retry, transform, from_type, left_alone)
+        return ok, left_alone
+
+    async def _reread(
+        self,
+        keys: list[str],
+        transform: Transform,
+        from_type: KeyType,
+        left_alone: list[MigrationProblem],
+    ) -> list[tuple[str, bytes, Rewrite]]:
+        reader = "MGET" if from_type == "string" else "JSON.MGET"
+        args = [*keys, "."] if reader == "JSON.MGET" else keys
+        with translate_errors(f"reading {len(keys)} keys"):
+            values = await self._ctx.client.execute_command(reader, *args)
+        out: list[tuple[str, bytes, Rewrite]] = []
+        for key, raw in zip(keys, values, strict=True):
+            if raw is None:
+                continue
+            result = _as_rewrite(transform(key, raw))
+            if result.value is None:
+                left_alone.extend(result.problems)
+            else:
+                out.append((key, raw, result))
+        return out
+
+    async def _save_checkpoint(
+        self,
+        field: str,
+        *,
+        cursor: int,
+        pass_no: int,
+        scanned: int,
+        problems: list[MigrationProblem],
+        done: bool,
+    ) -> None:
+        ctx = self._ctx
+        with translate_errors("saving the migration checkpoint"):
+            async with ctx.client.pipeline(transaction=True) as pipe:
+                mapping: dict[str | bytes, bytes | float | int | str] = {
+                    field + "cursor": cursor,
+                    field + "pass": pass_no,
+                }
+                if done:
+                    mapping[field + "done"] = 1
+                pipe.hset(ctx.checkpoint_key, mapping=mapping)
+                pipe.hincrby(ctx.checkpoint_key, field + "scanned", scanned)
+                if problems:
+                    pipe.rpush(ctx.problems_key, _problems_json(problems))
+                    pipe.hincrby(ctx.checkpoint_key, field + "problems", len(problems))
+                await pipe.execute()
+
+
+def _problems_json(problems: Sequence[MigrationProblem]) -> str:
+    if not problems:
+        return ""
+    return "[" + ",".join(p.to_json() for p in problems) + "]"
+
+
+def _info_dict(raw: Any) -> dict[str, Any]:
+    items = list(raw)
+    return {as_str(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}

@@ -1,0 +1,706 @@
+"""Import the original persistence code's JSON strings as documents (and back on downgrade).
+
+The original code stored plain strings (SETEX of JSON text) at ``{ns}:session:{id}``,
+``{ns}:execution:{id}`` and ``{ns}:history:{session_id}:{flow_id}`` (both shapes are described in
+the design notes, legacy-data.md). This revision rewrites each such string, in place and with its
+remaining TTL, as a RedisJSON document:
+
+- sessions become ``Session`` documents (``schema_version`` 1, ``version`` 1), encoded by the
+  model (``model_dump_json``), so they are exactly what the repository writes. Both datetime
+  formats (``str(datetime)`` and ISO) are read, a naive one as UTC. Unknown top-level fields go
+  into ``metadata`` (under their own name, or ``legacy_<name>`` if taken). A value that can't be
+  mapped is never dropped: the field gets a valid value (an unknown status becomes ``idle``, an
+  unknown backend ``custom``), the original is kept in ``metadata["_legacy"]["raw"]``, and the
+  step's report lists it.
+- executions become ``ExecutionResult`` documents: shape A (the raw result dict) as
+  ``result=<the dict>`` (its ``metadata.duration_ms`` copied to the indexed ``duration_ms``);
+  shape B (``execution_id``, ``result``, ``cached_at``) field by field.
+- flow histories stay where they are as a JSON document of the same fields (``cached_at`` as
+  epoch seconds, like every stored datetime) plus ``schema_version``. No model or index reads
+  them (``{ns}:history:`` is outside the index prefixes); converting keeps the namespace free of
+  legacy strings and their data readable with JSON.GET.
+
+``metadata["_legacy"]`` (a few bytes per document; omitted parts are empty) records what the
+downgrade needs to write the original string back: the shape (``A``/``B``), shape B's
+``_schema_version``, fields the original lacked (``absent``) or had beyond its shape (``kept``),
+datetimes kept inside ``metadata`` (``in_metadata``), original datetime text that ISO output would
+not reproduce (``dates``), unknown fields moved into metadata (``extra``), and unmapped values
+(``raw``: original and stored value). The downgrade rebuilds each string from the *current*
+document (so changes made after the import are carried back), using the original text of a value
+only while the document still holds what the import stored. No copy of the original strings is
+kept: memory stays what the documents need.
+
+This file freezes everything it reads and writes (field lists, enum values, the datetime
+parser); it uses the live models only to encode a version-1 document, through their upgrade
+chain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from flywheel_state.errors import FlywheelStateError
+from flywheel_state.migrations import MigrationContext, MigrationProblem, Rewrite
+from flywheel_state.models import ExecutionResult, Session
+from flywheel_state.models._base import Document
+
+revision = "0002"
+down_revision = "0001"
+description = "Import the original code's JSON strings as session, execution and history documents"
+
+LEGACY = "_legacy"
+SCHEMA_VERSION = 1
+
+SESSION_STATUSES = ("pending", "active", "idle", "running", "completed", "failed", "cancelled")
+FALLBACK_SESSION_STATUS = "idle"
+BACKENDS = ("flowise", "langflow", "custom")
+FALLBACK_BACKEND = "custom"
+EXECUTION_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+FALLBACK_EXECUTION_STATUS = "completed"
+
+SESSION_SHAPE = (
+    "id",
+    "backend",
+    "backend_session_id",
+    "status",
+    "current_flow_id",
+    "context",
+    "history",
+    "metadata",
+    "created_at",
+    "last_active",
+)
+SESSION_OPTIONAL = (
+    "updated_at",
+    "user_id",
+    "total_queries",
+    "successful_queries",
+    "total_response_time",
+)
+SESSION_DATETIMES = ("created_at", "last_active", "updated_at")
+SESSION_DEFAULTS: dict[str, Any] = {
+    "backend_session_id": None,
+    "current_flow_id": None,
+    "user_id": None,
+    "context": {},
+    "history": [],
+    "total_queries": 0,
+    "successful_queries": 0,
+    "total_response_time": 0.0,
+}
+EXECUTION_SHAPE_B = ("execution_id", "result", "cached_at")
+EXECUTION_KNOWN = ("session_id", "flow_id", "backend", "status", "error", "duration_ms", "metadata")
+EXECUTION_DEFAULTS: dict[str, Any] = {
+    "session_id": None,
+    "flow_id": None,
+    "backend": None,
+    "error": None,
+    "duration_ms": None,
+}
+HISTORY_ENTRY_FIELDS = ("role", "content", "timestamp")
+
+
+# ---------------------------------------------------------------------- frozen parsing
+
+
+def parse_datetime(value: Any) -> float | None:
+    """Epoch seconds of a legacy datetime (``str(dt)``, ISO, epoch number); naive means UTC."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if len(text) > 10 and text[10] == " ":
+        text = text[:10] + "T" + text[11:]
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def render_datetime(epoch: float) -> str:
+    """How the original code wrote a datetime: naive UTC ``isoformat()``."""
+    return datetime.fromtimestamp(epoch, timezone.utc).replace(tzinfo=None).isoformat()
+
+
+def same_instant(a: Any, b: Any) -> bool:
+    """True when two epoch values denote the same microsecond."""
+    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) < 5e-7
+
+
+def enum_value(value: Any, allowed: tuple[str, ...]) -> str | None:
+    """The allowed value ``value`` names (case-insensitive; ``Status.RUNNING`` accepted)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if "." in text:
+        text = text.rsplit(".", 1)[1]
+    text = text.lower()
+    return text if text in allowed else None
+
+
+def free_name(name: str, taken: dict[str, Any]) -> str:
+    """``name``, or ``legacy_<name>`` (repeated) when ``taken`` has it already."""
+    while name in taken:
+        name = f"legacy_{name}"
+    return name
+
+
+class _Import:
+    """State of one document's import: its legacy record and its problems."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.legacy: dict[str, Any] = {}
+        self.problems: list[MigrationProblem] = []
+
+    def problem(self, message: str, *, field: str | None = None, value: Any = None) -> None:
+        self.problems.append(
+            MigrationProblem(key=self.key, message=message, field=field, value=value)
+        )
+
+    def keep_raw(self, field: str, value: Any, stored: Any, message: str | None = None) -> None:
+        self.legacy.setdefault("raw", {})[field] = {"value": value, "stored": stored}
+        if message is not None:
+            self.problem(message, field=field, value=value)
+
+    def note(self, name: str, item: Any) -> None:
+        self.legacy.setdefault(name, []).append(item)
+
+    def legacy_block(self) -> dict[str, Any]:
+        return {k: v for k, v in self.legacy.items() if v not in ({}, [], None)}
+
+    def result(self, encoded: str | None) -> Rewrite:
+        return Rewrite(encoded, tuple(self.problems))
+
+    def datetime_field(self, field: str, value: Any) -> float | None:
+        """Parse a datetime; remember its text when ISO output would not reproduce it."""
+        epoch = parse_datetime(value)
+        if epoch is not None and not (isinstance(value, str) and render_datetime(epoch) == value):
+            self.legacy.setdefault("dates", {})[field] = value
+        return epoch
+
+    def encode(
+        self, model: type[Document], doc: dict[str, Any], defaults: dict[str, Any]
+    ) -> str | None:
+        """Encode ``doc`` with the live model; unmappable fields fall back to defaults.
+
+        ``doc["metadata"]`` receives the legacy record (as it stands after any repair).
+        """
+        for _ in range(8):
+            doc["metadata"][LEGACY] = self.legacy_block()
+            try:
+                return model.model_validate(doc).model_dump_json()
+            except FlywheelStateError as exc:  # an unusable id
+                self.problem(f"can't be imported: {exc}; left as it is", field="id")
+                return None
+            except ValidationError as exc:
+                if not self._repair(doc, exc, defaults):
+                    msg = str(exc).replace("\n", " ")
+                    self.problem(f"can't be imported ({msg}); left as it is")
+                    return None
+        self.problem("can't be imported (too many invalid fields); left as it is")
+        return None
+
+    def _repair(self, doc: dict[str, Any], exc: ValidationError, defaults: dict[str, Any]) -> bool:
+        repaired = False
+        for error in exc.errors():
+            loc = error["loc"]
+            if not loc:
+                continue
+            field = str(loc[0])
+            if field == "history" and len(loc) >= 3 and isinstance(loc[1], int):
+                item = doc["history"][loc[1]]
+                sub = str(loc[2])
+                if isinstance(item, dict) and sub in item:
+                    item[f"_legacy_{sub}"] = item.pop(sub)
+                    self.problem(
+                        f"history item {loc[1]}: {sub} is invalid ({error['msg']}); kept as "
+                        f"_legacy_{sub}",
+                        field=f"history.{loc[1]}.{sub}",
+                        value=item[f"_legacy_{sub}"],
+                    )
+                    repaired = True
+                continue
+            if field in defaults and field in doc and field not in self.legacy.get("raw", {}):
+                self.keep_raw(
+                    field,
+                    doc[field],
+                    defaults[field],
+                    f"{field} is invalid ({error['msg']}): stored as {defaults[field]!r}, "
+                    "original kept in metadata._legacy.raw",
+                )
+                doc[field] = defaults[field]
+                repaired = True
+        return repaired
+
+
+# ---------------------------------------------------------------------- import (upgrade)
+
+
+def _metadata(imp: _Import, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        metadata = dict(value)
+        if LEGACY in metadata:
+            imp.legacy["own"] = metadata.pop(LEGACY)
+        return metadata
+    imp.keep_raw("metadata", value, {}, "metadata is not an object: stored as {}")
+    return {}
+
+
+def _extras(imp: _Import, src: dict[str, Any], metadata: dict[str, Any]) -> None:
+    for name, value in src.items():
+        stored = free_name(name, metadata)
+        metadata[stored] = value
+        imp.legacy.setdefault("extra", {})[name] = stored
+
+
+def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> Rewrite:
+    """A legacy session dict (shape A or B) as an encoded Session document."""
+    imp = _Import(key)
+    src = dict(data)
+    shape_b = "_schema_version" in src
+    imp.legacy["shape"] = "B" if shape_b else "A"
+    if shape_b:
+        imp.legacy["schema_version"] = src.pop("_schema_version")
+    imp.legacy["absent"] = [f for f in SESSION_SHAPE if f not in data]
+    imp.legacy["kept"] = [f for f in SESSION_OPTIONAL if f in data]
+    metadata = _metadata(imp, src.pop("metadata", {}))
+
+    if "id" in src and src.pop("id") != key_id:
+        imp.legacy["id"] = data["id"]
+    backend_raw = src.pop("backend", None)
+    backend = enum_value(backend_raw, BACKENDS)
+    if backend is None:
+        what = "missing" if "backend" not in data else f"unknown ({backend_raw!r})"
+        imp.keep_raw("backend", backend_raw, FALLBACK_BACKEND, f"backend {what}: stored as custom")
+        backend = FALLBACK_BACKEND
+    elif backend != backend_raw:
+        imp.keep_raw("backend", backend_raw, backend)
+    status: str | None = None
+    if "status" in src:
+        status_raw = src.pop("status")
+        status = enum_value(status_raw, SESSION_STATUSES)
+        if status is None:
+            status = FALLBACK_SESSION_STATUS
+            imp.keep_raw(
+                "status", status_raw, status, f"unknown status {status_raw!r}: stored as {status}"
+            )
+        elif status != status_raw:
+            imp.keep_raw("status", status_raw, status)
+
+    times: dict[str, float] = {}
+    unparsed: dict[str, Any] = {}
+    for field in SESSION_DATETIMES:
+        if field in src:
+            value = src.pop(field)
+        elif shape_b and field in metadata:
+            value = metadata.pop(field)
+            imp.note("in_metadata", field)
+        else:
+            continue
+        epoch = imp.datetime_field(field, value)
+        if epoch is None:
+            unparsed[field] = value
+        else:
+            times[field] = epoch
+    created = times.get("created_at", times.get("last_active", times.get("updated_at", now)))
+    last_active = times.get("last_active", times.get("updated_at", created))
+    updated = times.get("updated_at", last_active)
+    fallback = {"created_at": created, "last_active": last_active, "updated_at": updated}
+    for field, value in unparsed.items():
+        imp.keep_raw(
+            field,
+            value,
+            fallback[field],
+            f"{field} {value!r} is not a datetime: stored as {render_datetime(fallback[field])}",
+        )
+
+    context = src.pop("context", {})
+    if not isinstance(context, dict):
+        imp.keep_raw("context", context, {}, "context is not an object: stored as {}")
+        context = {}
+    history = src.pop("history", [])
+    if not isinstance(history, list):
+        imp.keep_raw("history", history, [], "history is not a list: stored as []")
+        history = []
+    entries = [_history_entry(imp, i, item) for i, item in enumerate(history)]
+
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "version": 1,
+        "id": key_id,
+        "backend": backend,
+        "context": context,
+        "history": entries,
+        "metadata": metadata,
+        "created_at": created,
+        "updated_at": updated,
+        "last_active": last_active,
+    }
+    if status is not None:
+        doc["status"] = status
+    for field in ("backend_session_id", "current_flow_id", *SESSION_OPTIONAL[1:]):
+        if field in src:
+            doc[field] = src.pop(field)
+    _extras(imp, src, metadata)
+    return imp.result(imp.encode(Session, doc, SESSION_DEFAULTS))
+
+
+def _history_entry(imp: _Import, index: int, item: Any) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        imp.note("wrapped", index)
+        return {"content": item}
+    entry = dict(item)
+    if "timestamp" in entry and entry["timestamp"] is not None:
+        epoch = parse_datetime(entry["timestamp"])
+        if epoch is None:
+            entry["_legacy_timestamp"] = entry.pop("timestamp")
+            imp.problem(
+                f"history item {index}: timestamp is not a datetime; kept as _legacy_timestamp",
+                field=f"history.{index}.timestamp",
+                value=entry["_legacy_timestamp"],
+            )
+        else:
+            entry["timestamp"] = epoch
+    return entry
+
+
+def import_execution(key: str, key_id: str, data: Any, now: float) -> Rewrite:
+    """A legacy execution value (shape A: the result itself; shape B) as an ExecutionResult."""
+    imp = _Import(key)
+    shape_b = (
+        isinstance(data, dict)
+        and "execution_id" in data
+        and ("result" in data or "cached_at" in data)
+    )
+    if not shape_b:
+        imp.legacy["shape"] = "A"
+        imp.legacy["absent"] = ["created_at"]
+        doc: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "version": 1,
+            "id": key_id,
+            "status": FALLBACK_EXECUTION_STATUS,
+            "result": data,
+            "created_at": now,
+            "metadata": {},
+        }
+        inner = data.get("metadata") if isinstance(data, dict) else None
+        duration = inner.get("duration_ms") if isinstance(inner, dict) else None
+        if (
+            isinstance(duration, (int, float))
+            and not isinstance(duration, bool)
+            and math.isfinite(duration)
+        ):
+            doc["duration_ms"] = float(duration)
+        return imp.result(imp.encode(ExecutionResult, doc, EXECUTION_DEFAULTS))
+
+    src = dict(data)
+    imp.legacy["shape"] = "B"
+    imp.legacy["absent"] = [f for f in EXECUTION_SHAPE_B if f not in data]
+    imp.legacy["kept"] = [f for f in EXECUTION_KNOWN if f in data]
+    exec_id = src.pop("execution_id")
+    if exec_id != key_id:
+        imp.legacy["id"] = exec_id
+    metadata = _metadata(imp, src.pop("metadata", {}))
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "version": 1,
+        "id": key_id,
+        "result": src.pop("result", None),
+        "metadata": metadata,
+    }
+    created = now
+    if "cached_at" in src:
+        value = src.pop("cached_at")
+        epoch = imp.datetime_field("cached_at", value)
+        if epoch is None:
+            imp.keep_raw(
+                "cached_at", value, now, f"cached_at {value!r} is not a datetime: stored as now"
+            )
+        else:
+            created = epoch
+    doc["created_at"] = created
+    if "backend" in src:
+        raw_backend = src.pop("backend")
+        backend = enum_value(raw_backend, BACKENDS)
+        if backend is None and raw_backend is not None:
+            imp.keep_raw(
+                "backend", raw_backend, None, f"unknown backend {raw_backend!r}: stored as null"
+            )
+        elif backend != raw_backend:
+            imp.keep_raw("backend", raw_backend, backend)
+        doc["backend"] = backend
+    status = FALLBACK_EXECUTION_STATUS
+    if "status" in src:
+        raw_status = src.pop("status")
+        found = enum_value(raw_status, EXECUTION_STATUSES)
+        if found is None:
+            imp.keep_raw(
+                "status", raw_status, status, f"unknown status {raw_status!r}: stored as {status}"
+            )
+        else:
+            status = found
+            if found != raw_status:
+                imp.keep_raw("status", raw_status, found)
+    doc["status"] = status
+    for field in ("session_id", "flow_id", "error", "duration_ms"):
+        if field in src:
+            doc[field] = src.pop(field)
+    _extras(imp, src, metadata)
+    return imp.result(imp.encode(ExecutionResult, doc, EXECUTION_DEFAULTS))
+
+
+def import_history(key: str, data: Any) -> Rewrite:
+    """A legacy flow history dict as a JSON document of the same fields (no model)."""
+    imp = _Import(key)
+    if not isinstance(data, dict):
+        imp.problem("a flow history that is not a JSON object; left as it is")
+        return imp.result(None)
+    doc = dict(data)
+    for name in (LEGACY, "schema_version"):
+        if name in doc:
+            imp.legacy.setdefault("own", {})[name] = doc.pop(name)
+    if "cached_at" in doc:
+        epoch = imp.datetime_field("cached_at", doc["cached_at"])
+        if epoch is None:
+            imp.problem(
+                "cached_at is not a datetime; kept as it was",
+                field="cached_at",
+                value=doc["cached_at"],
+            )
+        else:
+            doc["cached_at"] = epoch
+    out = {"schema_version": SCHEMA_VERSION, **doc}
+    block = imp.legacy_block()
+    if block:
+        out[LEGACY] = block
+    return imp.result(json.dumps(out, separators=(",", ":"), ensure_ascii=False))
+
+
+# ---------------------------------------------------------------------- export (downgrade)
+
+
+def _restore_metadata(legacy: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    """Unknown fields moved into metadata, taken back out (metadata is changed in place)."""
+    restored = {}
+    for name, stored in legacy.get("extra", {}).items():
+        if stored in metadata:
+            restored[name] = metadata.pop(stored)
+    if "own" in legacy:
+        metadata[LEGACY] = legacy["own"]
+    return restored
+
+
+def _value(legacy: dict[str, Any], field: str, current: Any) -> Any:
+    raw = legacy.get("raw", {}).get(field)
+    if raw is not None and raw.get("stored") == current:
+        return raw.get("value")
+    return current
+
+
+def _datetime_out(legacy: dict[str, Any], field: str, current: Any, stored_as: str) -> Any:
+    raw = legacy.get("raw", {}).get(stored_as)
+    if raw is not None and same_instant(raw.get("stored"), current):
+        return raw.get("value")
+    text = legacy.get("dates", {}).get(field)
+    if text is not None and same_instant(parse_datetime(text), current):
+        return text
+    return render_datetime(current) if isinstance(current, (int, float)) else current
+
+
+def _history_out(legacy: dict[str, Any], index: int, entry: Any) -> Any:
+    if not isinstance(entry, dict):
+        return entry
+    if (
+        index in legacy.get("wrapped", ())
+        and set(entry) <= set(HISTORY_ENTRY_FIELDS)
+        and entry.get("role") is None
+        and entry.get("timestamp") is None
+    ):
+        return entry.get("content")
+    out = {k: v for k, v in entry.items() if not (k in HISTORY_ENTRY_FIELDS and v is None)}
+    if isinstance(out.get("timestamp"), (int, float)):
+        out["timestamp"] = render_datetime(out["timestamp"])
+    for sub in HISTORY_ENTRY_FIELDS:
+        if f"_legacy_{sub}" in out and sub not in out:
+            out[sub] = out.pop(f"_legacy_{sub}")
+    return out
+
+
+def export_session(doc: dict[str, Any]) -> str:
+    """A Session document as the original code's JSON string."""
+    metadata = dict(doc.get("metadata") or {})
+    legacy = metadata.pop(LEGACY, None)
+    imported = isinstance(legacy, dict)
+    legacy = legacy if isinstance(legacy, dict) else {}
+    extras = _restore_metadata(legacy, metadata)
+    absent = set(legacy.get("absent", ()))
+    in_metadata = set(legacy.get("in_metadata", ()))
+    kept = set(legacy.get("kept", ())) if imported else set(SESSION_OPTIONAL)
+    out: dict[str, Any] = {}
+    if legacy.get("shape") == "B":
+        out["_schema_version"] = legacy.get("schema_version")
+    for field in (*SESSION_SHAPE, *SESSION_OPTIONAL):
+        if field in in_metadata:
+            include = True
+        elif field in SESSION_OPTIONAL:
+            # Kept when the original had it, or when set since (a user_id added later).
+            include = field in kept or (
+                field in SESSION_DEFAULTS and doc.get(field) != SESSION_DEFAULTS[field]
+            )
+        else:
+            include = field not in absent
+        if not include:
+            continue
+        current = doc.get(field)
+        value: Any
+        if field == "id":
+            value = legacy.get("id", current)
+        elif field in SESSION_DATETIMES:
+            value = _datetime_out(legacy, field, current, field)
+        elif field == "metadata":
+            value = _value(legacy, field, metadata)
+        elif field == "history":
+            value = _value(legacy, field, current)
+            if value is current and isinstance(current, list):
+                value = [_history_out(legacy, i, e) for i, e in enumerate(current)]
+        else:
+            value = _value(legacy, field, current)
+        if field in in_metadata:
+            metadata[field] = value
+        else:
+            out[field] = value
+    out.update(extras)
+    return json.dumps(out)
+
+
+def export_execution(doc: dict[str, Any]) -> str:
+    """An ExecutionResult document as the original code's JSON string."""
+    metadata = dict(doc.get("metadata") or {})
+    legacy = metadata.pop(LEGACY, None)
+    imported = isinstance(legacy, dict)
+    legacy = legacy if imported else {}
+    if legacy.get("shape") == "A":
+        return json.dumps(doc.get("result"))
+    extras = _restore_metadata(legacy, metadata)
+    absent = set(legacy.get("absent", ()))
+    kept = set(legacy.get("kept", ()))
+    out: dict[str, Any] = {}
+    if "execution_id" not in absent:
+        out["execution_id"] = legacy.get("id", doc.get("id"))
+    if "result" not in absent or doc.get("result") is not None:
+        out["result"] = doc.get("result")
+    if "cached_at" not in absent:
+        out["cached_at"] = _datetime_out(legacy, "cached_at", doc.get("created_at"), "cached_at")
+    for field in EXECUTION_KNOWN:
+        if field == "metadata":
+            if field in kept or (not imported and metadata):
+                out["metadata"] = _value(legacy, field, metadata)
+            continue
+        current = doc.get(field)
+        if field in kept or (not imported and current is not None):
+            out[field] = _value(legacy, field, current)
+    out.update(extras)
+    return json.dumps(out)
+
+
+def export_history(doc: dict[str, Any]) -> str:
+    """A flow history document as the original code's JSON string."""
+    out = dict(doc)
+    legacy = out.pop(LEGACY, None)
+    legacy = legacy if isinstance(legacy, dict) else {}
+    out.pop("schema_version", None)
+    if "cached_at" in out:
+        out["cached_at"] = _datetime_out(legacy, "cached_at", out["cached_at"], "cached_at")
+    out.update(legacy.get("own", {}))
+    return json.dumps(out)
+
+
+# ---------------------------------------------------------------------- the steps
+
+
+Handler = Callable[[str, str, Any], Rewrite]
+
+
+def _dispatch(
+    ctx: MigrationContext, handlers: dict[str, Handler]
+) -> Callable[[str, bytes], Rewrite | None]:
+    prefixes = [(ctx.key(kind) + ":", handler) for kind, handler in handlers.items()]
+
+    def transform(key: str, raw: bytes) -> Rewrite | None:
+        for prefix, handler in prefixes:
+            if key.startswith(prefix):
+                try:
+                    data = json.loads(raw)
+                except ValueError:
+                    return Rewrite(None, (ctx.problem(key, "not valid JSON; left as it is"),))
+                return handler(key, key[len(prefix) :], data)
+        return None  # not ours (bookkeeping, other data): never touched
+
+    return transform
+
+
+async def upgrade(ctx: MigrationContext) -> None:
+    """Rewrite every legacy string of the namespace as a document, keeping its TTL."""
+    now = time.time()
+
+    def session(key: str, key_id: str, data: Any) -> Rewrite:
+        if not isinstance(data, dict):
+            return Rewrite(
+                None, (ctx.problem(key, "a session that is not a JSON object; left as it is"),)
+            )
+        return import_session(key, key_id, data, now)
+
+    handlers: dict[str, Handler] = {
+        "session": session,
+        "execution": lambda key, key_id, data: import_execution(key, key_id, data, now),
+        "history": lambda key, key_id, data: import_history(key, data),
+    }
+    await ctx.ops.rewrite_keys(
+        match=ctx.key("*"),
+        from_type="string",
+        to_type="ReJSON-RL",
+        transform=_dispatch(ctx, handlers),
+        label="legacy strings -> documents",
+    )
+
+
+async def downgrade(ctx: MigrationContext) -> None:
+    """Write every session, execution and flow history document back as a legacy string."""
+
+    def exporter(fn: Callable[[dict[str, Any]], str]) -> Handler:
+        def handler(key: str, key_id: str, data: Any) -> Rewrite:
+            if not isinstance(data, dict):
+                return Rewrite(None, (ctx.problem(key, "not a JSON object; left as it is"),))
+            return Rewrite(fn(data))
+
+        return handler
+
+    handlers = {
+        "session": exporter(export_session),
+        "execution": exporter(export_execution),
+        "history": exporter(export_history),
+    }
+    await ctx.ops.rewrite_keys(
+        match=ctx.key("*"),
+        from_type="ReJSON-RL",
+        to_type="string",
+        transform=_dispatch(ctx, handlers),
+        label="documents -> legacy strings",
+    )

@@ -1,0 +1,1 @@
+"""The migration scripts shipped with flywheel-state, one per revision (``NNNN_slug.py``)."""

@@ -103,6 +103,9 @@ _RECORD_ERRORS: tuple[type[FlywheelStateError], ...] = (
 
 _warned_missing_driver = False
 
+_MAX_NOTED = 1000
+"""Distinct mapping notes (unknown status values...) a manager warns about; later ones: DEBUG."""
+
 
 def _import_store() -> type[Store] | None:
     """The Store class, or None (with one warning per process) when the driver is missing."""
@@ -553,9 +556,11 @@ class RedisSessionManager(_FailSafe):
             )
             return False
         for note in notes:
-            if note not in self._noted:
+            if note not in self._noted and len(self._noted) < _MAX_NOTED:
                 self._noted.add(note)
                 logger.warning("session %s: %s (original kept in metadata)", model.id, note)
+            else:
+                logger.debug("session %s: %s (original kept in metadata)", model.id, note)
 
         async def op(store: Store) -> bool:
             try:

@@ -24,7 +24,16 @@ Fail-safe behaviour (the promise of the original code, kept and improved):
   command timeout plus a small margin, and logs one WARNING per outage (later failures of the
   same outage are logged at DEBUG). The next call after Redis comes back works again, on the same
   manager, and logs "reconnected" at INFO. The original disabled itself for the life of the
-  process after one failed connection; these managers never do.
+  process after one failed connection; these managers never do. The first failure after a
+  quiet period is retried once within the same time budget, after checking the server and the
+  schema again: a pooled connection from before a server restart, or a server that came back
+  empty (no index), costs no failed call.
+- Errors about one record or one call's arguments (an invalid id, a bad filter, a value that
+  is not a document) make that call return its fail-safe value with a warning of its own; they
+  are not an outage.
+- A call lists at most what fits in its time budget: ``list_sessions()`` without ``limit`` on
+  hundreds of thousands of sessions can exceed it (about 60 ms per 10,000 ids here); page
+  with ``limit`` / ``offset``, or use ``store.sessions.iterate`` for bulk work.
 - This module is the one place in flywheel-state that swallows errors: it catches
   :class:`~flywheel_state.FlywheelStateError` (and the timeout it sets itself), logs it on the
   ``flywheel_state.compat`` logger, and returns the fail-safe value.
@@ -33,9 +42,9 @@ Schema: the first call of a manager connects its Store with ``auto_migrate=True`
 original code worked on an empty Redis with no migration step: the indexes are created, and
 pending migrations (the import of data written by the original code among them) run then. That
 first call is not cut off by the call timeout while migrations run (a migration interrupted
-half-way would only have to resume later); reaching the server is. Pass ``auto_migrate=False``
-to get the Store's default instead (a pending migration then counts as an outage until an
-operator runs ``flywheel-state migrate up``).
+half-way would only have to resume later; a runner at work elsewhere is waited for); reaching
+the server is. Pass ``auto_migrate=False`` to get the Store's default instead (a pending
+migration then counts as an outage until an operator runs ``flywheel-state migrate up``).
 
 No event-loop binding: the Store keeps one client per event loop, so a manager created in one
 loop (or outside any) works in any other, e.g. across two ``asyncio.run`` calls.

@@ -230,6 +230,30 @@ async def test_pagination_with_ties_never_repeats_or_skips(store: Store) -> None
         assert list(itertools.chain.from_iterable(ids_pages)) == expected
 
 
+@pytest.mark.parametrize("step", [timedelta(seconds=7), timedelta(microseconds=1)])
+async def test_pages_in_exact_order_for_distinct_and_near_equal_values(
+    store: Store, step: timedelta
+) -> None:
+    # Written in an order unrelated to their ids or times, with a few exact ties mixed in:
+    # distinct values (a page is one FT.SEARCH), values a microsecond apart (they look equal
+    # in the server's rounded sort keys, so pages take the exact path) and true ties.
+    repo = store.sessions
+    order = [(i * 37) % 41 for i in range(41)]
+    records = [
+        session(f"id{(i * 13) % 41:02d}", last_active=T0 + step * (i // 2 if i > 30 else i))
+        for i in order
+    ]
+    await repo.save_many(records)
+    for sort in ("last_active", "-last_active"):
+        expected = [r.id for r in brute_sort(records, "last_active", sort.startswith("-"))]
+        for size in (1, 4, 9):
+            pages = [await repo.find(sort=sort, limit=size, offset=o) for o in range(0, 41, size)]
+            assert [i for p in pages for i in ids_of(p)] == expected
+            assert {p.total for p in pages} == {41}
+            ids = [await repo.ids(sort=sort, limit=size, offset=o) for o in range(0, 41, size)]
+            assert list(itertools.chain.from_iterable(ids)) == expected
+
+
 async def test_page_edges(store: Store) -> None:
     repo = store.sessions
     await repo.save_many([session(f"s{i}") for i in range(3)])

@@ -33,6 +33,7 @@ Semantics shared by every repository (documented once here, relied on by the tes
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import unicodedata
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
@@ -456,7 +457,7 @@ class QueryMixin(Generic[M]):
             self._result_window = (min(limits) if limits else None,)
         return self._result_window[0]
 
-    async def _check_window(self, offset: int, limit: int) -> None:
+    async def _check_window(self, offset: int, limit: int) -> int | None:
         window = await self._window()
         if window is not None and offset + limit > window:
             raise InvalidQueryError(
@@ -464,6 +465,7 @@ class QueryMixin(Generic[M]):
                 f"of {window:,} (MAXSEARCHRESULTS): use iterate() or ids(limit=None) to walk "
                 "every match with a cursor"
             )
+        return window
 
     async def _count(self, query: str) -> int:
         with translate_errors(f"counting in {self.index_alias}"):
@@ -475,7 +477,57 @@ class QueryMixin(Generic[M]):
     async def _page(
         self, query: str, attr: str, descending: bool, offset: int, limit: int, *, docs: bool
     ) -> tuple[int, list[dict[str, Any]]]:
-        await self._check_window(offset, limit)
+        """The total and the rows ``offset .. offset + limit`` in (attr, key) order."""
+        window = await self._check_window(offset, limit)
+        page = await self._page_by_search(query, attr, descending, offset, limit, window, docs)
+        if page is None:
+            page = await self._page_by_aggregate(query, attr, descending, offset, limit, docs)
+        return page
+
+    async def _page_by_search(
+        self,
+        query: str,
+        attr: str,
+        descending: bool,
+        offset: int,
+        limit: int,
+        window: int | None,
+        docs: bool,
+    ) -> tuple[int, list[dict[str, Any]]] | None:
+        """The page from one FT.SEARCH, or None when a tie may make its order ambiguous.
+
+        FT.SEARCH sorts on one field and breaks ties by an internal document number, not by
+        key. Its page is the (attr, key) page whenever no two neighbouring rows, counting one
+        row on each side of the page, share a sort value. The sort keys it returns are rounded
+        (12 significant digits), so equal keys only mean "maybe a tie": the exact path then
+        decides. Timestamps rarely tie, so pages are usually one fast round trip.
+        """
+        lo = offset - 1 if offset > 0 else 0
+        before = offset - lo
+        after = 1 if window is None or offset + limit < window else 0
+        args: list[Any] = ["FT.SEARCH", self.index_alias, query, "SORTBY", attr]
+        args += ["DESC" if descending else "ASC", "LIMIT", lo, before + limit + after]
+        args += ["WITHSORTKEYS", *(["RETURN", 1, "$"] if docs else ["NOCONTENT"])]
+        with translate_errors(f"querying {self.index_alias}"):
+            reply = await self._client.execute_command(*args, *self._tail())
+        step = 3 if docs else 2
+        rows: list[dict[str, Any]] = []
+        sort_keys: list[Any] = []
+        for i in range(1, len(reply) - step + 1, step):
+            row: dict[str, Any] = {"__key": reply[i]}
+            if docs:
+                fields = list(reply[i + 2] or [])
+                row.update({as_str(fields[j]): fields[j + 1] for j in range(0, len(fields) - 1, 2)})
+            rows.append(row)
+            sort_keys.append(reply[i + 1])
+        if any(a == b for a, b in itertools.pairwise(sort_keys)):
+            return None
+        return int(reply[0]), rows[before : before + limit]
+
+    async def _page_by_aggregate(
+        self, query: str, attr: str, descending: bool, offset: int, limit: int, docs: bool
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The page from FT.AGGREGATE sorted on (attr, key): exact, slower on many matches."""
         tail = self._tail()
         args: list[Any] = ["FT.AGGREGATE", self.index_alias, query, "LOAD", 1, _KEY]
         args += [*self._sort_args(attr, descending), "MAX", offset + limit]

@@ -67,6 +67,29 @@ async def diagnose(store: Store) -> dict[str, Any]:
             keys[kind] = count
         report["indexes"] = indexes
         report["keys"] = keys
+        status = await store.migrations.status()
+        report["migrations"] = {
+            "current": status.current,
+            "head": status.head,
+            "pending": list(status.pending),
+            "up_to_date": status.up_to_date,
+        }
+        if not status.known:
+            problems.append(
+                f"applied migration revision {status.current} is unknown to this code (head "
+                f"{status.head}): the data was migrated by a newer flywheel-state"
+            )
+        elif status.interrupted is not None:
+            problems.append(
+                f"a {status.interrupted.get('direction')} of migration "
+                f"{status.interrupted.get('revision')} was interrupted: run "
+                "`flywheel-state migrate up` to resume it"
+            )
+        elif status.pending:
+            problems.append(
+                f"schema behind head: at revision {status.current or 'base'}, head is "
+                f"{status.head} ({len(status.pending)} pending): run `flywheel-state migrate up`"
+            )
     except FlywheelStateError as exc:
         problems.append(str(exc))
     return report
@@ -93,6 +116,12 @@ def _print_report(report: dict[str, Any]) -> None:
             table.add_row(f"{kind} index", shown)
         for kind, count in (report.get("keys") or {}).items():
             table.add_row(f"{kind} keys", str(count))
+        migrations = report.get("migrations")
+        if migrations:
+            shown = f"{migrations['current'] or 'base'} (head {migrations['head']})"
+            if migrations["pending"]:
+                shown += f": {len(migrations['pending'])} pending"
+            table.add_row("migration revision", shown)
     console.print(table)
     if report["problems"]:
         for problem in report["problems"]:

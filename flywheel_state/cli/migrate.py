@@ -1,12 +1,400 @@
-"""``flywheel-state migrate``: run and inspect migrations."""
+"""``flywheel-state migrate``: run and inspect migrations (thin wrappers over ``store.migrations``).
+
+``status``, ``up [TARGET]``, ``down TARGET``, ``history``, ``stamp REVISION`` and ``new MESSAGE``.
+The commands work on a namespace whose schema is behind (they never require it to be current), take
+``--url`` / ``--namespace`` / ``--json``, and print library errors as one line (exit status 1).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import click
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from flywheel_state.cli._common import CliContext, common_options, console, emit_json, run_async
+from flywheel_state.migrations import (
+    MigrationProgress,
+    MigrationReport,
+    MigrationRunner,
+    MigrationStatus,
+    ProgressCallback,
+    ScriptDirectory,
+    default_scripts,
+)
+from flywheel_state.store import Store
 
 __all__ = ["migrate"]
+
+_SHOWN_PROBLEMS = 10
 
 
 @click.group()
 def migrate() -> None:
-    """Schema and data migrations."""
+    """Schema and data migrations: status, up, down, history, stamp, new."""
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _RateColumn(ProgressColumn):
+    """Documents per second of a task."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} docs/s", style="progress.data.speed")
+
+
+@contextmanager
+def _progress(ctx: CliContext) -> Iterator[ProgressCallback | None]:
+    """A progress callback drawing rich bars, or None when quiet (--json, not a terminal)."""
+    if ctx.json or not console.is_terminal:
+        yield None
+        return
+    bars = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TextColumn("{task.fields[changed]:,} changed"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    tasks: dict[tuple[str, str, str], Any] = {}
+
+    def update(event: MigrationProgress) -> None:
+        ident = (event.revision, event.direction, event.label)
+        if ident not in tasks:
+            tasks[ident] = bars.add_task(
+                f"{event.revision} {event.label}", total=event.total, changed=0
+            )
+        bars.update(
+            tasks[ident],
+            completed=event.processed,
+            total=event.total if event.total is not None else None,
+            changed=event.changed,
+        )
+
+    with bars:
+        yield update
+
+
+def _runner(store: Store, directory: Path | None) -> MigrationRunner:
+    if directory is None:
+        return store.migrations
+    return MigrationRunner(store, scripts=ScriptDirectory(directory))
+
+
+def _print_report(report: MigrationReport) -> None:
+    verb = {"upgrade": "applied", "downgrade": "undid"}[report.direction]
+    if report.dry_run:
+        verb = {"upgrade": "would apply", "downgrade": "would undo"}[report.direction]
+    if not report.steps:
+        console.print(f"nothing to do: at revision {report.from_revision or 'base'}")
+        return
+    for step in report.steps:
+        timing = "" if report.dry_run else f" in {step.duration_s:.2f}s"
+        resumed = " (resumed)" if step.resumed else ""
+        console.print(
+            f"{verb} [bold]{step.revision}[/bold] {escape(step.description)}{resumed}: "
+            f"{step.documents_changed:,} documents of {step.documents_scanned:,} examined"
+            f"{timing}"
+        )
+        for action in step.actions:
+            console.print(f"  - {escape(action)}")
+        if step.problem_count:
+            console.print(
+                f"  [yellow]{step.problem_count} value(s) could not be mapped as they were:"
+                "[/yellow]"
+            )
+            for problem in step.problems[:_SHOWN_PROBLEMS]:
+                console.print(f"    {escape(problem.key)}: {escape(problem.message)}")
+            if step.problem_count > _SHOWN_PROBLEMS:
+                console.print(f"    ... and {step.problem_count - _SHOWN_PROBLEMS} more")
+        for sample in step.samples:
+            console.print(f"  sample {escape(sample['key'])}:")
+            console.print(f"    before: {escape(sample['before'])}", overflow="ellipsis")
+            console.print(f"    after:  {escape(sample['after'])}", overflow="ellipsis")
+    target = report.to_revision or "base"
+    console.print(f"{'would be' if report.dry_run else 'now'} at revision [bold]{target}[/bold]")
+
+
+def _print_status(status: MigrationStatus, runner: MigrationRunner) -> None:
+    scripts = {s.revision: s for s in runner.scripts.scripts}
+    current = status.current or "base"
+    table = Table(title=f"migrations of namespace {status.namespace}", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    if status.current in scripts:
+        current += f"  {scripts[status.current].description}"
+    table.add_row("applied revision", escape(current))
+    table.add_row("head", escape(status.head or "none"))
+    if not status.known:
+        state = "[red]AHEAD: the applied revision is unknown to this code[/red]"
+    elif status.up_to_date:
+        state = "[green]up to date[/green]"
+    else:
+        state = f"[yellow]behind: {len(status.pending)} pending[/yellow]"
+    table.add_row("state", state)
+    for rev in status.pending:
+        desc = scripts[rev].description if rev in scripts else ""
+        table.add_row("pending", escape(f"{rev}  {desc}"))
+    if status.interrupted:
+        info = status.interrupted
+        table.add_row(
+            "interrupted",
+            escape(
+                f"{info.get('direction')} of {info.get('revision')} (started "
+                f"{info.get('started_at')} by {info.get('host')} pid {info.get('pid')})"
+            ),
+        )
+    if status.lock_holder:
+        holder = status.lock_holder
+        table.add_row(
+            "locked by",
+            escape(f"{holder.get('host')} pid {holder.get('pid')} since {holder.get('since')}"),
+        )
+    console.print(table)
+    if status.applied:
+        _print_records(list(status.applied), title="applied revisions")
+
+
+def _print_records(records: list[Any], *, title: str) -> None:
+    table = Table(title=title)
+    for col in ("when", "action", "revision", "from -> to", "took", "documents", "problems", "by"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(
+            r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.action,
+            escape(r.revision or "base"),
+            escape(f"{r.from_revision or 'base'} -> {r.to_revision or 'base'}"),
+            f"{r.duration_s:.2f}s",
+            f"{r.documents_changed:,}",
+            str(r.problem_count),
+            escape(f"{r.host} pid {r.pid}"),
+        )
+    console.print(table)
+
+
+_DIRECTORY = click.option(
+    "--directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of migration scripts (default: the ones shipped with flywheel-state).",
+)
+
+
+def _wait_options(func: Any) -> Any:
+    func = click.option(
+        "--wait-timeout",
+        type=float,
+        default=None,
+        help="With --wait, give up after this many seconds.",
+    )(func)
+    return click.option(
+        "--wait", is_flag=True, help="Wait for another runner holding the lock to finish."
+    )(func)
+
+
+# ---------------------------------------------------------------------- commands
+
+
+@migrate.command()
+@_DIRECTORY
+@common_options
+def status(ctx: CliContext, directory: Path | None) -> None:
+    """Show the applied revision, the head, pending revisions and who holds the lock."""
+
+    async def _run() -> tuple[MigrationStatus, MigrationRunner]:
+        store = ctx.store()
+        try:
+            runner = _runner(store, directory)
+            return await runner.status(), runner
+        finally:
+            await store.close()
+
+    result, runner = run_async(_run())
+    if ctx.json:
+        emit_json(result.to_dict())
+    else:
+        _print_status(result, runner)
+
+
+@migrate.command()
+@click.argument("target", default="head")
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@_wait_options
+@_DIRECTORY
+@common_options
+def up(
+    ctx: CliContext,
+    target: str,
+    dry_run: bool,
+    wait: bool,
+    wait_timeout: float | None,
+    directory: Path | None,
+) -> None:
+    """Apply pending migrations up to TARGET (default: head), resuming an interrupted one."""
+
+    async def _run() -> MigrationReport:
+        store = ctx.store()
+        try:
+            with _progress(ctx) as progress:
+                return await _runner(store, directory).upgrade(
+                    target,
+                    dry_run=dry_run,
+                    wait=wait,
+                    wait_timeout=wait_timeout,
+                    progress=progress,
+                )
+        finally:
+            await store.close()
+
+    report = run_async(_run())
+    if ctx.json:
+        emit_json(report.to_dict())
+    else:
+        _print_report(report)
+
+
+@migrate.command()
+@click.argument("target")
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_wait_options
+@_DIRECTORY
+@common_options
+def down(
+    ctx: CliContext,
+    target: str,
+    dry_run: bool,
+    yes: bool,
+    wait: bool,
+    wait_timeout: float | None,
+    directory: Path | None,
+) -> None:
+    """Undo migrations until TARGET is the applied revision (``base``: undo all)."""
+
+    async def _plan() -> list[str]:
+        store = ctx.store()
+        try:
+            steps = await _runner(store, directory).plan("downgrade", target)
+            return [f"{s.revision} ({s.description})" for s in steps]
+        finally:
+            await store.close()
+
+    if not dry_run and not yes:
+        steps = run_async(_plan())
+        if steps:
+            click.confirm(
+                f"Undo {', '.join(steps)} in namespace {ctx.settings().namespace!r}?",
+                abort=True,
+                err=True,
+            )
+
+    async def _run() -> MigrationReport:
+        store = ctx.store()
+        try:
+            with _progress(ctx) as progress:
+                return await _runner(store, directory).downgrade(
+                    target,
+                    dry_run=dry_run,
+                    wait=wait,
+                    wait_timeout=wait_timeout,
+                    progress=progress,
+                )
+        finally:
+            await store.close()
+
+    report = run_async(_run())
+    if ctx.json:
+        emit_json(report.to_dict())
+    else:
+        _print_report(report)
+
+
+@migrate.command()
+@common_options
+def history(ctx: CliContext) -> None:
+    """List every recorded upgrade, downgrade and stamp, oldest first."""
+
+    async def _run() -> list[Any]:
+        store = ctx.store()
+        try:
+            return await store.migrations.history()
+        finally:
+            await store.close()
+
+    records = run_async(_run())
+    if ctx.json:
+        emit_json([r.to_dict() for r in records])
+    elif not records:
+        console.print("no migrations recorded in this namespace")
+    else:
+        _print_records(records, title="migration history")
+
+
+@migrate.command()
+@click.argument("revision")
+@_wait_options
+@_DIRECTORY
+@common_options
+def stamp(
+    ctx: CliContext,
+    revision: str,
+    wait: bool,
+    wait_timeout: float | None,
+    directory: Path | None,
+) -> None:
+    """Record REVISION (or head / base) as applied without running anything."""
+
+    async def _run() -> Any:
+        store = ctx.store()
+        try:
+            return await _runner(store, directory).stamp(
+                revision, wait=wait, wait_timeout=wait_timeout
+            )
+        finally:
+            await store.close()
+
+    record = run_async(_run())
+    if ctx.json:
+        emit_json(record.to_dict())
+    else:
+        console.print(
+            f"stamped namespace at revision [bold]{escape(record.to_revision or 'base')}[/bold] "
+            f"(was {escape(record.from_revision or 'base')})"
+        )
+
+
+@migrate.command()
+@click.argument("message")
+@_DIRECTORY
+@common_options
+def new(ctx: CliContext, message: str, directory: Path | None) -> None:
+    """Write a new migration script following the head, from the template."""
+    scripts = default_scripts() if directory is None else ScriptDirectory(directory)
+    path = scripts.new(message)
+    revision = path.name.split("_", 1)[0]
+    if ctx.json:
+        emit_json({"path": str(path), "revision": revision})
+    else:
+        console.print(f"wrote [bold]{escape(str(path))}[/bold] (revision {revision})")
+        console.print("edit its upgrade() and downgrade(), then run `flywheel-state migrate up`")

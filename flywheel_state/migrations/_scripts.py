@@ -4,62 +4,89 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["COMMIT_SCRIPT", "JSON_TYPE", "RELEASE_SCRIPT", "RENEW_SCRIPT", "REWRITE_SCRIPT"]
+__all__ = [
+    "COMMIT_SCRIPT",
+    "JSON_TYPE",
+    "KEYS_PER_SCRIPT",
+    "RELEASE_SCRIPT",
+    "RENEW_SCRIPT",
+    "REWRITE_SCRIPT",
+]
 
 JSON_TYPE: Final = "ReJSON-RL"
 """What TYPE answers for a RedisJSON document."""
 
-# Rewrites one key from one type to another, keeping its remaining TTL, atomically, and only if
+KEYS_PER_SCRIPT = 50
+"""Keys one call of :data:`REWRITE_SCRIPT` rewrites (it runs atomically, so this bounds the time
+other clients wait: about a millisecond)."""
+
+# Rewrites keys from one type to another, each keeping its remaining TTL, atomically, and only if
 # the key still holds exactly what the runner read (its SHA1): a key rewritten already, changed
 # by a writer, deleted or expired in between is left alone and reported as such.
 #
-# KEYS[1] the key; KEYS[2] the checkpoint hash; KEYS[3] the step's problem list. The rewrite
-# counter (ARGV[5]) and the key's problems (ARGV[6], a JSON array, counted in ARGV[7] by ARGV[8])
-# are recorded with the rewrite itself, so they survive a runner killed between a batch's writes
-# and its checkpoint.
-# ARGV: from type ('string' | 'ReJSON-RL'), SHA1 of the value read, new value, to type, counter
-# field, problems JSON ('' for none), problem counter field, number of problems.
-# Reply: {'ok'} | {'gone'} | {'skip'} (not the from type any more) | {'changed'} | {'error', msg}.
-# Redis does not roll back a script that fails halfway, so a failed write restores the old value.
+# KEYS[1] the checkpoint hash; KEYS[2] the step's problem list; KEYS[3..] the keys to rewrite.
+# ARGV[1] from type ('string' | 'ReJSON-RL'); ARGV[2] to type; ARGV[3] the checkpoint's rewrite
+# counter field; ARGV[4] its problem counter field; then four per key: SHA1 of the value read,
+# new value, the key's problems as a JSON array ('' for none), and how many there are.
+# The counters and problems are recorded with the rewrites themselves, so they survive a runner
+# killed between a batch's writes and its checkpoint.
+# Reply: one status per key: 'ok', 'gone', 'skip' (not the from type any more), 'changed', or
+# 'error:<message>'. Redis does not roll back a script that fails halfway, so each write is done
+# with pcall and a failed one restores the old value.
 REWRITE_SCRIPT = r"""
-local key = KEYS[1]
-local from_type, digest, value, to_type = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local t = redis.call('TYPE', key)['ok']
-if t == 'none' then return {'gone'} end
-if t ~= from_type then return {'skip'} end
-local current
-if from_type == 'string' then
-  current = redis.call('GET', key)
-else
-  current = redis.call('JSON.GET', key)
-end
-if redis.sha1hex(current) ~= digest then return {'changed'} end
-local pttl = redis.call('PTTL', key)
-if from_type ~= to_type then redis.call('DEL', key) end
-local res
-if to_type == 'string' then
-  res = redis.pcall('SET', key, value)
-else
-  res = redis.pcall('JSON.SET', key, '$', value)
-end
-if type(res) == 'table' and res.err then
-  if from_type ~= to_type then
+local from_type, to_type = ARGV[1], ARGV[2]
+local out = {}
+local ok = 0
+for i = 3, #KEYS do
+  local key = KEYS[i]
+  local a = 5 + (i - 3) * 4
+  local status = 'ok'
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'none' then
+    status = 'gone'
+  elseif t ~= from_type then
+    status = 'skip'
+  else
+    local current
     if from_type == 'string' then
-      redis.call('SET', key, current)
+      current = redis.call('GET', key)
     else
-      redis.call('JSON.SET', key, '$', current)
+      current = redis.call('JSON.GET', key)
+    end
+    if redis.sha1hex(current) ~= ARGV[a] then
+      status = 'changed'
+    else
+      local pttl = redis.call('PTTL', key)
+      if from_type ~= to_type then redis.call('DEL', key) end
+      local res
+      if to_type == 'string' then
+        res = redis.pcall('SET', key, ARGV[a + 1])
+      else
+        res = redis.pcall('JSON.SET', key, '$', ARGV[a + 1])
+      end
+      if type(res) == 'table' and res.err then
+        if from_type ~= to_type then
+          if from_type == 'string' then
+            redis.call('SET', key, current)
+          else
+            redis.call('JSON.SET', key, '$', current)
+          end
+        end
+        status = 'error:' .. res.err
+      else
+        ok = ok + 1
+        if ARGV[a + 2] ~= '' then
+          redis.call('RPUSH', KEYS[2], ARGV[a + 2])
+          redis.call('HINCRBY', KEYS[1], ARGV[4], tonumber(ARGV[a + 3]))
+        end
+      end
+      if pttl > 0 then redis.call('PEXPIRE', key, pttl) end
     end
   end
-  if pttl > 0 then redis.call('PEXPIRE', key, pttl) end
-  return {'error', res.err}
+  out[#out + 1] = status
 end
-if pttl > 0 then redis.call('PEXPIRE', key, pttl) end
-redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
-if ARGV[6] ~= '' then
-  redis.call('RPUSH', KEYS[3], ARGV[6])
-  redis.call('HINCRBY', KEYS[2], ARGV[7], tonumber(ARGV[8]))
-end
-return {'ok'}
+if ok > 0 then redis.call('HINCRBY', KEYS[1], ARGV[3], ok) end
+return out
 """
 
 # KEYS[1] lock; ARGV[1] our lock value, ARGV[2] new TTL in ms. 1 when still ours and renewed.

@@ -18,6 +18,7 @@ Scripts stay small (``await ctx.ops.swap_index(SPEC)``); the safety lives here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -41,7 +42,7 @@ from flywheel_state.indexes import (
     point_alias,
     wait_until_indexed,
 )
-from flywheel_state.migrations._scripts import JSON_TYPE, REWRITE_SCRIPT
+from flywheel_state.migrations._scripts import JSON_TYPE, KEYS_PER_SCRIPT, REWRITE_SCRIPT
 from flywheel_state.migrations.report import MAX_SAMPLES, MigrationProblem, MigrationProgress
 
 if TYPE_CHECKING:
@@ -264,12 +265,13 @@ class Operations:
     ) -> RewriteResult:
         """Rewrite every key matching ``match`` whose type is ``from_type``, in batches.
 
-        For each batch: SCAN (MATCH ``match`` TYPE ``from_type``), one pipelined read (MGET or
-        JSON.MGET), ``transform(key, value)`` in Python, then one pipelined round of a Lua
-        script per key that writes the new value as ``to_type`` only if the key still holds
-        what was read, with the key's remaining TTL, in one atomic step. A key changed by a
-        writer in between is read and transformed again. Then the progress callback, then the
-        checkpoint (cursor and counters) and a check that the lock is still ours.
+        For each batch: SCAN (MATCH ``match`` TYPE ``from_type``), one read (MGET or
+        JSON.MGET), ``transform(key, value)`` in Python, then one pipelined round of Lua
+        script calls that write each new value as ``to_type`` only if the key still holds what
+        was read, with the key's remaining TTL, atomically (a key changed by a writer in
+        between is read and transformed again). Then the progress callback, the checkpoint
+        (cursor and counters), and a check that the lock is still ours. The writes of one batch
+        overlap the reading and transforming of the next.
 
         In a dry run nothing is written: keys are read and transformed, counted, and the first
         few are kept as samples in the report.
@@ -287,109 +289,17 @@ class Operations:
             The counts, including those of an interrupted earlier run of this step.
         """
         ctx = self._ctx
-        op = ctx._next_op()
-        field = f"{op}:"
-        size = max(1, batch_size or ctx.batch_size)
-        state: dict[str, str] = {}
-        if not ctx.dry_run:
-            with translate_errors("reading the migration checkpoint"):
-                raw_state = await ctx.client.hgetall(ctx.checkpoint_key)
-            state = {as_str(k): as_str(v) for k, v in raw_state.items()}
-        cursor = int(state.get(field + "cursor", 0))
-        pass_no = int(state.get(field + "pass", 1))
-        scanned = int(state.get(field + "scanned", 0))
-        changed = int(state.get(field + "changed", 0))
-        resumed = bool(state.get(field + "cursor") or state.get(field + "done"))
-        ctx.report.resumed = ctx.report.resumed or resumed
-        if state.get(field + "done"):
-            self._account(scanned, changed)
-            return RewriteResult(scanned, changed, resumed=True)
-
-        total: int | None = None
-        if ctx._progress is not None and not ctx.dry_run:
-            total = scanned + await self._count(match, from_type)
-        pass_from_zero = cursor == 0
-        pass_changed = 0
-        start_scanned = scanned
-        reader = "MGET" if from_type == "string" else "JSON.MGET"
-        while True:
-            keys, cursor = await self._collect(cursor, match, from_type, size)
-            untouched_problems: list[MigrationProblem] = []
-            if keys:
-                with translate_errors(f"reading {len(keys)} keys"):
-                    args = [*keys, "."] if reader == "JSON.MGET" else keys
-                    values = await ctx.client.execute_command(reader, *args)
-                items: list[tuple[str, bytes, Rewrite]] = []
-                for key, raw in zip(keys, values, strict=True):
-                    if raw is None:
-                        continue
-                    result = _as_rewrite(transform(key, raw))
-                    if result.value is None:
-                        if pass_no == 1:
-                            untouched_problems.extend(result.problems)
-                        continue
-                    items.append((key, raw, result))
-                if pass_no == 1:
-                    scanned += len(keys)  # later passes only look for stragglers
-                if ctx.dry_run:
-                    changed += len(items)
-                    for key, raw, result in items:
-                        for p in result.problems:
-                            ctx.report.add_problem(p)
-                        if len(ctx.report.samples) < MAX_SAMPLES:
-                            ctx.report.samples.append(
-                                {
-                                    "key": key,
-                                    "before": _sample_text(raw),
-                                    "after": _sample_text(result.value or ""),
-                                }
-                            )
-                else:
-                    ok, batch_problems = await self._write(
-                        items, transform, from_type, to_type, field
-                    )
-                    changed += ok
-                    pass_changed += ok
-                    untouched_problems.extend(batch_problems)
-                for p in untouched_problems:
-                    ctx.report.add_problem(p)
-            finished_pass = cursor == 0
-            next_pass = (
-                finished_pass
-                and not ctx.dry_run
-                and (pass_changed > 0 or not pass_from_zero)
-                and pass_no < MAX_PASSES
-            )
-            ctx._emit(
-                MigrationProgress(
-                    revision=ctx.revision,
-                    direction=ctx.direction,
-                    label=label,
-                    processed=scanned,
-                    changed=changed,
-                    total=max(total, scanned) if total is not None else None,
-                    done=finished_pass and not next_pass,
-                )
-            )
-            if not ctx.dry_run:
-                await self._save_checkpoint(
-                    field,
-                    cursor=cursor,
-                    pass_no=pass_no + 1 if next_pass else pass_no,
-                    scanned=scanned - start_scanned,
-                    problems=untouched_problems,
-                    done=finished_pass and not next_pass,
-                )
-                start_scanned = scanned
-                ctx._check_lock()
-            if finished_pass:
-                if not next_pass:
-                    break
-                pass_no += 1
-                pass_from_zero = True
-                pass_changed = 0
-        self._account(scanned, changed)
-        return RewriteResult(scanned, changed, resumed)
+        run = _RewriteRun(
+            ops=self,
+            field=f"{ctx._next_op()}:",
+            match=match,
+            from_type=from_type,
+            to_type=to_type,
+            transform=transform,
+            label=label,
+            size=max(1, batch_size or ctx.batch_size),
+        )
+        return await run.run()
 
     def _account(self, scanned: int, changed: int) -> None:
         self._ctx.report.documents_scanned += scanned
@@ -450,52 +360,56 @@ class Operations:
         while pending:
             attempt += 1
             sha = await self._load_script()
+            chunks = [
+                pending[i : i + KEYS_PER_SCRIPT] for i in range(0, len(pending), KEYS_PER_SCRIPT)
+            ]
             with translate_errors(f"rewriting {len(pending)} keys"):
                 async with ctx.client.pipeline(transaction=False) as pipe:
-                    for key, raw, result in pending:
-                        pipe.execute_command(
+                    for chunk in chunks:
+                        args: list[Any] = [
                             "EVALSHA",
                             sha,
-                            3,
-                            key,
+                            2 + len(chunk),
                             ctx.checkpoint_key,
                             ctx.problems_key,
-                            from_type,
-                            hashlib.sha1(raw).hexdigest(),
-                            result.value,
-                            to_type,
-                            field + "changed",
-                            _problems_json(result.problems),
-                            field + "problems",
-                            len(result.problems),
-                        )
+                        ]
+                        args += [key for key, _, _ in chunk]
+                        args += [from_type, to_type, field + "changed", field + "problems"]
+                        for _, raw, result in chunk:
+                            args += [
+                                hashlib.sha1(raw).hexdigest(),
+                                result.value,
+                                _problems_json(result.problems),
+                                len(result.problems),
+                            ]
+                        pipe.execute_command(*args)
                     replies = await pipe.execute(raise_on_error=False)
             retry: list[str] = []
             redo: list[tuple[str, bytes, Rewrite]] = []
-            for (key, raw, result), reply in zip(pending, replies, strict=True):
+            for chunk, reply in zip(chunks, replies, strict=True):
                 if isinstance(reply, redis_exc.NoScriptError):
                     self._rewrite_sha = None  # the server lost its script cache: load again
-                    redo.append((key, raw, result))
+                    redo += chunk
                     continue
                 if isinstance(reply, Exception):
-                    with translate_errors(f"rewriting {key}"):
+                    with translate_errors(f"rewriting {len(chunk)} keys"):
                         raise reply
-                status = as_str(reply[0])
-                if status == "ok":
-                    ok += 1
-                    for p in result.problems:
-                        ctx.report.add_problem(p)
-                elif status == "changed":
-                    retry.append(key)
-                elif status == "error":
-                    left_alone.append(
-                        ctx.problem(
-                            key,
-                            f"the server refused the new value ({as_str(reply[1])}); "
-                            "left as it was",
+                for (key, _, result), raw_status in zip(chunk, reply, strict=True):
+                    status = as_str(raw_status)
+                    if status == "ok":
+                        ok += 1
+                        for p in result.problems:
+                            ctx.report.add_problem(p)
+                    elif status == "changed":
+                        retry.append(key)
+                    elif status.startswith("error:"):
+                        left_alone.append(
+                            ctx.problem(
+                                key,
+                                f"the server refused the new value ({status[6:]}); left as it was",
+                            )
                         )
-                    )
-                # 'gone' (expired or deleted) and 'skip' (rewritten already) need nothing.
+                    # 'gone' (expired or deleted) and 'skip' (rewritten already) need nothing.
             pending = redo
             if retry:
                 if attempt >= MAX_ATTEMPTS:
@@ -507,6 +421,15 @@ class Operations:
                     pending += await self._reread(retry, transform, from_type, left_alone)
         return ok, left_alone
 
+    async def _read(self, keys: list[str], from_type: KeyType) -> list[bytes | None]:
+        if from_type == "string":
+            command: list[Any] = ["MGET", *keys]
+        else:
+            command = ["JSON.MGET", *keys, "."]
+        with translate_errors(f"reading {len(keys)} keys"):
+            values: list[bytes | None] = await self._ctx.client.execute_command(*command)
+        return values
+
     async def _reread(
         self,
         keys: list[str],
@@ -514,10 +437,7 @@ class Operations:
         from_type: KeyType,
         left_alone: list[MigrationProblem],
     ) -> list[tuple[str, bytes, Rewrite]]:
-        reader = "MGET" if from_type == "string" else "JSON.MGET"
-        args = [*keys, "."] if reader == "JSON.MGET" else keys
-        with translate_errors(f"reading {len(keys)} keys"):
-            values = await self._ctx.client.execute_command(reader, *args)
+        values = await self._read(keys, from_type)
         out: list[tuple[str, bytes, Rewrite]] = []
         for key, raw in zip(keys, values, strict=True):
             if raw is None:
@@ -554,6 +474,166 @@ class Operations:
                     pipe.rpush(ctx.problems_key, _problems_json(problems))
                     pipe.hincrby(ctx.checkpoint_key, field + "problems", len(problems))
                 await pipe.execute()
+
+
+@dataclass
+class _Batch:
+    """One batch of a rewrite: where its scan ended and its (pending) writes."""
+
+    cursor: int
+    pass_no: int
+    scanned: int
+    untouched: list[MigrationProblem]
+    writes: asyncio.Task[tuple[int, list[MigrationProblem]]] | None
+
+
+@dataclass
+class _RewriteRun:
+    """The state of one :meth:`Operations.rewrite_keys` call."""
+
+    ops: Operations
+    field: str
+    match: str
+    from_type: KeyType
+    to_type: KeyType
+    transform: Transform
+    label: str
+    size: int
+    scanned: int = 0
+    changed: int = 0
+    total: int | None = None
+    pass_changed: int = 0
+
+    async def run(self) -> RewriteResult:
+        ops, ctx, field = self.ops, self.ops._ctx, self.field
+        state: dict[str, str] = {}
+        if not ctx.dry_run:
+            with translate_errors("reading the migration checkpoint"):
+                raw_state = await ctx.client.hgetall(ctx.checkpoint_key)
+            state = {as_str(k): as_str(v) for k, v in raw_state.items()}
+        cursor = int(state.get(field + "cursor", 0))
+        pass_no = int(state.get(field + "pass", 1))
+        self.scanned = int(state.get(field + "scanned", 0))
+        self.changed = int(state.get(field + "changed", 0))
+        resumed = bool(state.get(field + "cursor") or state.get(field + "done"))
+        ctx.report.resumed = ctx.report.resumed or resumed
+        if state.get(field + "done"):
+            ops._account(self.scanned, self.changed)
+            return RewriteResult(self.scanned, self.changed, resumed=True)
+        if ctx._progress is not None and not ctx.dry_run:
+            self.total = self.scanned + await ops._count(self.match, self.from_type)
+
+        pass_from_zero = cursor == 0
+        previous: _Batch | None = None
+        batch: _Batch | None = None
+        try:
+            while True:
+                keys, cursor = await ops._collect(cursor, self.match, self.from_type, self.size)
+                batch = await self._start_batch(keys, cursor, pass_no)
+                if previous is not None:
+                    await self._finish(previous, last=False)
+                previous = None
+                if cursor != 0:
+                    previous, batch = batch, None
+                    continue
+                # The pass is over: settle its last batch, then decide on another pass.
+                self.pass_changed += await self._settle(batch)
+                next_pass = (
+                    not ctx.dry_run
+                    and (self.pass_changed > 0 or not pass_from_zero)
+                    and pass_no < MAX_PASSES
+                )
+                await self._finish(batch, last=not next_pass, next_pass=next_pass)
+                if not next_pass:
+                    break
+                pass_no += 1
+                pass_from_zero = True
+                self.pass_changed = 0
+        finally:
+            for pending in (previous, batch):
+                if pending is not None and pending.writes is not None:
+                    # An error stopped the run: let the writes in flight land (their
+                    # checkpoint is not saved; a rerun skips what they rewrote).
+                    with contextlib.suppress(Exception):
+                        await pending.writes
+        ops._account(self.scanned, self.changed)
+        return RewriteResult(self.scanned, self.changed, resumed)
+
+    async def _start_batch(self, keys: list[str], cursor: int, pass_no: int) -> _Batch:
+        ops, ctx = self.ops, self.ops._ctx
+        batch = _Batch(cursor=cursor, pass_no=pass_no, scanned=0, untouched=[], writes=None)
+        if not keys:
+            return batch
+        values = await ops._read(keys, self.from_type)
+        items: list[tuple[str, bytes, Rewrite]] = []
+        for key, raw in zip(keys, values, strict=True):
+            if raw is None:
+                continue
+            result = _as_rewrite(self.transform(key, raw))
+            if result.value is None:
+                if pass_no == 1:  # later passes would report the same keys again
+                    batch.untouched.extend(result.problems)
+                continue
+            items.append((key, raw, result))
+        if pass_no == 1:
+            batch.scanned = len(keys)  # later passes only look for stragglers
+        if ctx.dry_run:
+            self.changed += len(items)
+            for key, raw, result in items:
+                for p in result.problems:
+                    ctx.report.add_problem(p)
+                if len(ctx.report.samples) < MAX_SAMPLES:
+                    ctx.report.samples.append(
+                        {
+                            "key": key,
+                            "before": _sample_text(raw),
+                            "after": _sample_text(result.value or ""),
+                        }
+                    )
+        elif items:
+            batch.writes = asyncio.create_task(
+                ops._write(items, self.transform, self.from_type, self.to_type, self.field)
+            )
+        return batch
+
+    async def _settle(self, batch: _Batch) -> int:
+        """Wait for the batch's writes; returns how many keys they rewrote."""
+        if batch.writes is None:
+            return 0
+        ok, problems = await batch.writes
+        batch.writes = None
+        batch.untouched.extend(problems)
+        self.changed += ok
+        return ok
+
+    async def _finish(self, batch: _Batch, *, last: bool, next_pass: bool = False) -> None:
+        ctx = self.ops._ctx
+        self.pass_changed += await self._settle(batch)
+        self.scanned += batch.scanned
+        for p in batch.untouched:
+            ctx.report.add_problem(p)
+        ctx._emit(
+            MigrationProgress(
+                revision=ctx.revision,
+                direction=ctx.direction,
+                label=self.label,
+                processed=self.scanned,
+                changed=self.changed,
+                total=None if self.total is None else max(self.total, self.scanned),
+                done=last,
+            )
+        )
+        if ctx.dry_run:
+            return
+        await self.ops._save_checkpoint(
+            self.field,
+            cursor=batch.cursor,
+            pass_no=batch.pass_no + 1 if next_pass else batch.pass_no,
+            scanned=batch.scanned,
+            problems=batch.untouched,
+            done=last,
+        )
+        ctx._check_lock()
 
 
 def _problems_json(problems: Sequence[MigrationProblem]) -> str:

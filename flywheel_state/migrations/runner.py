@@ -215,6 +215,17 @@ class MigrationRunner:
             plan = [scripts[c + 1], *plan]
         return plan
 
+    async def plan(self, direction: Direction, target: str) -> list[Script]:
+        """The scripts an upgrade or downgrade to ``target`` would run now, in order.
+
+        Raises:
+            MigrationError: Unknown target, or one on the wrong side of the applied revision.
+            SchemaOutOfDateError: The applied revision is unknown to this code.
+        """
+        self.scripts.index(target)
+        current, running, _, _ = await self._read_state()
+        return self._plan(direction, target, current, running)
+
     # ------------------------------------------------------------------ running
 
     async def upgrade(

@@ -57,6 +57,8 @@ class Script:
     """``async def upgrade(ctx)``."""
     downgrade: StepFn
     """``async def downgrade(ctx)``."""
+    module: ModuleType
+    """The loaded module."""
 
     @property
     def name(self) -> str:
@@ -157,6 +159,7 @@ class ScriptDirectory:
             path=file,
             upgrade=steps["upgrade"],
             downgrade=steps["downgrade"],
+            module=module,
         )
 
     @property
@@ -167,6 +170,8 @@ class ScriptDirectory:
             MigrationError: The scripts don't form one linear chain.
         """
         if self._scripts is None:
+            if not self.path.is_dir():
+                raise MigrationError(f"migration script directory {self.path} does not exist")
             self._scripts = self._order(
                 [self._load(f) for f in sorted(self.path.iterdir()) if _FILE_RE.match(f.name)]
             )
@@ -255,6 +260,7 @@ class ScriptDirectory:
         text = message.strip()
         if not text or "\n" in text or "\r" in text:
             raise MigrationError("a migration message must be one non-empty line")
+        self.path.mkdir(parents=True, exist_ok=True)
         scripts = self.scripts
         number = max((int(s.revision) for s in scripts if s.revision.isdigit()), default=0) + 1
         revision = f"{number:04d}"
@@ -274,7 +280,6 @@ class ScriptDirectory:
         path = self.path / f"{revision}_{_slug(text)}.py"
         if path.exists():
             raise MigrationError(f"{path} exists already")
-        self.path.mkdir(parents=True, exist_ok=True)
         path.write_text(source, encoding="utf-8")
         self._scripts = None
         return path

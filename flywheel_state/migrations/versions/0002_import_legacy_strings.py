@@ -110,26 +110,34 @@ HISTORY_ENTRY_FIELDS = ("role", "content", "timestamp")
 # ---------------------------------------------------------------------- frozen parsing
 
 
+def _parse(value: Any) -> datetime | None:
+    """A legacy datetime (``str(dt)``, ISO, epoch number) as an aware datetime; naive means UTC."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)  # takes "T" or " " between date and time
+        except ValueError:
+            text = value.strip()
+            if text.endswith(("Z", "z")):  # Python 3.10's fromisoformat lacks "Z"
+                text = text[:-1] + "+00:00"
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                return None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        try:
+            return datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
 def parse_datetime(value: Any) -> float | None:
     """Epoch seconds of a legacy datetime (``str(dt)``, ISO, epoch number); naive means UTC."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value) if math.isfinite(value) else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if len(text) > 10 and text[10] == " ":
-        text = text[:10] + "T" + text[11:]
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+    parsed = _parse(value)
+    return None if parsed is None else parsed.timestamp()
 
 
 def render_datetime(epoch: float) -> str:
@@ -189,10 +197,17 @@ class _Import:
 
     def datetime_field(self, field: str, value: Any) -> float | None:
         """Parse a datetime; remember its text when ISO output would not reproduce it."""
-        epoch = parse_datetime(value)
-        if epoch is not None and not (isinstance(value, str) and render_datetime(epoch) == value):
+        if not isinstance(value, str):
+            epoch = parse_datetime(value)
+            if epoch is not None:
+                self.legacy.setdefault("dates", {})[field] = value
+            return epoch
+        parsed = _parse(value)
+        if parsed is None:
+            return None
+        if parsed.replace(tzinfo=None).isoformat() != value:
             self.legacy.setdefault("dates", {})[field] = value
-        return epoch
+        return parsed.timestamp()
 
     def encode(
         self, model: type[Document], doc: dict[str, Any], defaults: dict[str, Any]

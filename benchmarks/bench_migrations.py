@@ -1,0 +1,441 @@
+"""Data migration benchmark: importing legacy sessions with ``0002_import_legacy_strings``.
+
+Run from the repository root::
+
+    python benchmarks/bench_migrations.py              # 20k and 100k sessions (about a minute)
+    python benchmarks/bench_migrations.py --quick      # 2k and 10k, for CI
+    REDIS_URL=redis://host:6379/0 python benchmarks/bench_migrations.py
+
+For each size it writes that many legacy session strings (the original code's shapes A and B
+mixed 70/30, both datetime formats, history of 2-6 free-form items, 1% unknown statuses, TTLs of
+1-7 days) with pipelined SET EX (SETEX) into a fresh namespace whose indexes exist (revision 0001), then
+runs ``store.migrations.upgrade("0002")`` in a child process and prints documents per second and
+the child's peak RSS (``ru_maxrss``), with its RSS before the migration: the growth between the
+two sizes shows the runner's memory stays bounded (batches, not the whole keyspace).
+
+On the largest size it also times, on the same server in the same run, with the same
+conversion function (the frozen mapping of 0002):
+
+(b) ``redis-py``: a hand-written loop: SCAN, a pipeline of GET + PTTL per batch, the conversion,
+    and one MULTI per batch of DEL + JSON.SET + PEXPIRE per key (no checkpoint, no lock, no
+    compare-before-write);
+(c) ``redis-om``: the same reads, then a redis-om 1.2 JsonModel per session, ``save()`` +
+    ``expire()`` into a pipeline per batch (after DEL of the string).
+
+With ``--check`` the exit status is 1 when the library imports fewer than 10,000 documents/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from _harness import Row, console, fresh_namespace, print_table, server_url
+from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis
+
+from flywheel_state import Store
+from flywheel_state.models import Backend, SessionStatus
+
+TARGET_DOCS_PER_S = 10_000
+BATCH = 500
+STATUSES = ("running", "completed", "pending", "failed", "active", "cancelled")
+_WORDS = (
+    "structural",
+    "tension",
+    "creative",
+    "orientation",
+    "vision",
+    "reality",
+    "flow",
+    "chart",
+    "agent",
+    "session",
+)
+
+legacy = importlib.import_module("flywheel_state.migrations.versions.0002_import_legacy_strings")
+
+
+# ---------------------------------------------------------------------- legacy data
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(words))
+
+
+def _when(rng: random.Random, base: datetime, space: bool) -> str:
+    value = base + timedelta(seconds=rng.randint(0, 86400), microseconds=rng.randint(0, 999999))
+    return str(value) if space else value.isoformat()
+
+
+def legacy_session(i: int, rng: random.Random) -> dict[str, Any]:
+    """One session as the original code wrote it (shape A or B)."""
+    base = datetime(2025, 11, 1) + timedelta(days=rng.randint(0, 20))
+    history: list[dict[str, Any]] = []
+    for j in range(rng.randint(2, 6)):
+        if j % 3 == 2:
+            history.append({"q": _text(rng, 8), "a": _text(rng, 20)})
+        else:
+            history.append(
+                {
+                    "role": "user" if j % 2 == 0 else "assistant",
+                    "content": _text(rng, rng.randint(5, 30)),
+                    "timestamp": _when(rng, base, False),
+                }
+            )
+    status = "paused" if rng.random() < 0.01 else rng.choice(STATUSES)
+    doc: dict[str, Any] = {
+        "id": f"session_{i}",
+        "backend": rng.choice(("flowise", "langflow", "custom")),
+        "backend_session_id": f"backend_{i}",
+        "status": status,
+        "current_flow_id": rng.choice(("csv2507", "rise_framework", "structural_thinker")),
+        "context": {"topic": _text(rng, 3), "turn": rng.randint(1, 40)},
+        "history": history,
+        "metadata": {"source": "mcp"} if rng.random() < 0.5 else {},
+    }
+    created = _when(rng, base, space=rng.random() < 0.5)
+    last_active = _when(rng, base, space=False)
+    if rng.random() < 0.3:  # shape B
+        doc = {"_schema_version": "1.0", **doc}
+        doc["metadata"] = {**doc["metadata"], "created_at": created, "last_active": last_active}
+    else:
+        doc["created_at"] = created
+        doc["last_active"] = last_active
+    return doc
+
+
+async def write_legacy(client: Redis, namespace: str, n: int, seed: int = 7) -> None:
+    """Write ``n`` legacy session strings with pipelined SET EX (what SETEX does)."""
+    rng = random.Random(seed)
+    for start in range(0, n, 2000):
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(start, min(n, start + 2000)):
+                ttl = rng.randint(86400, 7 * 86400)
+                pipe.set(
+                    f"{namespace}:session:session_{i}", json.dumps(legacy_session(i, rng)), ex=ttl
+                )
+            await pipe.execute()
+
+
+async def prepare(url: str, n: int) -> str:
+    """A fresh namespace at revision 0001 holding ``n`` legacy sessions."""
+    namespace = fresh_namespace("mig")
+    store = Store(url=url, namespace=namespace)
+    try:
+        await store.migrations.upgrade("0001")
+        await write_legacy(store.client, namespace, n)
+    finally:
+        await store.close()
+    return namespace
+
+
+async def count_documents(url: str, namespace: str) -> int:
+    client = Redis.from_url(url)
+    try:
+        total, cursor = 0, 0
+        while True:
+            cursor, keys = await client.scan(
+                cursor, match=f"{namespace}:session:*", count=5000, _type="ReJSON-RL"
+            )
+            total += len(keys)
+            if cursor == 0:
+                return total
+    finally:
+        await client.aclose()
+
+
+async def drop_namespace(url: str, namespace: str) -> None:
+    client = Redis.from_url(url)
+    try:
+        for name in await client.execute_command("FT._LIST"):
+            text = name.decode() if isinstance(name, bytes) else str(name)
+            if text.startswith(f"{namespace}:"):
+                await client.execute_command("FT.DROPINDEX", text)
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{namespace}:*", count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
+
+
+# ---------------------------------------------------------------------- (a) the library, in a child
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def child(url: str, namespace: str) -> dict[str, Any]:
+    """Run 0002 in this process; report time and memory."""
+    store = Store(url=url, namespace=namespace)
+    await store.migrations.status()  # imports and connection done before measuring
+    rss_before = _rss_kb()
+    start = time.perf_counter()
+    report = await store.migrations.upgrade("0002")
+    seconds = time.perf_counter() - start
+    await store.close()
+    return {
+        "changed": report.documents_changed,
+        "problems": report.steps[0].problem_count,
+        "seconds": seconds,
+        "rss_before_kb": rss_before,
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+def run_child(url: str, namespace: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", url, namespace],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------------- (b) hand-written redis-py
+
+
+async def _scan_batches(client: Redis, namespace: str) -> Any:
+    cursor = 0
+    while True:
+        cursor, keys = await client.scan(
+            cursor, match=f"{namespace}:session:*", count=1000, _type="string"
+        )
+        if keys:
+            yield keys
+        if cursor == 0:
+            return
+
+
+async def _read(client: Redis, keys: list[bytes]) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.get(key)
+            pipe.pttl(key)
+        return list(await pipe.execute())
+
+
+def _convert(key: bytes, raw: bytes, prefix: str, now: float) -> str | None:
+    text_key = key.decode()
+    data = json.loads(raw)
+    result = legacy.import_session(text_key, text_key[len(prefix) :], data, now)
+    return result.value  # type: ignore[no-any-return]
+
+
+async def redis_py_loop(url: str, namespace: str) -> int:
+    client = Redis.from_url(url)
+    prefix = f"{namespace}:session:"
+    now = time.time()
+    done = 0
+    try:
+        async for keys in _scan_batches(client, namespace):
+            values = await _read(client, keys)
+            async with client.pipeline(transaction=True) as pipe:
+                for n, key in enumerate(keys):
+                    raw, pttl = values[2 * n], values[2 * n + 1]
+                    if raw is None:
+                        continue
+                    new = _convert(key, raw, prefix, now)
+                    if new is None:
+                        continue
+                    pipe.delete(key)
+                    pipe.execute_command("JSON.SET", key, "$", new)
+                    if pttl > 0:
+                        pipe.pexpire(key, pttl)
+                    done += 1
+                await pipe.execute()
+    finally:
+        await client.aclose()
+    return done
+
+
+# ---------------------------------------------------------------------- (c) plain redis-om
+
+
+class OmHistoryEntry(BaseModel):
+    """History item of the redis-om model (free-form keys kept)."""
+
+    model_config = ConfigDict(extra="allow")
+    role: str | None = None
+    content: Any = None
+    timestamp: datetime | None = None
+
+
+def om_model(client: Redis, namespace: str) -> Any:
+    """A plain redis-om JsonModel with the Session's fields, bound to ``client``."""
+    from aredis_om import Field, JsonModel
+
+    class OmSession(JsonModel, index=True):  # type: ignore[call-arg]
+        id: str = Field(primary_key=True)
+        backend: Backend = Field(index=True)
+        backend_session_id: str | None = None
+        status: SessionStatus = Field(default=SessionStatus.PENDING, index=True)
+        current_flow_id: str | None = Field(default=None, index=True)
+        user_id: str | None = Field(default=None, index=True)
+        context: dict[str, Any] = Field(default_factory=dict)
+        history: list[OmHistoryEntry] = Field(default_factory=list)
+        metadata: dict[str, Any] = Field(default_factory=dict)
+        created_at: datetime = Field(index=True, sortable=True)
+        updated_at: datetime
+        last_active: datetime = Field(index=True, sortable=True)
+        total_queries: int = 0
+        successful_queries: int = 0
+        total_response_time: float = 0.0
+        schema_version: int = 1
+        version: int = 0
+
+        class Meta:
+            database = client
+            global_key_prefix = namespace
+            model_key_prefix = "session"
+
+    return OmSession
+
+
+async def redis_om_loop(url: str, namespace: str) -> int:
+    client = Redis.from_url(url, decode_responses=True)
+    om = om_model(client, namespace)
+    prefix = f"{namespace}:session:"
+    now = time.time()
+    done = 0
+    try:
+        async for keys in _scan_batches(client, namespace):
+            values = await _read(client, keys)
+            async with client.pipeline(transaction=False) as pipe:
+                for n, key in enumerate(keys):
+                    raw, pttl = values[2 * n], values[2 * n + 1]
+                    if raw is None:
+                        continue
+                    data = json.loads(raw)
+                    sid = key[len(prefix) :]
+                    converted = legacy.import_session(key, sid, data, now).value
+                    if converted is None:
+                        continue
+                    model = om.model_validate_json(converted)
+                    pipe.delete(key)
+                    await model.save(pipeline=pipe)
+                    if pttl > 0:
+                        await model.expire(max(1, pttl // 1000), pipeline=pipe)
+                    done += 1
+                await pipe.execute()
+    finally:
+        await client.aclose()
+    return done
+
+
+# ---------------------------------------------------------------------- main
+
+
+async def timed_baseline(url: str, n: int, fn: Callable[[str, str], Any], name: str) -> float:
+    namespace = await prepare(url, n)
+    try:
+        start = time.perf_counter()
+        done = await fn(url, namespace)
+        seconds = time.perf_counter() - start
+        converted = await count_documents(url, namespace)
+        if converted != n or done != n:
+            console.print(f"[red]{name}: converted {converted} of {n}[/red]")
+        return n / seconds
+    finally:
+        await drop_namespace(url, namespace)
+
+
+async def main(args: argparse.Namespace) -> int:
+    sizes = [2_000, 10_000] if args.quick else args.sizes
+    with server_url() as url:
+        rows: list[list[str]] = []
+        rates: dict[int, float] = {}
+        for n in sizes:
+            namespace = await prepare(url, n)
+            try:
+                result = run_child(url, namespace)
+                converted = await count_documents(url, namespace)
+            finally:
+                await drop_namespace(url, namespace)
+            rate = n / result["seconds"]
+            rates[n] = rate
+            rows.append(
+                [
+                    f"{n:,}",
+                    f"{result['changed']:,} ({converted:,} documents)",
+                    f"{result['seconds']:.2f}",
+                    f"{rate:,.0f}",
+                    f"{result['rss_before_kb'] / 1024:.1f}",
+                    f"{result['peak_rss_kb'] / 1024:.1f}",
+                    f"{(result['peak_rss_kb'] - result['rss_before_kb']) / 1024:.1f}",
+                ]
+            )
+        from rich.table import Table
+
+        table = Table(title="0002_import_legacy_strings (flywheel-state runner, child process)")
+        for col in (
+            "sessions",
+            "rewritten",
+            "seconds",
+            "docs/s",
+            "RSS before MB",
+            "peak RSS MB",
+            "growth MB",
+        ):
+            table.add_column(col, justify="right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+        largest = max(sizes)
+        values = {"flywheel": rates[largest]}
+        if not args.no_baselines:
+            values["redis-py"] = await timed_baseline(url, largest, redis_py_loop, "redis-py")
+            values["redis-om"] = await timed_baseline(url, largest, redis_om_loop, "redis-om")
+        print_table(
+            f"legacy import of {largest:,} sessions, documents/s (same server, same run)",
+            list(values),
+            [Row("import 0002", values)],
+            unit="docs/s",
+            ratio=("flywheel", "redis-py") if "redis-py" in values else None,
+            ratio_label="flywheel / redis-py",
+        )
+        if "redis-om" in values:
+            console.print(f"flywheel / redis-om: {values['flywheel'] / values['redis-om']:.2f}")
+        ok = rates[largest] >= TARGET_DOCS_PER_S
+        console.print(
+            f"target {TARGET_DOCS_PER_S:,} docs/s: "
+            + ("[green]met[/green]" if ok else "[red]missed[/red]")
+        )
+        return 0 if ok or not args.check else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        print(json.dumps(asyncio.run(child(sys.argv[2], sys.argv[3]))))
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--quick", action="store_true", help="2k and 10k sessions")
+    parser.add_argument("--no-baselines", action="store_true", help="skip (b) and (c)")
+    parser.add_argument("--check", action="store_true", help="exit 1 below the target")
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(asyncio.run(main(parser.parse_args())))

@@ -1,0 +1,331 @@
+"""Query benchmark: indexed queries against the original SCAN-and-filter approach.
+
+Run from the repository root::
+
+    python benchmarks/bench_queries.py                      # N = 10,000 and 100,000
+    python benchmarks/bench_queries.py --sizes 10000,100000 --million   # and 1,000,000
+    python benchmarks/bench_queries.py --quick              # a few seconds, for CI
+    REDIS_URL=redis://host:6379/0 python benchmarks/bench_queries.py
+
+For each N it fills a fresh namespace with N realistic sessions (a context of about 0.5 KB and
+four history turns; backends, statuses and flows spread with skewed weights, as in production:
+most sessions on Flowise, a few hot flows), then times on the same data, in the same run:
+
+- ``indexed``: this library, ``store.sessions.find(backend, status, flow_id)`` (a page of 50,
+  documents loaded), ``count`` with the same filters, ``stats()``, and ``find`` with no filter;
+- ``scan``: the original approach: SCAN over ``{ns}:session:*``, JSON.GET of every key
+  (pipelined per SCAN batch, which is kinder than the original one GET per round trip),
+  ``json.loads`` and a Python filter; the page is sorted and its 50 documents validated.
+
+Each figure is the median of ``--repeat`` runs (``--scan-repeat`` for the slow scan). It prints
+one table per N, the ratio scan/indexed, and the growth of the indexed page query between the
+smallest and the largest N. Targets: at 100,000 sessions the indexed page query is at least
+100x faster than the scan, and it grows less than 2x from 10,000 to 100,000. With ``--check``
+the exit status is 1 when a target is missed. ``--scan-max N`` skips the (slow) scan baseline
+above N, e.g. for the 1,000,000 run. The namespace is removed after each N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from _harness import Row, console, fresh_namespace, print_table, server_url
+from redis.asyncio import Redis
+
+from flywheel_state import Settings, Store
+from flywheel_state.models import Backend, Session, SessionStatus
+
+FILL_BATCH = 2_000
+FILL_TTL_MS = 2 * 3600 * 1000  # leftovers of an interrupted run expire by themselves
+PAGE = 50
+FLOWS = [f"flow-{k:02d}" for k in range(40)]
+FLOW_WEIGHTS = [1.0 / (k + 1) for k in range(len(FLOWS))]  # a few hot flows (Zipf-like)
+BACKEND_WEIGHTS = {Backend.FLOWISE: 0.6, Backend.LANGFLOW: 0.3, Backend.CUSTOM: 0.1}
+STATUS_WEIGHTS = {
+    SessionStatus.ACTIVE: 0.30,
+    SessionStatus.IDLE: 0.20,
+    SessionStatus.COMPLETED: 0.35,
+    SessionStatus.RUNNING: 0.05,
+    SessionStatus.PENDING: 0.04,
+    SessionStatus.FAILED: 0.04,
+    SessionStatus.CANCELLED: 0.02,
+}
+QUERY: dict[str, Any] = {"backend": "flowise", "status": "active", "flow_id": FLOWS[0]}
+NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
+_PROSE = (
+    "the flow routes each question to a backend and keeps the answer with its sources "
+    "while the agent refines structural tension between current reality and the vision"
+)
+WORDS = _PROSE.split(" ")
+
+
+def _text(rnd: random.Random, words: int) -> str:
+    return " ".join(rnd.choice(WORDS) for _ in range(words))
+
+
+def make_session(i: int, rnd: random.Random) -> Session:
+    """One realistic session document."""
+    created = NOW - timedelta(seconds=rnd.randrange(30 * 86400))
+    active = created + timedelta(seconds=rnd.randrange(86400))
+    return Session.model_validate(
+        {
+            "id": f"session_{i:07d}",
+            "backend": rnd.choices(list(BACKEND_WEIGHTS), list(BACKEND_WEIGHTS.values()))[0],
+            "backend_session_id": f"bk-{i}",
+            "status": rnd.choices(list(STATUS_WEIGHTS), list(STATUS_WEIGHTS.values()))[0],
+            "current_flow_id": rnd.choices(FLOWS, FLOW_WEIGHTS)[0],
+            "user_id": f"user-{rnd.randrange(5000)}",
+            "context": {
+                "topic": _text(rnd, 4),
+                "documents": [{"id": f"doc-{i}-{j}", "snippet": _text(rnd, 12)} for j in range(3)],
+                "variables": {"lang": "en", "depth": rnd.randrange(5)},
+            },
+            "history": [
+                {"role": "user" if j % 2 == 0 else "assistant", "content": _text(rnd, 15)}
+                for j in range(4)
+            ],
+            "metadata": {"client": "mcp"},
+            "created_at": created,
+            "updated_at": active,
+            "last_active": active,
+            "total_queries": 2,
+            "successful_queries": 2,
+        }
+    )
+
+
+async def fill(client: Redis, namespace: str, n: int) -> None:
+    """N sessions, written as pipelined JSON.SET + PEXPIRE of ``model_dump_json()``."""
+    rnd = random.Random(n)
+    prefix = f"{namespace}:session:"
+    for start in range(0, n, FILL_BATCH):
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(start, min(n, start + FILL_BATCH)):
+                s = make_session(i, rnd)
+                pipe.execute_command("JSON.SET", prefix + s.id, "$", s.model_dump_json())
+                pipe.pexpire(prefix + s.id, FILL_TTL_MS)
+            await pipe.execute()
+
+
+async def drop_namespace(client: Redis, namespace: str) -> None:
+    """Remove the namespace's indexes and keys."""
+    for name in await client.execute_command("FT._LIST"):
+        text = name.decode() if isinstance(name, bytes) else str(name)
+        if text.startswith(f"{namespace}:"):
+            await client.execute_command("FT.DROPINDEX", text)
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=f"{namespace}:*", count=2000):
+        batch.append(key)
+        if len(batch) >= 2000:
+            await client.unlink(*batch)
+            batch.clear()
+    if batch:
+        await client.unlink(*batch)
+
+
+# ---------------------------------------------------------------------- the original approach
+
+
+async def scan_documents(client: Redis, namespace: str) -> list[dict[str, Any]]:
+    """Every session document: SCAN the key pattern, JSON.GET each key, json.loads."""
+    docs: list[dict[str, Any]] = []
+    cursor = 0
+    while True:
+        cursor, keys = await client.scan(cursor, match=f"{namespace}:session:*", count=1000)
+        if keys:
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.execute_command("JSON.GET", key)
+                raws = await pipe.execute()
+            docs.extend(json.loads(raw) for raw in raws if raw is not None)
+        if cursor == 0:
+            return docs
+
+
+def scan_matches(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in docs
+        if d.get("backend") == QUERY["backend"]
+        and d.get("status") == QUERY["status"]
+        and d.get("current_flow_id") == QUERY["flow_id"]
+    ]
+
+
+async def scan_find(client: Redis, namespace: str) -> list[Session]:
+    matches = scan_matches(await scan_documents(client, namespace))
+    matches.sort(key=lambda d: (-d["last_active"], d["id"]))
+    return [Session.model_validate(d) for d in matches[:PAGE]]
+
+
+async def scan_count(client: Redis, namespace: str) -> int:
+    return len(scan_matches(await scan_documents(client, namespace)))
+
+
+async def scan_stats(client: Redis, namespace: str) -> dict[str, dict[str, int]]:
+    docs = await scan_documents(client, namespace)
+    return {
+        "backend": dict(Counter(d.get("backend") for d in docs)),
+        "status": dict(Counter(d.get("status") for d in docs)),
+        "total": {"all": len(docs)},
+    }
+
+
+async def scan_find_all(client: Redis, namespace: str) -> list[Session]:
+    docs = await scan_documents(client, namespace)
+    docs.sort(key=lambda d: (-d["last_active"], d["id"]))
+    return [Session.model_validate(d) for d in docs[:PAGE]]
+
+
+# ---------------------------------------------------------------------- timing
+
+
+async def median_ms(fn: Callable[[], Awaitable[object]], repeat: int) -> float:
+    """Median wall-clock milliseconds of ``repeat`` runs of ``fn`` (after one warm-up run)."""
+    await fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        await fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+async def run_size(url: str, n: int, args: argparse.Namespace) -> dict[str, Row]:
+    namespace = fresh_namespace("benchq")
+    # Generous command timeout: the scan of 1M keys and stats over 1M documents are slow.
+    settings = Settings(url=url, namespace=namespace, command_timeout=120.0)
+    raw = Redis.from_url(url, protocol=2, socket_timeout=120.0)
+    try:
+        async with Store(settings, auto_migrate=True) as store:
+            start = time.perf_counter()
+            await fill(raw, namespace, n)
+            console.print(f"filled {n:,} sessions in {time.perf_counter() - start:.1f} s")
+            repo = store.sessions
+
+            scan_too = args.scan_max is None or n <= args.scan_max
+            page = await repo.find(**QUERY, limit=PAGE)
+            console.print(f"  query {QUERY} matches {page.total:,} sessions")
+            if scan_too:
+                # Both approaches must give the same answers before they are timed.
+                scanned = await scan_find(raw, namespace)
+                assert [s.id for s in page.items] == [s.id for s in scanned], "page mismatch"
+                assert page.total == await scan_count(raw, namespace), "count mismatch"
+                stats = await repo.stats()
+                want = await scan_stats(raw, namespace)
+                assert stats["total"] == want["total"], "stats mismatch"
+                assert {k: v for k, v in stats["backend"].items() if v} == want["backend"]
+                assert {k: v for k, v in stats["status"].items() if v} == want["status"]
+
+            ops: list[tuple[str, Callable[[], Awaitable[object]], Callable[[], Awaitable[object]]]]
+            ops = [
+                (
+                    f"find(backend, status, flow_id) page of {PAGE}",
+                    lambda: repo.find(**QUERY, limit=PAGE),
+                    lambda: scan_find(raw, namespace),
+                ),
+                (
+                    "count(backend, status, flow_id)",
+                    lambda: repo.count(**QUERY),
+                    lambda: scan_count(raw, namespace),
+                ),
+                ("stats()", repo.stats, lambda: scan_stats(raw, namespace)),
+                (
+                    f"find() no filter, page of {PAGE}",
+                    lambda: repo.find(limit=PAGE),
+                    lambda: scan_find_all(raw, namespace),
+                ),
+            ]
+            rows: dict[str, Row] = {}
+            for name, indexed, scan in ops:
+                values = {"indexed": await median_ms(indexed, args.repeat)}
+                if scan_too:
+                    values["scan"] = await median_ms(scan, args.scan_repeat)
+                rows[name] = Row(name, values)
+            return rows
+    finally:
+        await drop_namespace(raw, namespace)
+        await raw.aclose()
+
+
+async def run(url: str, args: argparse.Namespace) -> int:
+    sizes = sorted(args.sizes)
+    results: dict[int, dict[str, Row]] = {}
+    for n in sizes:
+        results[n] = await run_size(url, n, args)
+        print_table(
+            f"{n:,} sessions (median ms; scan/indexed = speed-up)",
+            ["indexed", "scan"],
+            list(results[n].values()),
+            unit="ms",
+            ratio=("scan", "indexed"),
+            ratio_label="scan/indexed",
+        )
+    page_op = f"find(backend, status, flow_id) page of {PAGE}"
+    failed = False
+    for n in sizes:
+        row = results[n][page_op].values
+        if "scan" not in row:
+            console.print(f"N={n:>9,}: indexed page {row['indexed']:8.2f} ms (scan skipped)")
+            continue
+        speedup = row["scan"] / row["indexed"]
+        console.print(f"N={n:>9,}: indexed page {row['indexed']:8.2f} ms, speed-up {speedup:,.0f}x")
+        if n >= 100_000 and speedup < 100:
+            failed = True
+    if len(sizes) > 1:
+        small, large = sizes[0], sizes[-1]
+        for op in results[small]:
+            growth = results[large][op].values["indexed"] / results[small][op].values["indexed"]
+            console.print(f"growth of indexed {op} from {small:,} to {large:,}: {growth:.2f}x")
+        growth = (
+            results[large][page_op].values["indexed"] / results[small][page_op].values["indexed"]
+        )
+        if small == 10_000 and large >= 100_000 and growth >= 2.0:
+            failed = True
+    if args.check and failed:
+        console.print("[bold red]a target was missed[/]")
+        return 1
+    return 0
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sizes", type=parse_sizes, default=[10_000, 100_000])
+    parser.add_argument("--million", action="store_true", help="also run N = 1,000,000")
+    parser.add_argument("--repeat", type=int, default=15, help="runs per indexed figure")
+    parser.add_argument("--scan-repeat", type=int, default=3, help="runs per scan figure")
+    parser.add_argument(
+        "--scan-max", type=int, default=None, help="skip the scan baseline above this N"
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    if args.million and 1_000_000 not in args.sizes:
+        args.sizes.append(1_000_000)
+    if args.quick:
+        args.sizes, args.repeat, args.scan_repeat = [2_000, 10_000], 5, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with server_url() as url:
+        return asyncio.run(run(url, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

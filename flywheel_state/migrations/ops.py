@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -318,25 +319,6 @@ class Operations:
                 if cursor == 0:
                     return count
 
-    async def _collect(
-        self, cursor: int, match: str, key_type: KeyType, size: int
-    ) -> tuple[list[str], int]:
-        """SCAN from ``cursor`` until about ``size`` keys or the end; returns keys and cursor."""
-        keys: list[str] = []
-        seen: set[str] = set()
-        with translate_errors("scanning keys"):
-            while True:
-                cursor, found = await self._ctx.client.scan(
-                    cursor, match=match, count=max(size, 1000), _type=key_type
-                )
-                for raw in found:
-                    key = as_str(raw)
-                    if key not in seen:
-                        seen.add(key)
-                        keys.append(key)
-                if cursor == 0 or len(keys) >= size:
-                    return keys, int(cursor)
-
     async def _load_script(self) -> str:
         if self._rewrite_sha is None:
             with translate_errors("loading the rewrite script"):
@@ -476,6 +458,49 @@ class Operations:
                 await pipe.execute()
 
 
+class _Scanner:
+    """SCAN in batches of ``size`` keys, each with the cursor a resumed run must start from.
+
+    One SCAN call may return more keys than a batch takes; a batch that leaves some of them for
+    the next one resumes from the cursor *before* that call (its rewritten keys are skipped
+    then, by their type), so a checkpoint never jumps over keys not yet handled.
+    """
+
+    def __init__(self, client: Any, match: str, key_type: KeyType, size: int, cursor: int) -> None:
+        self._client = client
+        self._match = match
+        self._type = key_type
+        self._size = size
+        self._cursor = cursor
+        self._finished = False
+        self._chunks: deque[tuple[int, list[str]]] = deque()
+
+    async def next(self) -> tuple[list[str], int, bool]:
+        """The next batch of keys, the cursor to resume after it, and whether the pass ended."""
+        while sum(len(k) for _, k in self._chunks) < self._size and not self._finished:
+            before = self._cursor
+            with translate_errors("scanning keys"):
+                cursor, found = await self._client.scan(
+                    before, match=self._match, count=max(self._size, 1000), _type=self._type
+                )
+            self._cursor = int(cursor)
+            keys = list(dict.fromkeys(as_str(k) for k in found))
+            if keys:
+                self._chunks.append((before, keys))
+            self._finished = self._cursor == 0
+        batch: list[str] = []
+        while self._chunks and len(batch) < self._size:
+            start, keys = self._chunks[0]
+            take = self._size - len(batch)
+            batch += keys[:take]
+            if len(keys) > take:
+                self._chunks[0] = (start, keys[take:])
+            else:
+                self._chunks.popleft()
+        resume = self._chunks[0][0] if self._chunks else self._cursor
+        return batch, resume, self._finished and not self._chunks
+
+
 @dataclass
 class _Batch:
     """One batch of a rewrite: where its scan ended and its (pending) writes."""
@@ -524,16 +549,17 @@ class _RewriteRun:
             self.total = self.scanned + await ops._count(self.match, self.from_type)
 
         pass_from_zero = cursor == 0
+        scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, cursor)
         previous: _Batch | None = None
         batch: _Batch | None = None
         try:
             while True:
-                keys, cursor = await ops._collect(cursor, self.match, self.from_type, self.size)
-                batch = await self._start_batch(keys, cursor, pass_no)
+                keys, resume, ended = await scanner.next()
+                batch = await self._start_batch(keys, resume, pass_no)
                 if previous is not None:
                     await self._finish(previous, last=False)
                 previous = None
-                if cursor != 0:
+                if not ended:
                     previous, batch = batch, None
                     continue
                 # The pass is over: settle its last batch, then decide on another pass.
@@ -549,6 +575,7 @@ class _RewriteRun:
                 pass_no += 1
                 pass_from_zero = True
                 self.pass_changed = 0
+                scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, 0)
         finally:
             for pending in (previous, batch):
                 if pending is not None and pending.writes is not None:

@@ -66,10 +66,14 @@ class Document(JsonModel, abc.ABC):
     @classmethod
     def _upgrade_schema(cls, data: Any) -> Any:
         # Stored documents of an older shape are upgraded in memory (see models/_upgrades.py);
-        # the current shape costs one lookup. A dict without schema_version is a new object.
+        # the current shape costs one lookup. A dict without schema_version is a new object:
+        # it gets the class's SCHEMA_VERSION (a model bumps only that, not the field default).
         if type(data) is dict:
             version = data.get("schema_version")
-            if version is not None and version != cls.SCHEMA_VERSION:
+            if version is None:
+                if cls.SCHEMA_VERSION != 1:
+                    return {**data, "schema_version": cls.SCHEMA_VERSION}
+            elif version != cls.SCHEMA_VERSION:
                 return upgrade_document(cls.KIND, data, cls.SCHEMA_VERSION)
         return data
 

@@ -1,0 +1,129 @@
+"""``flywheel-state migrate ...`` and doctor's revision check, against the real server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import redis
+from click.testing import CliRunner, Result
+
+from flywheel_state.cli import cli
+from flywheel_state.migrations import default_scripts
+
+HEAD = default_scripts().head
+
+
+def run(url: str, namespace: str, *args: str, input: str | None = None) -> Result:
+    command = [*args, "--url", url, "--namespace", namespace]
+    return CliRunner().invoke(cli, command, input=input, catch_exceptions=False)
+
+
+def run_json(url: str, namespace: str, *args: str) -> Any:
+    result = run(url, namespace, *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def keys(client: redis.Redis, namespace: str) -> set[str]:
+    return set(client.scan_iter(match=f"{namespace}:*", count=1000))
+
+
+def test_status_up_history_down_stamp(
+    redis_url: str, namespace: str, sync_client: redis.Redis
+) -> None:
+    status = run_json(redis_url, namespace, "migrate", "status")
+    assert status["current"] is None and status["pending"] == ["0001", "0002"]
+    assert not status["up_to_date"]
+
+    dry = run_json(redis_url, namespace, "migrate", "up", "--dry-run")
+    assert dry["dry_run"] and [s["revision"] for s in dry["steps"]] == ["0001", "0002"]
+    assert keys(sync_client, namespace) == set()  # a dry run writes nothing, not even a lock
+
+    result = run(redis_url, namespace, "migrate", "up")
+    assert result.exit_code == 0, result.output
+    assert "applied 0001" in result.output and "applied 0002" in result.output
+    assert f"now at revision {HEAD}" in result.output
+    assert run_json(redis_url, namespace, "migrate", "status")["up_to_date"]
+    text = run(redis_url, namespace, "migrate", "status").output
+    assert "up to date" in text and "0002" in text
+
+    history = run_json(redis_url, namespace, "migrate", "history")
+    assert [(h["action"], h["revision"]) for h in history] == [
+        ("upgrade", "0001"),
+        ("upgrade", "0002"),
+    ]
+    assert all(h["host"] and h["pid"] for h in history)
+
+    # down asks first; answering no changes nothing.
+    refused = run(redis_url, namespace, "migrate", "down", "0001", input="n\n")
+    assert refused.exit_code == 1 and "Undo 0002" in refused.output
+    assert run_json(redis_url, namespace, "migrate", "status")["current"] == "0002"
+    down = run_json(redis_url, namespace, "migrate", "down", "0001", "--yes")
+    assert down["direction"] == "downgrade" and down["to_revision"] == "0001"
+
+    stamped = run_json(redis_url, namespace, "migrate", "stamp", "head")
+    assert stamped["action"] == "stamp" and stamped["to_revision"] == HEAD
+    assert run_json(redis_url, namespace, "migrate", "status")["current"] == HEAD
+    assert "stamp" in run(redis_url, namespace, "migrate", "history").output
+
+
+def test_up_reports_legacy_values_it_could_not_map(
+    redis_url: str, namespace: str, sync_client: redis.Redis
+) -> None:
+    legacy = {
+        "id": "s1",
+        "backend": "flowise",
+        "status": "paused",
+        "created_at": "2025-11-18 10:00:00",
+        "last_active": "2025-11-18T10:05:00",
+    }
+    sync_client.set(f"{namespace}:session:s1", json.dumps(legacy), ex=3600)
+    dry = run(redis_url, namespace, "migrate", "up", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would apply 0002" in dry.output and "unknown status 'paused'" in dry.output
+    assert "sample" in dry.output
+    assert sync_client.type(f"{namespace}:session:s1") == "string"
+
+    result = run(redis_url, namespace, "migrate", "up")
+    assert result.exit_code == 0, result.output
+    assert "1 value(s) could not be mapped" in result.output
+    assert sync_client.type(f"{namespace}:session:s1") == "ReJSON-RL"
+    assert 3500 < sync_client.ttl(f"{namespace}:session:s1") <= 3600
+
+
+def test_errors_are_one_line(redis_url: str, namespace: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["migrate", "up", "0042", "--url", redis_url, "--namespace", namespace]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error: unknown revision '0042'")
+    assert "Traceback" not in result.output
+
+
+def test_new_writes_a_script_from_the_template(tmp_path: Path, redis_url: str) -> None:
+    src = default_scripts().path
+    for name in ("0001_initial.py", "0002_import_legacy_strings.py"):
+        (tmp_path / name).write_text((src / name).read_text())
+    out = run_json(
+        redis_url, "unused", "migrate", "new", "Rename a field", "--directory", str(tmp_path)
+    )
+    path = Path(out["path"])
+    assert out["revision"] == "0003" and path.name == "0003_rename_a_field.py"
+    assert "down_revision = '0002'" in path.read_text()
+
+
+def test_doctor_reports_a_schema_behind_head(
+    redis_url: str, namespace: str, sync_client: redis.Redis
+) -> None:
+    assert run(redis_url, namespace, "migrate", "up", "0001").exit_code == 0
+    result = run(redis_url, namespace, "doctor", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert report["migrations"]["current"] == "0001" and report["migrations"]["head"] == HEAD
+    assert any("behind head" in p for p in report["problems"])
+    assert run(redis_url, namespace, "migrate", "up").exit_code == 0
+    healthy = run(redis_url, namespace, "doctor")
+    assert healthy.exit_code == 0, healthy.output
+    assert f"{HEAD} (head {HEAD})" in healthy.output

@@ -7,7 +7,7 @@ import unicodedata
 from datetime import datetime, timezone
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, PlainSerializer, ValidatorFunctionWrapHandler, WrapValidator
 
 from flywheel_state.errors import InvalidIdError
 
@@ -23,6 +23,8 @@ __all__ = [
 
 MAX_ID_LENGTH = 256
 _GLOB_CHARS = re.compile(r"[*?\[\]]")
+# Printable ASCII but space, * ? [ ]: ids made only of these pass every check below.
+_PLAIN_ID = re.compile(rf"[!-)+->@-Z\\^-~]{{1,{MAX_ID_LENGTH}}}")
 
 
 def validate_id(value: object, *, what: str = "id") -> str:
@@ -34,6 +36,8 @@ def validate_id(value: object, *, what: str = "id") -> str:
     Raises:
         InvalidIdError: The id is unusable; the message says why.
     """
+    if type(value) is str and _PLAIN_ID.fullmatch(value):
+        return value  # the common case, without the per-character checks
     if not isinstance(value, str):
         raise InvalidIdError(f"{what} must be a string, got {type(value).__name__}: {value!r}")
     if value == "":
@@ -71,11 +75,27 @@ def _parse_legacy_datetime(value: object) -> object:
     return value
 
 
+def _validate_utc(value: object, handler: ValidatorFunctionWrapHandler) -> datetime:
+    # Stored datetimes are epoch seconds: convert them directly, without pydantic's parsing and
+    # two Python callbacks per value. The result is the one pydantic gives (seconds when within
+    # +-2e10, as pydantic reads them) except on exact half-microsecond ties, where pydantic
+    # rounds up and fromtimestamp to even: those (x * 128 an odd integer) take the full path.
+    if (type(value) is float or type(value) is int) and -2e10 <= value <= 2e10:
+        scaled = value * 128.0
+        if not (scaled.is_integer() and scaled % 2 == 1):
+            return datetime.fromtimestamp(value, timezone.utc)
+    return as_utc(handler(_parse_legacy_datetime(value)))
+
+
 def _to_epoch(value: datetime) -> float:
+    if value.tzinfo is timezone.utc:
+        return value.timestamp()
     return as_utc(value).timestamp()
 
 
 def _no_control_chars(value: str) -> str:
+    if value.isprintable():  # printable text has no control character (category Cc)
+        return value
     for ch in value:
         if unicodedata.category(ch) == "Cc":
             raise ValueError(f"must not contain control characters, got {value!r}")
@@ -90,8 +110,7 @@ TagStr = Annotated[str, AfterValidator(_no_control_chars)]
 
 UtcDatetime = Annotated[
     datetime,
-    BeforeValidator(_parse_legacy_datetime),
-    AfterValidator(as_utc),
+    WrapValidator(_validate_utc),
     PlainSerializer(_to_epoch, return_type=float, when_used="json"),
 ]
 """A UTC-aware datetime, stored as epoch seconds (a float) so RediSearch can index it NUMERIC."""

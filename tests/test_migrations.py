@@ -644,7 +644,7 @@ async def test_index_swap_answers_complete_results_while_the_new_index_builds(
             totals.append(int(reply[0]))
             info = await index_info(client, f"{ns}:session:idx:v2")
             building.append(info is not None and int(info["indexing"]) == 1)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.005)  # a steady query load that leaves the server room
         await client.aclose()
 
     task = asyncio.create_task(query())

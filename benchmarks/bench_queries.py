@@ -12,7 +12,8 @@ four history turns; backends, statuses and flows spread with skewed weights, as 
 most sessions on Flowise, a few hot flows), then times on the same data, in the same run:
 
 - ``indexed``: this library, ``store.sessions.find(backend, status, flow_id)`` (a page of 50,
-  documents loaded), ``count`` with the same filters, ``stats()``, and ``find`` with no filter;
+  documents loaded; its match count grows with N), ``count`` with the same filters,
+  ``find(user_id)`` (a handful of matches at any N), ``stats()``, and ``find`` with no filter;
 - ``scan``: the original approach: SCAN over ``{ns}:session:*``, JSON.GET of every key
   (pipelined per SCAN batch, which is kinder than the original one GET per round trip),
   ``json.loads`` and a Python filter; the page is sorted and its 50 documents validated.
@@ -62,6 +63,7 @@ STATUS_WEIGHTS = {
     SessionStatus.CANCELLED: 0.02,
 }
 QUERY: dict[str, Any] = {"backend": "flowise", "status": "active", "flow_id": FLOWS[0]}
+USER = "user-42"  # one of 5,000 users: its match count stays small at every N
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 _PROSE = (
     "the flow routes each question to a backend and keeps the answer with its sources "
@@ -169,6 +171,13 @@ async def scan_find(client: Redis, namespace: str) -> list[Session]:
     return [Session.model_validate(d) for d in matches[:PAGE]]
 
 
+async def scan_find_user(client: Redis, namespace: str) -> list[Session]:
+    docs = await scan_documents(client, namespace)
+    matches = [d for d in docs if d.get("user_id") == USER]
+    matches.sort(key=lambda d: (-d["last_active"], d["id"]))
+    return [Session.model_validate(d) for d in matches[:PAGE]]
+
+
 async def scan_count(client: Redis, namespace: str) -> int:
     return len(scan_matches(await scan_documents(client, namespace)))
 
@@ -225,6 +234,10 @@ class Dataset:
             "count(backend, status, flow_id)": (
                 lambda: repo.count(**QUERY),
                 lambda: scan_count(raw, ns),
+            ),
+            "find(user_id) page of 50 (few matches)": (
+                lambda: repo.find(user_id=USER, limit=PAGE),
+                lambda: scan_find_user(raw, ns),
             ),
             "stats()": (repo.stats, lambda: scan_stats(raw, ns)),
             f"find() no filter, page of {PAGE}": (

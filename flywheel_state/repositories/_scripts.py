@@ -7,6 +7,27 @@ partial write never resurrects an expired or deleted key) and that every path ha
 the operation needs, before it writes anything: Redis does not roll back a script that fails
 halfway, so all checks come first.
 
+Arguments: ``KEYS[1]`` the key; ``ARGV[1]`` the mode (``save``, ``insert`` or ``patch``),
+``ARGV[2]`` the TTL in ms (> 0: set it, 0: no expiry, -1: keep the current one), ``ARGV[3]`` the
+expected version or ``''``. A full write then passes the document and the version it carries
+(the caller's guess of the new version; when the guess is wrong the script writes the right one
+with a second command). A patch passes the number of operations and one ``op, path, value``
+triple each:
+
+- ``set``: JSON.SET ``path`` to the JSON ``value``;
+- ``merge``: ``path`` is a top-level member name and ``value`` JSON that is neither an object
+  nor null: all merges, the new version and foldable increments are written by one JSON.MERGE
+  (the caller guarantees no other operation touches these members);
+- ``append``: JSON.ARRAPPEND ``value`` (consecutive appends to one path go in one command);
+- ``incr``: add the number ``value``; folded into the JSON.MERGE when the path is a top-level
+  member holding an integer, ``value`` is an integer, both small enough to be exact in Lua, and
+  no other operation touches the path; JSON.NUMINCRBY otherwise;
+- ``keeplast``: keep only the last ``value`` elements of the array at ``path``.
+
+Every write command on an indexed document makes RediSearch index it again (about 10 us each on
+the embedded server), and every byte passed into Lua costs too: the script reads with one
+command, writes a patch with as few commands as it can, and a full write normally with one.
+
 Reply: ``{status, number}`` where status is ``ok`` (number = new version), ``corrupt`` (number
 unused; a third element names the key's type), ``exists``, ``missing``, ``conflict`` (number =
 stored version) or ``badpath`` (a third element names the path).
@@ -22,11 +43,16 @@ local mode = ARGV[1]
 local ttl_ms = tonumber(ARGV[2])
 local expected = ARGV[3]
 
-local ktype = redis.call('TYPE', key)['ok']
-local exists = ktype ~= 'none'
-if exists and ktype ~= 'ReJSON-RL' then
-  return {'corrupt', 0, ktype}
+-- One read tells whether the key exists, holds a document, and at which version.
+local raw = redis.pcall('JSON.GET', key, '$.version')
+if type(raw) == 'table' and raw.err then
+  local ktype = redis.call('TYPE', key)['ok']
+  if ktype ~= 'ReJSON-RL' then
+    return {'corrupt', 0, ktype}
+  end
+  return raw
 end
+local exists = raw ~= false
 if mode == 'insert' and exists then
   return {'exists', 0}
 end
@@ -36,46 +62,87 @@ end
 
 local current = 0
 if exists then
-  local raw = redis.call('JSON.GET', key, '$.version')
-  local n = raw and string.match(raw, '^%[(%-?%d+)')
-  if n then current = tonumber(n) end
+  local n = string.match(raw, '^%[(%-?%d+)')
+  if n then
+    current = tonumber(n)
+  elseif mode == 'patch' and raw == '[]' then
+    -- No version member: JSON.MERGE must not meet a root that is not an object.
+    local t = redis.call('JSON.TYPE', key, '$')
+    if t[1] ~= 'object' then
+      return {'badpath', 0, '$'}
+    end
+  end
 end
 if expected ~= '' and tonumber(expected) ~= current then
   return {'conflict', current}
 end
+local new = current + 1
 
-local nops = 0
-if mode == 'patch' then
-  nops = tonumber(ARGV[4])
-  local i = 5
-  for _ = 1, nops do
-    local op, path = ARGV[i], ARGV[i + 1]
-    i = i + 3
-    if op ~= 'set' then
+if mode ~= 'patch' then
+  redis.call('JSON.SET', key, '$', ARGV[4])
+  if tonumber(ARGV[5]) ~= new then
+    redis.call('JSON.SET', key, '$.version', new)
+  end
+else
+  local nops = tonumber(ARGV[4])
+  local touches = {}
+  for j = 0, nops - 1 do
+    local op, path = ARGV[5 + 3 * j], ARGV[6 + 3 * j]
+    if op == 'merge' then
+      path = '$.' .. path
+    end
+    touches[path] = (touches[path] or 0) + 1
+  end
+  local folded = {}
+  local arrays = {}
+  for j = 0, nops - 1 do
+    local i = 5 + 3 * j
+    local op, path, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if (op == 'append' or op == 'keeplast') and not arrays[path] then
       local t = redis.call('JSON.TYPE', key, path)
-      t = t and t[1]
-      if (op == 'append' or op == 'keeplast') and t ~= 'array' then
+      if t[1] ~= 'array' then
         return {'badpath', 0, path}
       end
-      if op == 'incr' and t ~= 'integer' and t ~= 'number' then
-        return {'badpath', 0, path}
+      arrays[path] = true
+    elseif op == 'incr' then
+      local cur = redis.call('JSON.GET', key, path)
+      local digits = cur and string.match(cur, '^%[(%-?%d+)%]$')
+      if digits and #digits <= 15 and #value <= 15 and string.match(value, '^%-?%d+$')
+          and touches[path] == 1 and string.match(path, '^%$%.[%a_][%w_]*$') then
+        folded[i] = tonumber(digits) + tonumber(value)
+      else
+        local t = redis.call('JSON.TYPE', key, path)[1]
+        if t ~= 'integer' and t ~= 'number' then
+          return {'badpath', 0, path}
+        end
       end
     end
   end
-end
 
-local new = current + 1
-if mode == 'patch' then
-  local i = 5
-  for _ = 1, nops do
+  local patch = {'{"version":' .. new}
+  local j = 0
+  while j < nops do
+    local i = 5 + 3 * j
     local op, path, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-    i = i + 3
-    if op == 'set' then
+    j = j + 1
+    if op == 'merge' then
+      patch[#patch + 1] = ',"' .. path .. '":' .. value
+    elseif op == 'set' then
       redis.call('JSON.SET', key, path, value)
     elseif op == 'append' then
-      redis.call('JSON.ARRAPPEND', key, path, value)
+      local values = {value}
+      while j < nops and #values < 1000 and ARGV[5 + 3 * j] == 'append'
+          and ARGV[6 + 3 * j] == path do
+        values[#values + 1] = ARGV[7 + 3 * j]
+        j = j + 1
+      end
+      redis.call('JSON.ARRAPPEND', key, path, unpack(values))
     elseif op == 'incr' then
-      redis.call('JSON.NUMINCRBY', key, path, value)
+      if folded[i] then
+        patch[#patch + 1] = ',"' .. string.sub(path, 3) .. '":' .. string.format('%d', folded[i])
+      else
+        redis.call('JSON.NUMINCRBY', key, path, value)
+      end
     elseif op == 'keeplast' then
       local keep = tonumber(value)
       local len = redis.call('JSON.ARRLEN', key, path)[1]
@@ -88,10 +155,9 @@ if mode == 'patch' then
       end
     end
   end
-else
-  redis.call('JSON.SET', key, '$', ARGV[4])
+  patch[#patch + 1] = '}'
+  redis.call('JSON.MERGE', key, '$', table.concat(patch))
 end
-redis.call('JSON.SET', key, '$.version', new)
 
 if ttl_ms > 0 then
   redis.call('PEXPIRE', key, ttl_ms)

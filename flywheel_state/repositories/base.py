@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Final, Generic, TypeVar
@@ -55,6 +57,11 @@ BATCH_SIZE = 500
 _KEEP_TTL = -1
 _NO_EXPIRY = 0
 _PROTECTED_FIELDS = frozenset({"id", "version", "schema_version", "pk"})
+# A patch path the write script can fold into its single JSON.MERGE: a top-level member.
+_MEMBER_PATH = re.compile(r"\$\.([A-Za-z_][A-Za-z0-9_]*)")
+# First characters of JSON values that JSON.MERGE writes as JSON.SET would (not objects, which
+# it merges into the old value, nor null, which it deletes).
+_MERGEABLE_START = frozenset('"[-0123456789tf')
 
 
 class Repository(QueryMixin[M], Generic[M]):
@@ -202,7 +209,18 @@ class Repository(QueryMixin[M], Generic[M]):
             )
         self._prepare(model)
         expected = "" if expected_version is None else str(int(expected_version))
-        return [mode, self._ttl_ms(ttl, partial=False), expected, self._encode(model)]
+        # The document carries the version it most likely gets (the one the caller expects or
+        # last saw, plus one) so that the script writes it with one command; on a wrong guess
+        # the script sets the right version itself. The model changes only once it is saved.
+        seen = model.version if expected_version is None else int(expected_version)
+        guess = seen + 1 if isinstance(seen, int) else 1
+        previous = model.version
+        model.version = guess
+        try:
+            doc = self._encode(model)
+        finally:
+            model.version = previous
+        return [mode, self._ttl_ms(ttl, partial=False), expected, doc, guess]
 
     async def save(
         self, model: M, *, ttl: TTLArg = DEFAULT, expected_version: int | None = None
@@ -399,7 +417,18 @@ class Repository(QueryMixin[M], Generic[M]):
             "" if expected_version is None else str(int(expected_version)),
             len(ops),
         ]
+        touched = Counter(path for _, path, _ in ops)
         for op, path, value in ops:
+            if (
+                op == "set"
+                and isinstance(value, str)
+                and value[:1] in _MERGEABLE_START
+                and touched[path] == 1
+            ):
+                member = _MEMBER_PATH.fullmatch(path)
+                if member is not None:
+                    args.extend(("merge", member.group(1), value))
+                    continue
             args.extend((op, path, value))
         with translate_errors(f"updating {key}"):
             reply = await self._write(keys=[key], args=args)

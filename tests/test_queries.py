@@ -350,6 +350,26 @@ async def test_offset_beyond_the_server_window_points_at_iterate(
         await store.sessions.ids(offset=window, limit=1)
 
 
+async def test_small_server_window(store: Store, sync_client: redis.Redis) -> None:
+    # A server configured with a small MAXSEARCHRESULTS (read once per repository): pages stop
+    # at the window with a clear error, cursors walk past it, sorted walks refuse to start.
+    (entry,) = sync_client.execute_command("FT.CONFIG", "GET", "MAXSEARCHRESULTS")
+    sync_client.execute_command("FT.CONFIG", "SET", "MAXSEARCHRESULTS", 20)
+    try:
+        repo = store.sessions
+        await repo.save_many([session(f"s{i:02d}") for i in range(30)])
+        assert len((await repo.find(offset=10, limit=10)).items) == 10
+        with pytest.raises(InvalidQueryError, match="result window of 20"):
+            await repo.find(offset=11, limit=10)
+        assert len([s async for s in repo.iterate(batch_size=7)]) == 30
+        assert len(await repo.ids(limit=None)) == 30
+        with pytest.raises(InvalidQueryError, match="sort=None"):
+            _ = [s async for s in repo.iterate(sort="created_at")]
+        assert len([s async for s in repo.iterate(sort="created_at", backend="langflow")]) == 0
+    finally:
+        sync_client.execute_command("FT.CONFIG", "SET", "MAXSEARCHRESULTS", entry[1])
+
+
 async def test_empty_collection_matches_nothing(store: Store) -> None:
     repo = store.sessions
     await repo.save(session("a"))

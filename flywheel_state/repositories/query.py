@@ -557,7 +557,10 @@ class QueryMixin(Generic[M]):
             total = await self._count(query)
             heap = total + max(1024, total // 4)
             window = await self._window()
-            if window is not None and heap > window:
+            if window is not None:
+                # Some server versions clamp MAX to the window; a full heap is caught below.
+                heap = min(heap, window)
+            if window is not None and total >= window:
                 raise InvalidQueryError(
                     f"a sorted walk over {total:,} matches goes beyond the server's result "
                     f"window of {window:,} (MAXSEARCHRESULTS): pass sort=None to stream every "

@@ -111,10 +111,14 @@ def _print_report(report: MigrationReport) -> None:
     for step in report.steps:
         timing = "" if report.dry_run else f" in {step.duration_s:.2f}s"
         resumed = " (resumed)" if step.resumed else ""
+        documents = ""
+        if step.documents_scanned or step.documents_changed:
+            documents = (
+                f": {step.documents_changed:,} documents of {step.documents_scanned:,} examined"
+            )
         console.print(
-            f"{verb} [bold]{step.revision}[/bold] {escape(step.description)}{resumed}: "
-            f"{step.documents_changed:,} documents of {step.documents_scanned:,} examined"
-            f"{timing}"
+            f"{verb} [bold]{step.revision}[/bold] {escape(step.description)}{resumed}"
+            f"{documents}{timing}"
         )
         for action in step.actions:
             console.print(f"  - {escape(action)}")
@@ -177,18 +181,17 @@ def _print_status(status: MigrationStatus, runner: MigrationRunner) -> None:
 
 def _print_records(records: list[Any], *, title: str) -> None:
     table = Table(title=title)
-    for col in ("when", "action", "revision", "from -> to", "took", "documents", "problems", "by"):
-        table.add_column(col)
+    for col in ("when (UTC)", "action", "from -> to", "took", "docs", "problems", "by"):
+        table.add_column(col, no_wrap=col != "by", overflow="fold")
     for r in records:
         table.add_row(
-            r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.started_at.strftime("%Y-%m-%d %H:%M"),
             r.action,
-            escape(r.revision or "base"),
             escape(f"{r.from_revision or 'base'} -> {r.to_revision or 'base'}"),
             f"{r.duration_s:.2f}s",
             f"{r.documents_changed:,}",
             str(r.problem_count),
-            escape(f"{r.host} pid {r.pid}"),
+            escape(f"{r.host}:{r.pid}"),
         )
     console.print(table)
 

@@ -24,8 +24,8 @@ import json
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import ValidationError
 from redis import exceptions as redis_exc
@@ -55,16 +55,15 @@ __all__ = ["KeyType", "Operations", "Rewrite", "RewriteResult", "Transform"]
 KeyType = Literal["string", "ReJSON-RL"]
 """A key's Redis type as TYPE names it: a plain string, or a RedisJSON document."""
 
-#: Full passes over the keyspace at most (a pass that rewrote something is followed by a
-#: check pass, catching keys a still-running old writer created behind the cursor).
+#: Full passes over the keyspace at most (a run resumed from a checkpoint is followed by a
+#: pass from the start, catching keys created behind the checkpoint while it was stopped).
 MAX_PASSES = 3
 #: Attempts on a key that changes between its read and its write before reporting it.
 MAX_ATTEMPTS = 3
 _SAMPLE_CHARS = 2000
 
 
-@dataclass(frozen=True)
-class Rewrite:
+class Rewrite(NamedTuple):
     """What a transform returns for one key.
 
     Attributes:
@@ -90,9 +89,11 @@ class RewriteResult:
 
 
 def _as_rewrite(result: Rewrite | str | None) -> Rewrite:
-    if isinstance(result, Rewrite):
+    if type(result) is Rewrite:
         return result
-    return Rewrite(result)
+    if result is None or isinstance(result, str):
+        return Rewrite(result)
+    return Rewrite(*result)
 
 
 def _sample_text(raw: bytes | str) -> str:
@@ -466,8 +467,11 @@ class _Scanner:
     then, by their type), so a checkpoint never jumps over keys not yet handled.
     """
 
-    def __init__(self, client: Any, match: str, key_type: KeyType, size: int, cursor: int) -> None:
+    def __init__(
+        self, client: Any, match: str, key_type: KeyType, size: int, cursor: int, skip: str
+    ) -> None:
         self._client = client
+        self._skip = skip
         self._match = match
         self._type = key_type
         self._size = size
@@ -484,7 +488,10 @@ class _Scanner:
                     before, match=self._match, count=max(self._size, 1000), _type=self._type
                 )
             self._cursor = int(cursor)
-            keys = list(dict.fromkeys(as_str(k) for k in found))
+            # The runner's own bookkeeping is never rewritten, whatever the pattern.
+            keys = [
+                k for k in dict.fromkeys(as_str(k) for k in found) if not k.startswith(self._skip)
+            ]
             if keys:
                 self._chunks.append((before, keys))
             self._finished = self._cursor == 0
@@ -502,14 +509,25 @@ class _Scanner:
 
 
 @dataclass
+class _Fetched:
+    """Keys of one batch, their values, and where a resumed run would start after it."""
+
+    keys: list[str]
+    values: list[bytes | None]
+    resume: int
+    ended: bool
+
+
+@dataclass
 class _Batch:
-    """One batch of a rewrite: where its scan ended and its (pending) writes."""
+    """One transformed batch of a rewrite: its writes (pending) and its checkpoint."""
 
     cursor: int
     pass_no: int
     scanned: int
     untouched: list[MigrationProblem]
-    writes: asyncio.Task[tuple[int, list[MigrationProblem]]] | None
+    items: list[tuple[str, bytes, Rewrite]] = field(default_factory=list)
+    writes: asyncio.Task[tuple[int, list[MigrationProblem]]] | None = None
 
 
 @dataclass
@@ -527,7 +545,6 @@ class _RewriteRun:
     scanned: int = 0
     changed: int = 0
     total: int | None = None
-    pass_changed: int = 0
 
     async def run(self) -> RewriteResult:
         ops, ctx, field = self.ops, self.ops._ctx, self.field
@@ -549,33 +566,42 @@ class _RewriteRun:
             self.total = self.scanned + await ops._count(self.match, self.from_type)
 
         pass_from_zero = cursor == 0
-        scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, cursor)
+        skip = ctx.key("_migrations") + ":"
+        scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, cursor, skip)
+        fetched = await self._fetch(scanner)
         previous: _Batch | None = None
         batch: _Batch | None = None
         try:
             while True:
-                keys, resume, ended = await scanner.next()
-                batch = await self._start_batch(keys, resume, pass_no)
+                batch = self._transform(fetched, pass_no)
+                # Read the next batch before sending this one's writes, so that Redis runs
+                # the writes while Python transforms the next batch.
+                following = None if fetched.ended else await self._fetch(scanner)
+                if batch.items and not ctx.dry_run:
+                    batch.writes = asyncio.create_task(
+                        ops._write(
+                            batch.items, self.transform, self.from_type, self.to_type, self.field
+                        )
+                    )
+                    await asyncio.sleep(0)  # let the write pipeline go out now
                 if previous is not None:
                     await self._finish(previous, last=False)
                 previous = None
-                if not ended:
-                    previous, batch = batch, None
+                if following is not None:
+                    previous, batch, fetched = batch, None, following
                     continue
                 # The pass is over: settle its last batch, then decide on another pass.
-                self.pass_changed += await self._settle(batch)
-                next_pass = (
-                    not ctx.dry_run
-                    and (self.pass_changed > 0 or not pass_from_zero)
-                    and pass_no < MAX_PASSES
-                )
+                await self._settle(batch)
+                # A run resumed mid-pass did not see keys created behind its checkpoint while
+                # it was stopped: one more full pass looks for them.
+                next_pass = not ctx.dry_run and not pass_from_zero and pass_no < MAX_PASSES
                 await self._finish(batch, last=not next_pass, next_pass=next_pass)
                 if not next_pass:
                     break
                 pass_no += 1
                 pass_from_zero = True
-                self.pass_changed = 0
-                scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, 0)
+                scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, 0, skip)
+                fetched = await self._fetch(scanner)
         finally:
             for pending in (previous, batch):
                 if pending is not None and pending.writes is not None:
@@ -586,14 +612,15 @@ class _RewriteRun:
         ops._account(self.scanned, self.changed)
         return RewriteResult(self.scanned, self.changed, resumed)
 
-    async def _start_batch(self, keys: list[str], cursor: int, pass_no: int) -> _Batch:
-        ops, ctx = self.ops, self.ops._ctx
-        batch = _Batch(cursor=cursor, pass_no=pass_no, scanned=0, untouched=[], writes=None)
-        if not keys:
-            return batch
-        values = await ops._read(keys, self.from_type)
-        items: list[tuple[str, bytes, Rewrite]] = []
-        for key, raw in zip(keys, values, strict=True):
+    async def _fetch(self, scanner: _Scanner) -> _Fetched:
+        keys, resume, ended = await scanner.next()
+        values = await self.ops._read(keys, self.from_type) if keys else []
+        return _Fetched(keys, values, resume, ended)
+
+    def _transform(self, fetched: _Fetched, pass_no: int) -> _Batch:
+        ctx = self.ops._ctx
+        batch = _Batch(cursor=fetched.resume, pass_no=pass_no, scanned=0, untouched=[])
+        for key, raw in zip(fetched.keys, fetched.values, strict=True):
             if raw is None:
                 continue
             result = _as_rewrite(self.transform(key, raw))
@@ -601,12 +628,12 @@ class _RewriteRun:
                 if pass_no == 1:  # later passes would report the same keys again
                     batch.untouched.extend(result.problems)
                 continue
-            items.append((key, raw, result))
+            batch.items.append((key, raw, result))
         if pass_no == 1:
-            batch.scanned = len(keys)  # later passes only look for stragglers
+            batch.scanned = len(fetched.keys)  # later passes only look for stragglers
         if ctx.dry_run:
-            self.changed += len(items)
-            for key, raw, result in items:
+            self.changed += len(batch.items)
+            for key, raw, result in batch.items:
                 for p in result.problems:
                     ctx.report.add_problem(p)
                 if len(ctx.report.samples) < MAX_SAMPLES:
@@ -617,10 +644,7 @@ class _RewriteRun:
                             "after": _sample_text(result.value or ""),
                         }
                     )
-        elif items:
-            batch.writes = asyncio.create_task(
-                ops._write(items, self.transform, self.from_type, self.to_type, self.field)
-            )
+            batch.items = []
         return batch
 
     async def _settle(self, batch: _Batch) -> int:
@@ -635,7 +659,7 @@ class _RewriteRun:
 
     async def _finish(self, batch: _Batch, *, last: bool, next_pass: bool = False) -> None:
         ctx = self.ops._ctx
-        self.pass_changed += await self._settle(batch)
+        await self._settle(batch)
         self.scanned += batch.scanned
         for p in batch.untouched:
             ctx.report.add_problem(p)

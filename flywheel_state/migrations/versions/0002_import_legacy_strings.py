@@ -110,26 +110,27 @@ HISTORY_ENTRY_FIELDS = ("role", "content", "timestamp")
 # ---------------------------------------------------------------------- frozen parsing
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
 def _parse(value: Any) -> datetime | None:
-    """A legacy datetime (``str(dt)``, ISO, epoch number) as an aware datetime; naive means UTC."""
-    if isinstance(value, str):
+    """A legacy datetime string as a naive UTC datetime (naive input means UTC already)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)  # takes "T" or " " between date and time
+    except ValueError:
+        text = value.strip()
+        if text.endswith(("Z", "z")):  # Python 3.10's fromisoformat lacks "Z"
+            text = text[:-1] + "+00:00"
         try:
-            parsed = datetime.fromisoformat(value)  # takes "T" or " " between date and time
+            parsed = datetime.fromisoformat(text)
         except ValueError:
-            text = value.strip()
-            if text.endswith(("Z", "z")):  # Python 3.10's fromisoformat lacks "Z"
-                text = text[:-1] + "+00:00"
-            try:
-                parsed = datetime.fromisoformat(text)
-            except ValueError:
-                return None
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        try:
-            return datetime.fromtimestamp(value, timezone.utc)
-        except (OverflowError, OSError, ValueError):
             return None
-    return None
+    offset = parsed.utcoffset()
+    if offset is not None:
+        parsed = (parsed - offset).replace(tzinfo=None)
+    return parsed
 
 
 def parse_datetime(value: Any) -> float | None:
@@ -137,7 +138,7 @@ def parse_datetime(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value) if math.isfinite(value) else None
     parsed = _parse(value)
-    return None if parsed is None else parsed.timestamp()
+    return None if parsed is None else (parsed - _EPOCH).total_seconds()
 
 
 def render_datetime(epoch: float) -> str:
@@ -205,9 +206,9 @@ class _Import:
         parsed = _parse(value)
         if parsed is None:
             return None
-        if parsed.replace(tzinfo=None).isoformat() != value:
+        if parsed.isoformat() != value:  # str(dt), an offset, "Z", fewer digits...
             self.legacy.setdefault("dates", {})[field] = value
-        return parsed.timestamp()
+        return (parsed - _EPOCH).total_seconds()
 
     def encode(
         self, model: type[Document], doc: dict[str, Any], defaults: dict[str, Any]

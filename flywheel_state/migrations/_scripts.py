@@ -26,8 +26,9 @@ other clients wait: about a millisecond)."""
 #
 # KEYS[1] the checkpoint hash; KEYS[2] the step's problem list; KEYS[3..] the keys to rewrite.
 # ARGV[1] from type ('string' | 'ReJSON-RL'); ARGV[2] to type; ARGV[3] the checkpoint's rewrite
-# counter field; ARGV[4] its problem counter field; then four per key: SHA1 of the value read,
-# new value, the key's problems as a JSON array ('' for none), and how many there are.
+# counter field; ARGV[4] its problem counter field; then two per key: the SHA1 (40 hex digits)
+# of the value read, followed, if the key has problems, by "<count>|<JSON array>"; and the new
+# value.
 # The counters and problems are recorded with the rewrites themselves, so they survive a runner
 # killed between a batch's writes and its checkpoint.
 # Reply: one status per key: 'ok', 'gone', 'skip' (not the from type any more), 'changed', or
@@ -39,7 +40,7 @@ local out = {}
 local ok = 0
 for i = 3, #KEYS do
   local key = KEYS[i]
-  local a = 5 + (i - 3) * 4
+  local a = 5 + (i - 3) * 2
   local status = 'ok'
   local t = redis.call('TYPE', key)['ok']
   if t == 'none' then
@@ -53,7 +54,8 @@ for i = 3, #KEYS do
     else
       current = redis.call('JSON.GET', key)
     end
-    if redis.sha1hex(current) ~= ARGV[a] then
+    local meta = ARGV[a]
+    if redis.sha1hex(current) ~= string.sub(meta, 1, 40) then
       status = 'changed'
     else
       local pttl = redis.call('PTTL', key)
@@ -75,9 +77,10 @@ for i = 3, #KEYS do
         status = 'error:' .. res.err
       else
         ok = ok + 1
-        if ARGV[a + 2] ~= '' then
-          redis.call('RPUSH', KEYS[2], ARGV[a + 2])
-          redis.call('HINCRBY', KEYS[1], ARGV[4], tonumber(ARGV[a + 3]))
+        if #meta > 40 then
+          local bar = string.find(meta, '|', 41, true)
+          redis.call('RPUSH', KEYS[2], string.sub(meta, bar + 1))
+          redis.call('HINCRBY', KEYS[1], ARGV[4], tonumber(string.sub(meta, 41, bar - 1)))
         end
       end
       if pttl > 0 then redis.call('PEXPIRE', key, pttl) end

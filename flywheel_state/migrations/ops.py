@@ -359,12 +359,10 @@ class Operations:
                         args += [key for key, _, _ in chunk]
                         args += [from_type, to_type, field + "changed", field + "problems"]
                         for _, raw, result in chunk:
-                            args += [
-                                hashlib.sha1(raw).hexdigest(),
-                                result.value,
-                                _problems_json(result.problems),
-                                len(result.problems),
-                            ]
+                            meta = hashlib.sha1(raw).hexdigest()
+                            if result.problems:
+                                meta += f"{len(result.problems)}|{_problems_json(result.problems)}"
+                            args += [meta, result.value]
                         pipe.execute_command(*args)
                     replies = await pipe.execute(raise_on_error=False)
             retry: list[str] = []

@@ -111,7 +111,7 @@ def test_new_writes_a_script_from_the_template(tmp_path: Path, redis_url: str) -
     )
     path = Path(out["path"])
     assert out["revision"] == "0003" and path.name == "0003_rename_a_field.py"
-    assert "down_revision = '0002'" in path.read_text()
+    assert 'down_revision = "0002"' in path.read_text()
 
 
 def test_doctor_reports_a_schema_behind_head(

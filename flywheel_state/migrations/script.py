@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import re
 import string
 import sys
@@ -67,6 +68,11 @@ class Script:
 
     def __repr__(self) -> str:
         return f"Script({self.name!r}, down_revision={self.down_revision!r})"
+
+
+def _literal(value: str | None) -> str:
+    """A Python literal in the style ruff formats to (double quotes)."""
+    return "None" if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def _slug(message: str) -> str:
@@ -270,11 +276,11 @@ class ScriptDirectory:
         )
         source = template.substitute(
             revision=revision,
-            revision_literal=repr(revision),
-            down_revision_literal=repr(down),
+            revision_literal=_literal(revision),
+            down_revision_literal=_literal(down),
             down_revision_text=down or "the base",
             description=text.replace('"""', "'''"),
-            description_literal=repr(text),
+            description_literal=_literal(text),
             created=(now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
         )
         path = self.path / f"{revision}_{_slug(text)}.py"

@@ -821,7 +821,7 @@ def test_new_script_from_template_follows_the_head(tmp_path: Path) -> None:
     path = scripts.new("Add a field: user's locale!")
     assert path.name == "0003_add_a_field_user_s_locale.py"
     text = path.read_text()
-    assert "revision = '0003'" in text and "down_revision = '0002'" in text
+    assert 'revision = "0003"' in text and 'down_revision = "0002"' in text
     assert 'description = "Add a field: user\'s locale!"' in text
     reloaded = ScriptDirectory(tmp_path)
     assert reloaded.head == "0003" and reloaded.get("0003").down_revision == "0002"

@@ -245,9 +245,11 @@ class MigrationRunner:
                 nothing is written, not even the lock.
             wait: When another runner holds the lock, wait for it instead of failing.
             wait_timeout: With ``wait``, give up after this many seconds.
-            progress: Called after each batch of a data operation. An exception it raises
-                stops the run right there: that batch's writes stand, its checkpoint is not
-                saved, and the next run redoes the batch's scan, skipping what was rewritten.
+            progress: Called after each batch of a data operation, once its writes are
+                acknowledged and before its checkpoint is saved. An exception it raises stops
+                the run right there (as a crash would): the writes already sent stand, the
+                checkpoint stays at the batch before, and the next run scans again from it,
+                skipping what was rewritten. The exception is raised as a MigrationError.
 
         Returns:
             What each step did (or would do).

@@ -124,7 +124,9 @@ def session_b(sid: str, **extra: Any) -> dict[str, Any]:
 
 
 def utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace(" ", "T")).replace(tzinfo=timezone.utc)
+    """A naive ISO datetime (either separator, any fraction length) read as UTC."""
+    layout = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
+    return datetime.strptime(text.replace(" ", "T"), layout).replace(tzinfo=timezone.utc)
 
 
 async def write_legacy(store: Store, values: dict[str, tuple[Any, int | None]]) -> None:
@@ -838,3 +840,20 @@ def test_a_branched_history_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(MigrationError, match="linear"):
         _ = scripts.scripts
+
+
+def test_legacy_datetime_parser_reads_both_formats_as_utc() -> None:
+    legacy = default_scripts().get("0002").module
+    expected = utc("2025-11-18T10:00:00.5").timestamp()
+    for text in (
+        "2025-11-18 10:00:00.5",  # str(datetime) style, a short fraction
+        "2025-11-18T10:00:00.500000",  # isoformat of a naive (UTC) datetime
+        "2025-11-18T10:00:00.5Z",
+        "2025-11-18T12:00:00.5+02:00",
+        "2025-11-18T07:00:00.5-0300",
+    ):
+        assert legacy.parse_datetime(text) == expected, text
+        assert legacy._parse_slow(text) == datetime(2025, 11, 18, 10, 0, 0, 500000), text
+    assert legacy.parse_datetime(1763460000.5) == 1763460000.5
+    for bad in ("yesterday", "2025-13-01T00:00:00", None, True, [2025]):
+        assert legacy.parse_datetime(bad) is None

@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pydantic import ValidationError
@@ -111,6 +112,36 @@ HISTORY_ENTRY_FIELDS = ("role", "content", "timestamp")
 
 
 _EPOCH = datetime(1970, 1, 1)
+_DATETIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,6})\d*)?)?)?"
+    r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?",
+    re.IGNORECASE,
+)
+
+
+def _parse_slow(text: str) -> datetime | None:
+    # What fromisoformat of Python 3.10 refuses: "Z", 1-5 or 7+ fraction digits, "+hhmm".
+    match = _DATETIME.fullmatch(text.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    try:
+        parsed = datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int((fraction or "0").ljust(6, "0")),
+        )
+    except ValueError:
+        return None
+    if zone and zone.upper() != "Z":
+        digits = zone[1:].replace(":", "")
+        minutes = int(digits[:2]) * 60 + int(digits[2:] or 0)
+        parsed -= timedelta(minutes=minutes if zone[0] == "+" else -minutes)
+    return parsed
 
 
 def _parse(value: Any) -> datetime | None:
@@ -120,13 +151,7 @@ def _parse(value: Any) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)  # takes "T" or " " between date and time
     except ValueError:
-        text = value.strip()
-        if text.endswith(("Z", "z")):  # Python 3.10's fromisoformat lacks "Z"
-            text = text[:-1] + "+00:00"
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            return None
+        return _parse_slow(value)
     offset = parsed.utcoffset()
     if offset is not None:
         parsed = (parsed - offset).replace(tzinfo=None)

@@ -41,7 +41,11 @@ never splits it (models reject control characters in indexed strings)."""
 
 @dataclass(frozen=True)
 class IndexField:
-    """One indexed attribute of a JSON document."""
+    """One indexed attribute of a JSON document.
+
+    ``sortable`` keeps a copy of the value in the index: needed to sort on a NUMERIC field, and
+    it makes GROUPBY on a TAG field (``stats()``) read the index instead of the documents.
+    """
 
     name: str
     type: Literal["TAG", "NUMERIC"]
@@ -55,7 +59,9 @@ class IndexField:
         else:
             out += ["INDEXMISSING"]
         if self.sortable:
-            out.append("SORTABLE")
+            # UNF keeps TAG values as stored (case included) in the sortable copy, which
+            # FT.AGGREGATE GROUPBY reads instead of loading each document.
+            out += ["SORTABLE", "UNF"] if self.type == "TAG" else ["SORTABLE"]
         return out
 
 

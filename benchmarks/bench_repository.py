@@ -1,0 +1,716 @@
+"""Repository benchmark: flywheel-state against hand-written redis-py and plain redis-om.
+
+Run from the repository root::
+
+    python benchmarks/bench_repository.py            # full run (about 1-2 minutes)
+    python benchmarks/bench_repository.py --quick    # a few seconds, for CI
+    REDIS_URL=redis://host:6379/0 python benchmarks/bench_repository.py
+
+It prints one table of operations per second for a realistic session (a context of a few KB and
+20 history entries) for three implementations on the same server, in the same run:
+
+(a) ``flywheel``: this library (``store.sessions``);
+(b) ``redis-py``: hand-written redis-py doing the Redis commands that give the same guarantees,
+    with ``json.dumps`` / ``json.loads``: JSON.SET + PEXPIRE in one MULTI/EXEC for a save,
+    JSON.GET for a get, JSON.SET on the paths (+ ``$.updated_at``) + PEXPIRE in a MULTI for an
+    update, JSON.ARRAPPEND + JSON.SET ``$.last_active`` + PEXPIRE in a MULTI for an append, and
+    pipelines of the same for the batch operations;
+(c) ``redis-om``: plain redis-om 1.2 model methods on an equivalent JsonModel: ``save()`` +
+    ``expire()`` (two round trips, not atomic), ``get()``, ``update()`` (rewrites the whole
+    document, keeps the TTL), get + append + ``save()`` (no partial append), ``add()`` +
+    ``expire()`` in a pipeline, and 50 concurrent ``get()`` calls (no batch get);
+
+and the ratio (a)/(b). All keys live under the library's ``{ns}:session:`` prefix, so every
+implementation pays for the same RediSearch indexing. Single operations run one after the other
+on one connection (the latency-bound case); the ``x50 tasks`` rows run 50 concurrent tasks.
+Every figure is the best of ``--repeat`` runs, and each run alternates between the
+implementations every 250 calls so that load from other processes hits them alike. redis-om,
+much slower, makes a quarter of the calls and its batches hold at most 2,000 records (run once);
+its figures are per call all the same. The prepared inputs are frozen out of the garbage
+collector's reach (``gc.freeze()``): what each implementation allocates is still collected.
+Then it times ``append_history`` on sessions holding 1,000 entries against sessions holding 10:
+the time per append must not grow with the history (the document is never rewritten).
+
+With ``--check`` the exit status is 1 when a target is missed: (a)/(b) >= 0.8 for the single
+operations and for save_many / get_many, and append at 1,000 entries <= 1.5x the time at 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from _harness import Row, console, fresh_namespace, print_table, server_url
+from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis
+
+from flywheel_state import Settings, Store
+from flywheel_state.models import Backend, Session, SessionStatus
+from flywheel_state.repositories.base import BATCH_SIZE
+
+TTL = timedelta(days=7)
+TTL_MS = int(TTL.total_seconds() * 1000)
+KEYS = 100  # single operations rotate over this many sessions per implementation
+CONCURRENCY = 50
+CHUNK = 250  # calls per implementation before switching to the next one
+OM_BATCH = 2000  # redis-om's batch runs take seconds: it saves and reads at most this many
+IMPLS = ("flywheel", "redis-py", "redis-om")
+A, B, C = IMPLS
+
+Op = Callable[[int], Awaitable[object]]
+
+
+# ---------------------------------------------------------------------- realistic data
+
+
+_WORDS = (
+    "the",
+    "flow",
+    "routes",
+    "each",
+    "question",
+    "to",
+    "a",
+    "backend",
+    "and",
+    "keeps",
+    "the",
+    "answer",
+    "with",
+    "its",
+    "sources",
+    "while",
+    "the",
+    "agent",
+    "refines",
+    "structural",
+    "tension",
+    "between",
+    "current",
+    "reality",
+    "and",
+    "the",
+    "vision",
+)
+
+
+def _text(seed: int, length: int) -> str:
+    words = _WORDS
+    out: list[str] = []
+    i = seed
+    while sum(len(w) + 1 for w in out) < length:
+        out.append(words[i % len(words)])
+        i = i * 7 + 3
+    return " ".join(out)[:length]
+
+
+def make_context(seed: int) -> dict[str, Any]:
+    """A context of about 3 KB: retrieved documents, variables and flags."""
+    return {
+        "topic": "structural tension",
+        "documents": [
+            {
+                "id": f"doc-{seed}-{j}",
+                "title": _text(seed + j, 40),
+                "snippet": _text(seed * 3 + j, 160),
+                "score": round(0.9 - j * 0.05, 3),
+            }
+            for j in range(12)
+        ],
+        "variables": {f"var_{k}": k * seed % 97 for k in range(20)},
+        "flags": {"streaming": True, "memory": "window", "temperature": 0.2},
+    }
+
+
+def make_history(seed: int, count: int, start: float) -> list[dict[str, Any]]:
+    """``count`` alternating user/assistant turns, 80-300 characters each."""
+    return [
+        {
+            "role": "user" if j % 2 == 0 else "assistant",
+            "content": _text(seed + j, 80 if j % 2 == 0 else 300),
+            "timestamp": start + j,
+        }
+        for j in range(count)
+    ]
+
+
+def make_session(sid: str, seed: int, history: int = 20) -> Session:
+    now = time.time()
+    return Session.model_validate(
+        {
+            "id": sid,
+            "backend": "flowise",
+            "backend_session_id": f"fw-{seed}",
+            "status": "active",
+            "current_flow_id": "csv2507",
+            "user_id": f"user-{seed % 50}",
+            "context": make_context(seed),
+            "history": make_history(seed, history, now - 3600),
+            "metadata": {"client": "mcp", "version": "2.1", "tags": ["beta", "eu"]},
+            "created_at": now - 3600,
+            "updated_at": now,
+            "last_active": now,
+            "total_queries": history // 2,
+            "successful_queries": history // 2,
+            "total_response_time": 12.5,
+        }
+    )
+
+
+def make_entry(i: int) -> dict[str, Any]:
+    return {"role": "user", "content": _text(i, 120)}
+
+
+# ---------------------------------------------------------------------- (c) plain redis-om
+
+
+class OmHistoryEntry(BaseModel):
+    """The history entry of the redis-om model (plain pydantic, free-form keys kept)."""
+
+    model_config = ConfigDict(extra="allow")
+    role: str | None = None
+    content: Any = None
+    timestamp: datetime | None = None
+
+
+def om_model(client: Redis, namespace: str) -> Any:
+    """A plain redis-om JsonModel with the Session's fields, bound to ``client``."""
+    from aredis_om import Field, JsonModel
+
+    class OmSession(JsonModel, index=True):  # type: ignore[call-arg]
+        id: str = Field(primary_key=True)
+        backend: Backend = Field(index=True)
+        backend_session_id: str | None = None
+        status: SessionStatus = Field(default=SessionStatus.PENDING, index=True)
+        current_flow_id: str | None = Field(default=None, index=True)
+        user_id: str | None = Field(default=None, index=True)
+        context: dict[str, Any] = Field(default_factory=dict)
+        history: list[OmHistoryEntry] = Field(default_factory=list)
+        metadata: dict[str, Any] = Field(default_factory=dict)
+        created_at: datetime = Field(index=True, sortable=True)
+        updated_at: datetime
+        last_active: datetime = Field(index=True, sortable=True)
+        total_queries: int = 0
+        successful_queries: int = 0
+        total_response_time: float = 0.0
+        schema_version: int = 1
+        version: int = 0
+
+        class Meta:
+            database = client
+            global_key_prefix = namespace
+            model_key_prefix = "session"
+
+    return OmSession
+
+
+def to_om(om: Any, session: Session, sid: str) -> Any:
+    data = json.loads(session.model_dump_json())
+    data["id"] = sid
+    for name in ("created_at", "updated_at", "last_active"):
+        data[name] = datetime.fromtimestamp(data[name], timezone.utc)
+    for entry in data["history"]:
+        entry["timestamp"] = datetime.fromtimestamp(entry["timestamp"], timezone.utc)
+    return om.model_validate(data)
+
+
+# ---------------------------------------------------------------------- the three implementations
+
+
+class Bench:
+    """Holds the clients and prepared data of one run."""
+
+    def __init__(self, store: Store, raw: Redis, om_client: Redis, namespace: str) -> None:
+        self.store = store
+        self.repo = store.sessions
+        self.raw = raw
+        self.om = om_model(om_client, namespace)
+        self.prefix = f"{namespace}:session:"
+        self.ids = {impl: [f"{impl}-{k}" for k in range(KEYS)] for impl in IMPLS}
+        self.models = [make_session(i, k) for k, i in enumerate(self.ids[A])]
+        self.docs = [json.loads(m.model_dump_json()) for m in self.models]
+        for doc, sid in zip(self.docs, self.ids[B], strict=True):
+            doc["id"] = sid
+        pairs = zip(self.models, self.ids[C], strict=True)
+        self.om_models = [to_om(self.om, m, sid) for m, sid in pairs]
+
+    # --- reset: every single-op phase starts from freshly saved 20-entry sessions
+
+    async def reset(self) -> None:
+        await self.repo.save_many([make_session(i, k) for k, i in enumerate(self.ids[A])])
+        async with self.raw.pipeline(transaction=True) as pipe:
+            for doc in self.docs:
+                key = self.prefix + doc["id"]
+                pipe.execute_command("JSON.SET", key, "$", json.dumps(doc))
+                pipe.pexpire(key, TTL_MS)
+            await pipe.execute()
+        om_client = self.om._meta.database
+        async with om_client.pipeline(transaction=False) as pipe:
+            await self.om.add(self.om_models, pipeline=pipe)
+            for m in self.om_models:
+                await m.expire(int(TTL.total_seconds()), pipeline=pipe)
+            await pipe.execute()
+
+    # --- (a) flywheel-state
+
+    def a_ops(self) -> dict[str, Op]:
+        repo, ids, models = self.repo, self.ids[A], self.models
+        statuses = [SessionStatus.RUNNING, SessionStatus.IDLE]
+
+        async def save(i: int) -> object:
+            return await repo.save(models[i % KEYS])
+
+        async def get(i: int) -> object:
+            return await repo.get(ids[i % KEYS])
+
+        async def update1(i: int) -> object:
+            return await repo.update(ids[i % KEYS], status=statuses[i & 1])
+
+        async def update2(i: int) -> object:
+            return await repo.update(
+                ids[i % KEYS], status=statuses[i & 1], current_flow_id=f"flow-{i & 7}"
+            )
+
+        async def append(i: int) -> object:
+            return await repo.append_history(ids[i % KEYS], make_entry(i))
+
+        return {"save": save, "get": get, "update1": update1, "update2": update2, "append": append}
+
+    # --- (b) hand-written redis-py
+
+    def b_ops(self) -> dict[str, Op]:
+        raw, docs, prefix = self.raw, self.docs, self.prefix
+        keys = [prefix + d["id"] for d in docs]
+        statuses = ["running", "idle"]
+
+        async def save(i: int) -> object:
+            doc = docs[i % KEYS]
+            doc["updated_at"] = time.time()
+            key = prefix + doc["id"]
+            async with raw.pipeline(transaction=True) as pipe:
+                pipe.execute_command("JSON.SET", key, "$", json.dumps(doc))
+                pipe.pexpire(key, TTL_MS)
+                return await pipe.execute()
+
+        async def get(i: int) -> object:
+            raw_doc = await raw.execute_command("JSON.GET", keys[i % KEYS])
+            return json.loads(raw_doc)
+
+        async def update1(i: int) -> object:
+            key = keys[i % KEYS]
+            async with raw.pipeline(transaction=True) as pipe:
+                pipe.execute_command("JSON.SET", key, "$.status", json.dumps(statuses[i & 1]))
+                pipe.execute_command("JSON.SET", key, "$.updated_at", json.dumps(time.time()))
+                pipe.pexpire(key, TTL_MS)
+                return await pipe.execute()
+
+        async def update2(i: int) -> object:
+            key = keys[i % KEYS]
+            async with raw.pipeline(transaction=True) as pipe:
+                pipe.execute_command("JSON.SET", key, "$.status", json.dumps(statuses[i & 1]))
+                pipe.execute_command(
+                    "JSON.SET", key, "$.current_flow_id", json.dumps(f"flow-{i & 7}")
+                )
+                pipe.execute_command("JSON.SET", key, "$.updated_at", json.dumps(time.time()))
+                pipe.pexpire(key, TTL_MS)
+                return await pipe.execute()
+
+        async def append(i: int) -> object:
+            key = keys[i % KEYS]
+            now = time.time()
+            entry = make_entry(i)
+            entry["timestamp"] = now
+            async with raw.pipeline(transaction=True) as pipe:
+                pipe.execute_command("JSON.ARRAPPEND", key, "$.history", json.dumps(entry))
+                pipe.execute_command("JSON.SET", key, "$.last_active", json.dumps(now))
+                pipe.pexpire(key, TTL_MS)
+                return await pipe.execute()
+
+        return {"save": save, "get": get, "update1": update1, "update2": update2, "append": append}
+
+    # --- (c) plain redis-om
+
+    def c_ops(self) -> dict[str, Op]:
+        om, models, ids = self.om, self.om_models, self.ids[C]
+        ttl_s = int(TTL.total_seconds())
+        statuses = [SessionStatus.RUNNING, SessionStatus.IDLE]
+
+        async def save(i: int) -> object:
+            m = models[i % KEYS]
+            m.updated_at = datetime.now(timezone.utc)
+            await m.save()
+            return await m.expire(ttl_s)
+
+        async def get(i: int) -> object:
+            return await om.get(ids[i % KEYS])
+
+        # update() on an instance the caller holds (redis-om rewrites the whole document)
+        async def update1(i: int) -> object:
+            m = models[i % KEYS]
+            return await m.update(status=statuses[i & 1], updated_at=datetime.now(timezone.utc))
+
+        async def update2(i: int) -> object:
+            m = models[i % KEYS]
+            return await m.update(
+                status=statuses[i & 1],
+                current_flow_id=f"flow-{i & 7}",
+                updated_at=datetime.now(timezone.utc),
+            )
+
+        async def append(i: int) -> object:
+            m = await om.get(ids[i % KEYS])
+            now = datetime.now(timezone.utc)
+            m.history.append(OmHistoryEntry(**make_entry(i), timestamp=now))
+            m.last_active = now
+            return await m.save()
+
+        return {"save": save, "get": get, "update1": update1, "update2": update2, "append": append}
+
+    # --- batches
+
+    def batch_data(self, n: int) -> dict[str, Any]:
+        sessions = [make_session(f"{A}-many-{k}", k) for k in range(n)]
+        docs = []
+        for k, s in enumerate(sessions):
+            doc = json.loads(s.model_dump_json())
+            doc["id"] = f"{B}-many-{k}"
+            docs.append(doc)
+        oms = [to_om(self.om, s, f"{C}-many-{k}") for k, s in enumerate(sessions[:OM_BATCH])]
+        return {A: sessions, B: docs, C: oms}
+
+    async def a_save_many(self, sessions: list[Session]) -> object:
+        return await self.repo.save_many(sessions)
+
+    async def a_get_many(self, sessions: list[Session]) -> object:
+        return await self.repo.get_many([s.id for s in sessions])
+
+    async def b_save_many(self, docs: list[dict[str, Any]]) -> object:
+        now = time.time()
+        for start in range(0, len(docs), BATCH_SIZE):
+            async with self.raw.pipeline(transaction=True) as pipe:
+                for doc in docs[start : start + BATCH_SIZE]:
+                    doc["updated_at"] = now
+                    key = self.prefix + doc["id"]
+                    pipe.execute_command("JSON.SET", key, "$", json.dumps(doc))
+                    pipe.pexpire(key, TTL_MS)
+                await pipe.execute()
+        return docs
+
+    async def b_get_many(self, docs: list[dict[str, Any]]) -> object:
+        out: list[Any] = []
+        for start in range(0, len(docs), BATCH_SIZE):
+            async with self.raw.pipeline(transaction=False) as pipe:
+                for doc in docs[start : start + BATCH_SIZE]:
+                    pipe.execute_command("JSON.GET", self.prefix + doc["id"])
+                replies = await pipe.execute()
+            out.extend(None if r is None else json.loads(r) for r in replies)
+        return out
+
+    async def c_save_many(self, oms: list[Any]) -> object:
+        ttl_s = int(TTL.total_seconds())
+        om_client = self.om._meta.database
+        for start in range(0, len(oms), BATCH_SIZE):
+            batch = oms[start : start + BATCH_SIZE]
+            async with om_client.pipeline(transaction=False) as pipe:
+                await self.om.add(batch, pipeline=pipe)
+                for m in batch:
+                    await m.expire(ttl_s, pipeline=pipe)
+                await pipe.execute()
+        return oms
+
+    async def c_get_many(self, oms: list[Any]) -> object:
+        # redis-om has no batch get: CONCURRENCY concurrent get() calls.
+        ids = [m.id for m in oms]
+        out: list[Any] = [None] * len(ids)
+
+        async def worker(w: int) -> None:
+            for k in range(w, len(ids), CONCURRENCY):
+                out[k] = await self.om.get(ids[k])
+
+        await asyncio.gather(*(worker(w) for w in range(CONCURRENCY)))
+        return out
+
+
+# ---------------------------------------------------------------------- timing
+
+
+async def spend(op: Op, start: int, count: int, tasks: int) -> float:
+    """Seconds taken by calls ``start .. start + count - 1`` of ``op``, over ``tasks`` tasks."""
+    began = time.perf_counter()
+    if tasks == 1:
+        for i in range(start, start + count):
+            await op(i)
+    else:
+
+        async def worker(w: int) -> None:
+            for i in range(start + w, start + count, tasks):
+                await op(i)
+
+        await asyncio.gather(*(worker(w) for w in range(tasks)))
+    return time.perf_counter() - began
+
+
+async def compare(
+    ops: dict[str, Op], n: int, *, tasks: int, repeat: int, before_run: Callable[[], Any]
+) -> dict[str, float]:
+    """Best ops/s of ``repeat`` runs of ``n`` calls per implementation.
+
+    Each run is cut into chunks that alternate between the implementations, so that a burst of
+    load on the machine hits all of them alike. redis-om, much slower, makes a quarter of the
+    calls of each chunk (its figure is still per call).
+    """
+    best = dict.fromkeys(ops, 0.0)
+    for _ in range(repeat):
+        await before_run()
+        spent = dict.fromkeys(ops, 0.0)
+        calls = dict.fromkeys(ops, 0)
+        done = 0
+        while done < n:
+            size = min(CHUNK, n - done)
+            order = list(ops) if (done // CHUNK) % 2 == 0 else list(reversed(ops))
+            for impl in order:
+                count = size if impl != C else max(tasks, size // 4)
+                spent[impl] += await spend(ops[impl], done, count, tasks)
+                calls[impl] += count
+            done += size
+        for impl in ops:
+            best[impl] = max(best[impl], calls[impl] / spent[impl])
+    return best
+
+
+async def append_scaling(
+    bench: Bench, n: int, repeat: int, sizes: tuple[int, int]
+) -> dict[str, dict[int, float]]:
+    """Microseconds per append on sessions holding ``sizes`` entries, for (a) and (b).
+
+    Each run starts from fresh sessions of exactly those sizes and alternates between sizes and
+    implementations round by round; about ``n`` appends per size and implementation.
+    """
+    per_size = 20
+    rounds = max(1, n // per_size)
+    ids = {size: [f"scale-{size}-{k}" for k in range(per_size)] for size in sizes}
+    raw_keys = {size: [f"{bench.prefix}raw-scale-{size}-{k}" for k in ids[size]] for size in sizes}
+
+    async def a_append(size: int, r: int) -> None:
+        for sid in ids[size]:
+            await bench.repo.append_history(sid, make_entry(r))
+
+    async def b_append(size: int, r: int) -> None:
+        for key in raw_keys[size]:
+            now = time.time()
+            entry = {**make_entry(r), "timestamp": now}
+            async with bench.raw.pipeline(transaction=True) as pipe:
+                pipe.execute_command("JSON.ARRAPPEND", key, "$.history", json.dumps(entry))
+                pipe.execute_command("JSON.SET", key, "$.last_active", json.dumps(now))
+                pipe.pexpire(key, TTL_MS)
+                await pipe.execute()
+
+    appenders = {A: a_append, B: b_append}
+    best = {impl: dict.fromkeys(sizes, float("inf")) for impl in appenders}
+    for _ in range(repeat):
+        for size in sizes:
+            sessions = [make_session(sid, k, history=size) for k, sid in enumerate(ids[size])]
+            await bench.repo.save_many(sessions)
+            async with bench.raw.pipeline(transaction=True) as pipe:
+                for key, s in zip(raw_keys[size], sessions, strict=True):
+                    pipe.execute_command("JSON.SET", key, "$", s.model_dump_json())
+                    pipe.pexpire(key, TTL_MS)
+                await pipe.execute()
+        spent = {impl: dict.fromkeys(sizes, 0.0) for impl in appenders}
+        for r in range(rounds):
+            for size in sizes if r % 2 == 0 else tuple(reversed(sizes)):
+                for impl, append in appenders.items():
+                    began = time.perf_counter()
+                    await append(size, r)
+                    spent[impl][size] += time.perf_counter() - began
+        for impl in appenders:
+            for size in sizes:
+                best[impl][size] = min(best[impl][size], spent[impl][size] / (rounds * per_size))
+    keys = [bench.repo.key(i) for size in sizes for i in ids[size]]
+    await bench.raw.delete(*keys, *(k for size in sizes for k in raw_keys[size]))
+    return {impl: {size: t * 1e6 for size, t in times.items()} for impl, times in best.items()}
+
+
+async def no_op() -> None:
+    return None
+
+
+_STARTED = time.perf_counter()
+
+
+def progress(row: Row) -> None:
+    cells = ", ".join(f"{k} {v:,.0f}/s" for k, v in row.values.items())
+    elapsed = time.perf_counter() - _STARTED
+    console.print(f"  [{elapsed:5.0f} s] {row.name}: {cells}", style="dim")
+
+
+LABELS = {
+    "save": "save",
+    "get": "get",
+    "update1": "update (1 field)",
+    "update2": "update (2 fields)",
+    "append": "append_history",
+}
+CONCURRENT_OPS = ("save", "get", "append")
+
+
+async def run(url: str, args: argparse.Namespace) -> int:
+    namespace = fresh_namespace("bench")
+    settings = Settings(url=url, namespace=namespace)
+    store = Store(settings, auto_migrate=True)
+    await store.connect()
+    raw = Redis.from_url(url, **settings.client_kwargs())
+    om_client = Redis.from_url(url, decode_responses=True, max_connections=None)
+    rows: list[Row] = []
+    try:
+        bench = Bench(store, raw, om_client, namespace)
+        impl_ops = {A: bench.a_ops(), B: bench.b_ops(), C: bench.c_ops()}
+        impls = [i for i in IMPLS if not (args.no_redis_om and i == C)]
+
+        # The prepared inputs are not part of what is measured: keep the collector from
+        # walking them again and again (it still walks whatever each implementation creates).
+        gc.collect()
+        gc.freeze()
+
+        # Single operations, sequential on one connection; then CONCURRENCY tasks. redis-om,
+        # much slower, runs a quarter of the calls (its rate is still per call).
+        for tasks in (1, CONCURRENCY):
+            if tasks > 1 and args.no_concurrent:
+                continue
+            for op in LABELS if tasks == 1 else CONCURRENT_OPS:
+                # append makes the sessions grow: each run starts again from 20 entries.
+                before_run = bench.reset if op == "append" else no_op
+                ops = {impl: impl_ops[impl][op] for impl in impls}
+                best = await compare(
+                    ops, args.n, tasks=tasks, repeat=args.repeat, before_run=before_run
+                )
+                suffix = "" if tasks == 1 else f" x{tasks} tasks"
+                rows.append(Row(LABELS[op] + suffix, best))
+                progress(rows[-1])
+            await bench.reset()
+
+        # Batches (redis-om once, on at most OM_BATCH records: it takes seconds per run).
+        data = bench.batch_data(args.batch)
+        gc.collect()
+        gc.freeze()
+        many = {
+            "save_many": {A: bench.a_save_many, B: bench.b_save_many, C: bench.c_save_many},
+            "get_many": {A: bench.a_get_many, B: bench.b_get_many, C: bench.c_get_many},
+        }
+        for op, fns in many.items():
+            best = {impl: 0.0 for impl in impls}
+            for rep in range(args.repeat):
+                for impl in impls:
+                    if impl == C and rep > 0:
+                        continue
+                    start = time.perf_counter()
+                    await fns[impl](data[impl])
+                    rate = len(data[impl]) / (time.perf_counter() - start)
+                    best[impl] = max(best[impl], rate)
+            rows.append(Row(f"{op} ({args.batch:,})", best))
+            progress(rows[-1])
+        del data
+        gc.unfreeze()
+
+        # append_history against the length of the history.
+        small, big = 10, args.big
+        scaling = await append_scaling(bench, args.n_scale, args.repeat, (small, big))
+        for size in (small, big):
+            rows.append(
+                Row(
+                    f"append_history @{size:,} entries",
+                    {impl: 1e6 / scaling[impl][size] for impl in (A, B)},
+                )
+            )
+    finally:
+        for name in await raw.execute_command("FT._LIST"):
+            text = name.decode() if isinstance(name, bytes) else str(name)
+            if text.startswith(f"{namespace}:"):
+                await raw.execute_command("FT.DROPINDEX", text)
+        cursor = 0
+        while True:
+            cursor, keys = await raw.scan(cursor, match=f"{namespace}:*", count=1000)
+            if keys:
+                await raw.unlink(*keys)
+            if cursor == 0:
+                break
+        await raw.aclose()
+        await om_client.aclose()
+        await store.close()
+
+    title = (
+        f"Session repository, ops/s (best of {args.repeat}; single ops: {args.n:,} sequential "
+        f"calls on one connection; x{CONCURRENCY}: {CONCURRENCY} concurrent tasks)"
+    )
+    print_table(title, list(impls), rows, unit="ops/s", ratio=(A, B), ratio_label="(a)/(b)")
+    growth = scaling[A][big] / scaling[A][small]
+    console.print(
+        f"append_history time per call: {scaling[A][small]:.0f} us at {small} entries, "
+        f"{scaling[A][big]:.0f} us at {big:,} entries: {growth:.2f}x "
+        f"(redis-py: {scaling[B][big] / scaling[B][small]:.2f}x)"
+    )
+    if args.markdown:
+        print_markdown(rows, impls)
+
+    missed = []
+    for row in rows:
+        if " x" in row.name or "@" in row.name:
+            continue
+        ratio = row.values[A] / row.values[B]
+        if ratio < 0.8:
+            missed.append(f"{row.name}: (a)/(b) = {ratio:.2f} < 0.8")
+    if growth > 1.5:
+        missed.append(f"append_history at {big} entries is {growth:.2f}x the time at {small}")
+    for line in missed:
+        console.print(f"target missed: {line}", style="bold red")
+    if not missed:
+        console.print("all targets met", style="bold green")
+    return 1 if missed and args.check else 0
+
+
+def print_markdown(rows: list[Row], impls: list[str]) -> None:
+    head = "| operation | " + " | ".join(f"{i} (ops/s)" for i in impls) + " | (a)/(b) |"
+    print(head)
+    print("|" + "---|" * (len(impls) + 2))
+    for row in rows:
+        cells = [f"{row.values[i]:,.0f}" if i in row.values else "-" for i in impls]
+        print(f"| {row.name} | " + " | ".join(cells) + f" | {row.values[A] / row.values[B]:.2f} |")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=3000, help="calls per single-op run")
+    parser.add_argument("--batch", type=int, default=10_000, help="records per save_many/get_many")
+    parser.add_argument("--big", type=int, default=1000, help="history length of the big session")
+    parser.add_argument("--n-scale", type=int, default=1000, help="appends per scaling run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is kept)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--no-redis-om", action="store_true", help="skip (c)")
+    parser.add_argument("--no-concurrent", action="store_true", help="skip the x50 rows")
+    parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.batch, args.n_scale, args.repeat = 100, 500, 100, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console.width = max(console.width, 120)
+    started = time.perf_counter()
+    with server_url() as url:
+        status = asyncio.run(run(url, args))
+    console.print(f"({time.perf_counter() - started:.0f} s)", style="dim")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ from flywheel_state import (
     CorruptRecordError,
     ExecutionResult,
     HistoryEntry,
+    InvalidIdError,
     Session,
     SessionStatus,
     Store,
@@ -168,3 +169,30 @@ async def test_execution_update_replaces_result_objects(
     doc = stored(sync_client, store.executions.key("e1"))
     assert doc["result"] is None and doc["error"] == "boom" and doc["duration_ms"] == 12.5
     assert doc["version"] == 3
+
+
+async def test_save_many_batches_go_in_order_and_stop_at_the_first_error(
+    store: Store, sync_client: redis.Redis
+) -> None:
+    # 1,200 records are three batches; the second holds a legacy key, the third a bad id.
+    sessions = [Session(id=f"m{i}", backend=Backend.CUSTOM) for i in range(1200)]
+    sync_client.set(store.sessions.key("m700"), "legacy")
+    with pytest.raises(CorruptRecordError, match="m700"):
+        await store.sessions.save_many(sessions)
+    assert all(s.version == 1 for s in sessions[:700])
+    assert sync_client.get(store.sessions.key("m700")) == "legacy"
+    assert sync_client.exists(*(store.sessions.key(f"m{i}") for i in range(701, 1000))) == 299
+    assert sync_client.exists(*(store.sessions.key(f"m{i}") for i in range(1000, 1200))) == 0
+
+    sync_client.delete(store.sessions.key("m700"))
+    sessions[1100].id = "bad id"
+    with pytest.raises(InvalidIdError):
+        await store.sessions.save_many(sessions)
+    assert all(s.version == 2 for s in sessions[:700])
+    assert sessions[700].version == 1 and sessions[999].version == 2
+    assert sync_client.exists(*(store.sessions.key(f"m{i}") for i in range(1000, 1200))) == 0
+    sessions[1100].id = "m1100"
+    saved = await store.sessions.save_many(sessions)
+    assert [s.version for s in saved[998:1002]] == [3, 3, 1, 1]
+    got = await store.sessions.get_many([s.id for s in sessions])
+    assert [g.version if g else None for g in got] == [s.version for s in sessions]

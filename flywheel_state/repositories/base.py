@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +55,8 @@ TTLArg = int | float | timedelta | None | _Default
 BATCH_SIZE = 500
 """Commands per pipeline round trip in ``save_many`` / ``get_many`` / ``delete_many``."""
 
+_YIELD_EVERY = 50
+"""save_many lets the batch in flight progress every this many records it serialises."""
 _KEEP_TTL = -1
 _NO_EXPIRY = 0
 _PROTECTED_FIELDS = frozenset({"id", "version", "schema_version", "pk"})
@@ -265,24 +268,61 @@ class Repository(QueryMixin[M], Generic[M]):
         """Save many records, one pipeline round trip per batch of :data:`BATCH_SIZE`.
 
         Each record is written atomically with its TTL; the batch as a whole is not a
-        transaction. Raises the first error met after the whole batch was sent.
+        transaction. Batches are sent one after the other, in order; while one is in flight the
+        next one is serialised, so that the client's work and the server's overlap. Raises the
+        first error met once its batch is back; later batches are then not sent.
         """
         items = list(models)
-        for start in range(0, len(items), BATCH_SIZE):
-            batch = items[start : start + BATCH_SIZE]
-            keys = [self.key(m.id) for m in batch]  # type: ignore[attr-defined]
-            arglists = [self._write_args(m, "save", ttl, None) for m in batch]
-            with translate_errors(f"saving {len(batch)} records"):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for key, args in zip(keys, arglists, strict=False):
-                        await self._write(keys=[key], args=args, client=pipe)
-                    replies = await pipe.execute(raise_on_error=False)
-            for model, key, reply in zip(batch, keys, replies, strict=False):
-                if isinstance(reply, Exception):
-                    with translate_errors(f"saving {key}"):
-                        raise reply
-                model.version = self._check_reply(key, reply, None)
+        client = self._client
+        in_flight: tuple[list[M], list[str], asyncio.Task[list[Any]]] | None = None
+        try:
+            for start in range(0, len(items), BATCH_SIZE):
+                batch = items[start : start + BATCH_SIZE]
+                keys: list[str] = []
+                arglists: list[list[Any]] = []
+                for count, model in enumerate(batch, 1):
+                    keys.append(self.key(model.id))  # type: ignore[attr-defined]
+                    arglists.append(self._write_args(model, "save", ttl, None))
+                    if in_flight is not None and count % _YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # let the batch in flight go out and come back
+                if in_flight is not None:
+                    sent, sent_keys, replies = in_flight
+                    in_flight = None
+                    self._saved(sent, sent_keys, await replies)
+                task = asyncio.ensure_future(self._send_saves(client, keys, arglists))
+                in_flight = (batch, keys, task)
+                await asyncio.sleep(0)
+            if in_flight is not None:
+                sent, sent_keys, replies = in_flight
+                in_flight = None
+                self._saved(sent, sent_keys, await replies)
+        except BaseException as exc:
+            if in_flight is not None:
+                if isinstance(exc, Exception):
+                    # As if the batches had gone one by one: the one in flight completes, and
+                    # its own errors come first.
+                    self._saved(in_flight[0], in_flight[1], await in_flight[2])
+                else:
+                    in_flight[2].cancel()
+            raise
         return items
+
+    async def _send_saves(
+        self, client: Client, keys: list[str], arglists: list[list[Any]]
+    ) -> list[Any]:
+        with translate_errors(f"saving {len(keys)} records"):
+            async with client.pipeline(transaction=False) as pipe:
+                for key, args in zip(keys, arglists, strict=True):
+                    await self._write(keys=[key], args=args, client=pipe)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    def _saved(self, batch: list[M], keys: list[str], replies: list[Any]) -> None:
+        for model, key, reply in zip(batch, keys, replies, strict=False):
+            if isinstance(reply, Exception):
+                with translate_errors(f"saving {key}"):
+                    raise reply
+            model.version = self._check_reply(key, reply, None)
 
     # ------------------------------------------------------------------ reads
 

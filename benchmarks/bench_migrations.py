@@ -42,12 +42,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from _baselines import om_model
 from _harness import Row, console, fresh_namespace, print_table, server_url
-from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
 from flywheel_state import Store
-from flywheel_state.models import Backend, SessionStatus
 
 TARGET_DOCS_PER_S = 10_000
 BATCH = 500
@@ -274,46 +273,6 @@ async def redis_py_loop(url: str, namespace: str) -> int:
 
 
 # ---------------------------------------------------------------------- (c) plain redis-om
-
-
-class OmHistoryEntry(BaseModel):
-    """History item of the redis-om model (free-form keys kept)."""
-
-    model_config = ConfigDict(extra="allow")
-    role: str | None = None
-    content: Any = None
-    timestamp: datetime | None = None
-
-
-def om_model(client: Redis, namespace: str) -> Any:
-    """A plain redis-om JsonModel with the Session's fields, bound to ``client``."""
-    from aredis_om import Field, JsonModel
-
-    class OmSession(JsonModel, index=True):  # type: ignore[call-arg]
-        id: str = Field(primary_key=True)
-        backend: Backend = Field(index=True)
-        backend_session_id: str | None = None
-        status: SessionStatus = Field(default=SessionStatus.PENDING, index=True)
-        current_flow_id: str | None = Field(default=None, index=True)
-        user_id: str | None = Field(default=None, index=True)
-        context: dict[str, Any] = Field(default_factory=dict)
-        history: list[OmHistoryEntry] = Field(default_factory=list)
-        metadata: dict[str, Any] = Field(default_factory=dict)
-        created_at: datetime = Field(index=True, sortable=True)
-        updated_at: datetime
-        last_active: datetime = Field(index=True, sortable=True)
-        total_queries: int = 0
-        successful_queries: int = 0
-        total_response_time: float = 0.0
-        schema_version: int = 1
-        version: int = 0
-
-        class Meta:
-            database = client
-            global_key_prefix = namespace
-            model_key_prefix = "session"
-
-    return OmSession
 
 
 async def redis_om_loop(url: str, namespace: str) -> int:

@@ -56,6 +56,29 @@ class CliContext:
         """A Store for these options (not yet connected)."""
         return Store(self.settings(), auto_migrate=auto_migrate)
 
+    def run_with_store(self, work: Callable[[Store], Awaitable[T]], *, connect: bool = True) -> T:
+        """Run ``work(store)`` on a Store of these options and close the store afterwards.
+
+        Args:
+            work: The coroutine function to run.
+            connect: Connect first, which checks the modules and the schema revision. ``migrate``
+                and ``doctor`` pass False: they must work where a connect would be refused.
+
+        Returns:
+            What ``work`` returns.
+        """
+
+        async def _main() -> T:
+            store = self.store()
+            try:
+                if connect:
+                    await store.connect()
+                return await work(store)
+            finally:
+                await store.close()
+
+        return run_async(_main())
+
 
 def common_options(func: F) -> F:
     """Add ``--url``, ``--namespace``, ``--json`` and ``--debug`` to a command.

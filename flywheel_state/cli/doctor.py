@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from flywheel_state._redis import as_str
-from flywheel_state.cli._common import CliContext, common_options, console, emit_json, run_async
+from flywheel_state.cli._common import CliContext, common_options, console, emit_json
 from flywheel_state.errors import FlywheelStateError
 from flywheel_state.indexes import alias_name, index_info
 from flywheel_state.store import Store
@@ -137,15 +137,7 @@ def doctor(ctx: CliContext) -> None:
 
     Exits non-zero, with the reason, when something is wrong.
     """
-
-    async def _run() -> dict[str, Any]:
-        store = ctx.store()
-        try:
-            return await diagnose(store)
-        finally:
-            await store.close()
-
-    report = run_async(_run())
+    report = ctx.run_with_store(diagnose, connect=False)
     if ctx.json:
         emit_json(report)
     else:

@@ -7,7 +7,7 @@ The commands work on a namespace whose schema is behind (they never require it t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from flywheel_state.cli._common import CliContext, common_options, console, emit_json, run_async
+from flywheel_state.cli._common import CliContext, common_options, console, emit_json
 from flywheel_state.migrations import (
     MigrationProgress,
+    MigrationRecord,
     MigrationReport,
     MigrationRunner,
     MigrationStatus,
@@ -37,6 +38,7 @@ from flywheel_state.migrations import (
     ScriptDirectory,
     default_scripts,
 )
+from flywheel_state.migrations.report import Direction
 from flywheel_state.store import Store
 
 __all__ = ["migrate"]
@@ -87,7 +89,7 @@ def _progress(ctx: CliContext) -> Iterator[ProgressCallback | None]:
         bars.update(
             tasks[ident],
             completed=event.processed,
-            total=event.total if event.total is not None else None,
+            total=event.total,
             changed=event.changed,
         )
 
@@ -176,10 +178,10 @@ def _print_status(status: MigrationStatus, runner: MigrationRunner) -> None:
         )
     console.print(table)
     if status.applied:
-        _print_records(list(status.applied), title="applied revisions")
+        _print_records(status.applied, title="applied revisions")
 
 
-def _print_records(records: list[Any], *, title: str) -> None:
+def _print_records(records: Sequence[MigrationRecord], *, title: str) -> None:
     table = Table(title=title)
     for col in ("when (UTC)", "action", "from -> to", "took", "docs", "problems", "by"):
         table.add_column(col, no_wrap=col != "by", overflow="fold")
@@ -225,19 +227,42 @@ def _wait_options(func: Any) -> Any:
 def status(ctx: CliContext, directory: Path | None) -> None:
     """Show the applied revision, the head, pending revisions and who holds the lock."""
 
-    async def _run() -> tuple[MigrationStatus, MigrationRunner]:
-        store = ctx.store()
-        try:
-            runner = _runner(store, directory)
-            return await runner.status(), runner
-        finally:
-            await store.close()
+    async def _run(store: Store) -> tuple[MigrationStatus, MigrationRunner]:
+        runner = _runner(store, directory)
+        return await runner.status(), runner
 
-    result, runner = run_async(_run())
+    result, runner = ctx.run_with_store(_run, connect=False)
     if ctx.json:
         emit_json(result.to_dict())
     else:
         _print_status(result, runner)
+
+
+def _apply(
+    ctx: CliContext,
+    direction: Direction,
+    target: str,
+    *,
+    dry_run: bool,
+    wait: bool,
+    wait_timeout: float | None,
+    directory: Path | None,
+) -> None:
+    """Upgrade or downgrade to ``target`` with progress bars, then print the report."""
+
+    async def _run(store: Store) -> MigrationReport:
+        runner = _runner(store, directory)
+        move = runner.upgrade if direction == "upgrade" else runner.downgrade
+        with _progress(ctx) as progress:
+            return await move(
+                target, dry_run=dry_run, wait=wait, wait_timeout=wait_timeout, progress=progress
+            )
+
+    report = ctx.run_with_store(_run, connect=False)
+    if ctx.json:
+        emit_json(report.to_dict())
+    else:
+        _print_report(report)
 
 
 @migrate.command()
@@ -255,26 +280,15 @@ def up(
     directory: Path | None,
 ) -> None:
     """Apply pending migrations up to TARGET (default: head), resuming an interrupted one."""
-
-    async def _run() -> MigrationReport:
-        store = ctx.store()
-        try:
-            with _progress(ctx) as progress:
-                return await _runner(store, directory).upgrade(
-                    target,
-                    dry_run=dry_run,
-                    wait=wait,
-                    wait_timeout=wait_timeout,
-                    progress=progress,
-                )
-        finally:
-            await store.close()
-
-    report = run_async(_run())
-    if ctx.json:
-        emit_json(report.to_dict())
-    else:
-        _print_report(report)
+    _apply(
+        ctx,
+        "upgrade",
+        target,
+        dry_run=dry_run,
+        wait=wait,
+        wait_timeout=wait_timeout,
+        directory=directory,
+    )
 
 
 @migrate.command()
@@ -295,57 +309,34 @@ def down(
 ) -> None:
     """Undo migrations until TARGET is the applied revision (``base``: undo all)."""
 
-    async def _plan() -> list[str]:
-        store = ctx.store()
-        try:
-            steps = await _runner(store, directory).plan("downgrade", target)
-            return [f"{s.revision} ({s.description})" for s in steps]
-        finally:
-            await store.close()
+    async def _plan(store: Store) -> list[str]:
+        steps = await _runner(store, directory).plan("downgrade", target)
+        return [f"{s.revision} ({s.description})" for s in steps]
 
     if not dry_run and not yes:
-        steps = run_async(_plan())
+        steps = ctx.run_with_store(_plan, connect=False)
         if steps:
             click.confirm(
                 f"Undo {', '.join(steps)} in namespace {ctx.settings().namespace!r}?",
                 abort=True,
                 err=True,
             )
-
-    async def _run() -> MigrationReport:
-        store = ctx.store()
-        try:
-            with _progress(ctx) as progress:
-                return await _runner(store, directory).downgrade(
-                    target,
-                    dry_run=dry_run,
-                    wait=wait,
-                    wait_timeout=wait_timeout,
-                    progress=progress,
-                )
-        finally:
-            await store.close()
-
-    report = run_async(_run())
-    if ctx.json:
-        emit_json(report.to_dict())
-    else:
-        _print_report(report)
+    _apply(
+        ctx,
+        "downgrade",
+        target,
+        dry_run=dry_run,
+        wait=wait,
+        wait_timeout=wait_timeout,
+        directory=directory,
+    )
 
 
 @migrate.command()
 @common_options
 def history(ctx: CliContext) -> None:
     """List every recorded upgrade, downgrade and stamp, oldest first."""
-
-    async def _run() -> list[Any]:
-        store = ctx.store()
-        try:
-            return await store.migrations.history()
-        finally:
-            await store.close()
-
-    records = run_async(_run())
+    records = ctx.run_with_store(lambda store: store.migrations.history(), connect=False)
     if ctx.json:
         emit_json([r.to_dict() for r in records])
     elif not records:
@@ -367,17 +358,12 @@ def stamp(
     directory: Path | None,
 ) -> None:
     """Record REVISION (or head / base) as applied without running anything."""
-
-    async def _run() -> Any:
-        store = ctx.store()
-        try:
-            return await _runner(store, directory).stamp(
-                revision, wait=wait, wait_timeout=wait_timeout
-            )
-        finally:
-            await store.close()
-
-    record = run_async(_run())
+    record = ctx.run_with_store(
+        lambda store: _runner(store, directory).stamp(
+            revision, wait=wait, wait_timeout=wait_timeout
+        ),
+        connect=False,
+    )
     if ctx.json:
         emit_json(record.to_dict())
     else:

@@ -41,7 +41,16 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from _harness import Row, console, fresh_namespace, print_table, server_url
+from _harness import (
+    Row,
+    bench_parser,
+    console,
+    drop_namespace,
+    fresh_namespace,
+    print_table,
+    random_text,
+    server_url,
+)
 from redis.asyncio import Redis
 
 from flywheel_state import Settings, Store
@@ -65,15 +74,6 @@ STATUS_WEIGHTS = {
 QUERY: dict[str, Any] = {"backend": "flowise", "status": "active", "flow_id": FLOWS[0]}
 USER = "user-42"  # one of 5,000 users: its match count stays small at every N
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
-_PROSE = (
-    "the flow routes each question to a backend and keeps the answer with its sources "
-    "while the agent refines structural tension between current reality and the vision"
-)
-WORDS = _PROSE.split(" ")
-
-
-def _text(rnd: random.Random, words: int) -> str:
-    return " ".join(rnd.choice(WORDS) for _ in range(words))
 
 
 def make_session(i: int, rnd: random.Random) -> Session:
@@ -89,12 +89,14 @@ def make_session(i: int, rnd: random.Random) -> Session:
             "current_flow_id": rnd.choices(FLOWS, FLOW_WEIGHTS)[0],
             "user_id": f"user-{rnd.randrange(5000)}",
             "context": {
-                "topic": _text(rnd, 4),
-                "documents": [{"id": f"doc-{i}-{j}", "snippet": _text(rnd, 12)} for j in range(3)],
+                "topic": random_text(rnd, 4),
+                "documents": [
+                    {"id": f"doc-{i}-{j}", "snippet": random_text(rnd, 12)} for j in range(3)
+                ],
                 "variables": {"lang": "en", "depth": rnd.randrange(5)},
             },
             "history": [
-                {"role": "user" if j % 2 == 0 else "assistant", "content": _text(rnd, 15)}
+                {"role": "user" if j % 2 == 0 else "assistant", "content": random_text(rnd, 15)}
                 for j in range(4)
             ],
             "metadata": {"client": "mcp"},
@@ -118,22 +120,6 @@ async def fill(client: Redis, namespace: str, n: int) -> None:
                 pipe.execute_command("JSON.SET", prefix + s.id, "$", s.model_dump_json())
                 pipe.pexpire(prefix + s.id, FILL_TTL_MS)
             await pipe.execute()
-
-
-async def drop_namespace(client: Redis, namespace: str) -> None:
-    """Remove the namespace's indexes and keys."""
-    for name in await client.execute_command("FT._LIST"):
-        text = name.decode() if isinstance(name, bytes) else str(name)
-        if text.startswith(f"{namespace}:"):
-            await client.execute_command("FT.DROPINDEX", text)
-    batch: list[bytes] = []
-    async for key in client.scan_iter(match=f"{namespace}:*", count=2000):
-        batch.append(key)
-        if len(batch) >= 2000:
-            await client.unlink(*batch)
-            batch.clear()
-    if batch:
-        await client.unlink(*batch)
 
 
 # ---------------------------------------------------------------------- the original approach
@@ -344,16 +330,13 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = bench_parser(__doc__, repeat=15, repeat_help="runs per indexed figure")
     parser.add_argument("--sizes", type=parse_sizes, default=[10_000, 100_000])
     parser.add_argument("--million", action="store_true", help="also run N = 1,000,000")
-    parser.add_argument("--repeat", type=int, default=15, help="runs per indexed figure")
     parser.add_argument("--scan-repeat", type=int, default=3, help="runs per scan figure")
     parser.add_argument(
         "--scan-max", type=int, default=None, help="skip the scan baseline above this N"
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     if args.million and 1_000_000 not in args.sizes:
         args.sizes.append(1_000_000)

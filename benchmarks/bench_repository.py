@@ -48,7 +48,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from _baselines import OmHistoryEntry, om_model, to_om
-from _harness import Row, console, fresh_namespace, print_table, server_url
+from _harness import (
+    PROSE_WORDS,
+    Row,
+    console,
+    drop_namespace,
+    fresh_namespace,
+    print_table,
+    server_url,
+)
 from redis.asyncio import Redis
 
 from flywheel_state import Settings, Store
@@ -70,43 +78,12 @@ Op = Callable[[int], Awaitable[object]]
 # ---------------------------------------------------------------------- realistic data
 
 
-_WORDS = (
-    "the",
-    "flow",
-    "routes",
-    "each",
-    "question",
-    "to",
-    "a",
-    "backend",
-    "and",
-    "keeps",
-    "the",
-    "answer",
-    "with",
-    "its",
-    "sources",
-    "while",
-    "the",
-    "agent",
-    "refines",
-    "structural",
-    "tension",
-    "between",
-    "current",
-    "reality",
-    "and",
-    "the",
-    "vision",
-)
-
-
 def _text(seed: int, length: int) -> str:
-    words = _WORDS
+    """Deterministic prose of ``length`` characters: the same seed gives the same text."""
     out: list[str] = []
     i = seed
     while sum(len(w) + 1 for w in out) < length:
-        out.append(words[i % len(words)])
+        out.append(PROSE_WORDS[i % len(PROSE_WORDS)])
         i = i * 7 + 3
     return " ".join(out)[:length]
 
@@ -577,17 +554,7 @@ async def run(url: str, args: argparse.Namespace) -> int:
                 )
             )
     finally:
-        for name in await raw.execute_command("FT._LIST"):
-            text = name.decode() if isinstance(name, bytes) else str(name)
-            if text.startswith(f"{namespace}:"):
-                await raw.execute_command("FT.DROPINDEX", text)
-        cursor = 0
-        while True:
-            cursor, keys = await raw.scan(cursor, match=f"{namespace}:*", count=1000)
-            if keys:
-                await raw.unlink(*keys)
-            if cursor == 0:
-                break
+        await drop_namespace(raw, namespace)
         await raw.aclose()
         await om_client.aclose()
         await store.close()

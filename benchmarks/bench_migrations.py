@@ -38,12 +38,22 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 from _baselines import om_model
-from _harness import Row, console, fresh_namespace, print_table, server_url
+from _harness import (
+    Row,
+    bench_parser,
+    console,
+    drop_namespace,
+    fresh_namespace,
+    print_cells,
+    print_table,
+    random_text,
+    server_url,
+)
 from redis.asyncio import Redis
 
 from flywheel_state import Store
@@ -70,10 +80,6 @@ legacy = importlib.import_module("flywheel_state.migrations.versions.0002_import
 # ---------------------------------------------------------------------- legacy data
 
 
-def _text(rng: random.Random, words: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(words))
-
-
 def _when(rng: random.Random, base: datetime, space: bool) -> str:
     value = base + timedelta(seconds=rng.randint(0, 86400), microseconds=rng.randint(0, 999999))
     return str(value) if space else value.isoformat()
@@ -85,12 +91,12 @@ def legacy_session(i: int, rng: random.Random) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     for j in range(rng.randint(2, 6)):
         if j % 3 == 2:
-            history.append({"q": _text(rng, 8), "a": _text(rng, 20)})
+            history.append({"q": random_text(rng, 8, _WORDS), "a": random_text(rng, 20, _WORDS)})
         else:
             history.append(
                 {
                     "role": "user" if j % 2 == 0 else "assistant",
-                    "content": _text(rng, rng.randint(5, 30)),
+                    "content": random_text(rng, rng.randint(5, 30), _WORDS),
                     "timestamp": _when(rng, base, False),
                 }
             )
@@ -101,7 +107,7 @@ def legacy_session(i: int, rng: random.Random) -> dict[str, Any]:
         "backend_session_id": f"backend_{i}",
         "status": status,
         "current_flow_id": rng.choice(("csv2507", "rise_framework", "structural_thinker")),
-        "context": {"topic": _text(rng, 3), "turn": rng.randint(1, 40)},
+        "context": {"topic": random_text(rng, 3, _WORDS), "turn": rng.randint(1, 40)},
         "history": history,
         "metadata": {"source": "mcp"} if rng.random() < 0.5 else {},
     }
@@ -141,38 +147,16 @@ async def prepare(url: str, n: int) -> str:
     return namespace
 
 
-async def count_documents(url: str, namespace: str) -> int:
-    client = Redis.from_url(url)
-    try:
-        total, cursor = 0, 0
-        while True:
-            cursor, keys = await client.scan(
-                cursor, match=f"{namespace}:session:*", count=5000, _type="ReJSON-RL"
-            )
-            total += len(keys)
-            if cursor == 0:
-                return total
-    finally:
-        await client.aclose()
-
-
-async def drop_namespace(url: str, namespace: str) -> None:
-    client = Redis.from_url(url)
-    try:
-        for name in await client.execute_command("FT._LIST"):
-            text = name.decode() if isinstance(name, bytes) else str(name)
-            if text.startswith(f"{namespace}:"):
-                await client.execute_command("FT.DROPINDEX", text)
-        batch: list[bytes] = []
-        async for key in client.scan_iter(match=f"{namespace}:*", count=5000):
-            batch.append(key)
-            if len(batch) >= 5000:
-                await client.unlink(*batch)
-                batch.clear()
-        if batch:
-            await client.unlink(*batch)
-    finally:
-        await client.aclose()
+async def count_documents(client: Redis, namespace: str) -> int:
+    """The JSON session documents in the namespace."""
+    total, cursor = 0, 0
+    while True:
+        cursor, keys = await client.scan(
+            cursor, match=f"{namespace}:session:*", count=5000, _type="ReJSON-RL"
+        )
+        total += len(keys)
+        if cursor == 0:
+            return total
 
 
 # ---------------------------------------------------------------------- (a) the library, in a child
@@ -215,34 +199,44 @@ def run_child(url: str, namespace: str) -> dict[str, Any]:
     return result
 
 
-# ---------------------------------------------------------------------- (b) hand-written redis-py
+# ---------------------------------------------------------------------- (b) and (c): reading
 
 
-async def _scan_batches(client: Redis, namespace: str) -> Any:
+async def legacy_batches(
+    client: Redis, namespace: str
+) -> AsyncIterator[list[tuple[Any, Any, int]]]:
+    """The legacy strings of the namespace as ``(key, value, pttl)``, one SCAN batch at a time.
+
+    Each batch is read with one pipeline of GET + PTTL; keys gone in between are left out.
+    """
     cursor = 0
     while True:
         cursor, keys = await client.scan(
             cursor, match=f"{namespace}:session:*", count=1000, _type="string"
         )
         if keys:
-            yield keys
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                    pipe.pttl(key)
+                values = await pipe.execute()
+            yield [
+                (key, values[2 * n], values[2 * n + 1])
+                for n, key in enumerate(keys)
+                if values[2 * n] is not None
+            ]
         if cursor == 0:
             return
 
 
-async def _read(client: Redis, keys: list[bytes]) -> list[Any]:
-    async with client.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.get(key)
-            pipe.pttl(key)
-        return list(await pipe.execute())
-
-
-def _convert(key: bytes, raw: bytes, prefix: str, now: float) -> str | None:
-    text_key = key.decode()
-    data = json.loads(raw)
-    result = legacy.import_session(text_key, text_key[len(prefix) :], data, now)
+def convert(key: bytes | str, raw: bytes | str, prefix: str, now: float) -> str | None:
+    """The document 0002 makes of one legacy string (None when it leaves the key alone)."""
+    text_key = key.decode() if isinstance(key, bytes) else key
+    result = legacy.import_session(text_key, text_key[len(prefix) :], json.loads(raw), now)
     return result.value  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------- (b) hand-written redis-py
 
 
 async def redis_py_loop(url: str, namespace: str) -> int:
@@ -251,14 +245,10 @@ async def redis_py_loop(url: str, namespace: str) -> int:
     now = time.time()
     done = 0
     try:
-        async for keys in _scan_batches(client, namespace):
-            values = await _read(client, keys)
+        async for batch in legacy_batches(client, namespace):
             async with client.pipeline(transaction=True) as pipe:
-                for n, key in enumerate(keys):
-                    raw, pttl = values[2 * n], values[2 * n + 1]
-                    if raw is None:
-                        continue
-                    new = _convert(key, raw, prefix, now)
+                for key, raw, pttl in batch:
+                    new = convert(key, raw, prefix, now)
                     if new is None:
                         continue
                     pipe.delete(key)
@@ -282,16 +272,10 @@ async def redis_om_loop(url: str, namespace: str) -> int:
     now = time.time()
     done = 0
     try:
-        async for keys in _scan_batches(client, namespace):
-            values = await _read(client, keys)
+        async for batch in legacy_batches(client, namespace):
             async with client.pipeline(transaction=False) as pipe:
-                for n, key in enumerate(keys):
-                    raw, pttl = values[2 * n], values[2 * n + 1]
-                    if raw is None:
-                        continue
-                    data = json.loads(raw)
-                    sid = key[len(prefix) :]
-                    converted = legacy.import_session(key, sid, data, now).value
+                for key, raw, pttl in batch:
+                    converted = convert(key, raw, prefix, now)
                     if converted is None:
                         continue
                     model = om.model_validate_json(converted)
@@ -309,32 +293,33 @@ async def redis_om_loop(url: str, namespace: str) -> int:
 # ---------------------------------------------------------------------- main
 
 
-async def timed_baseline(url: str, n: int, fn: Callable[[str, str], Any], name: str) -> float:
+async def timed_baseline(
+    url: str, admin: Redis, n: int, fn: Callable[[str, str], Any], name: str
+) -> float:
     namespace = await prepare(url, n)
     try:
         start = time.perf_counter()
         done = await fn(url, namespace)
         seconds = time.perf_counter() - start
-        converted = await count_documents(url, namespace)
+        converted = await count_documents(admin, namespace)
         if converted != n or done != n:
             console.print(f"[red]{name}: converted {converted} of {n}[/red]")
         return n / seconds
     finally:
-        await drop_namespace(url, namespace)
+        await drop_namespace(admin, namespace)
 
 
-async def main(args: argparse.Namespace) -> int:
-    sizes = [2_000, 5_000] if args.quick else args.sizes
-    with server_url() as url:
+async def run(url: str, args: argparse.Namespace) -> int:
+    async with Redis.from_url(url) as admin:
         rows: list[list[str]] = []
         rates: dict[int, float] = {}
-        for n in sizes:
+        for n in args.sizes:
             namespace = await prepare(url, n)
             try:
                 result = run_child(url, namespace)
-                converted = await count_documents(url, namespace)
+                converted = await count_documents(admin, namespace)
             finally:
-                await drop_namespace(url, namespace)
+                await drop_namespace(admin, namespace)
             if converted != n or result["changed"] != n:
                 console.print(
                     f"[red]{n:,}: rewrote {result['changed']:,}, found {converted:,}[/red]"
@@ -352,54 +337,64 @@ async def main(args: argparse.Namespace) -> int:
                     f"{(result['peak_rss_kb'] - result['rss_before_kb']) / 1024:.1f}",
                 ]
             )
-        from rich.table import Table
+        print_cells(
+            "0002_import_legacy_strings (flywheel-state runner, child process)",
+            [
+                "sessions",
+                "rewritten",
+                "seconds",
+                "docs/s",
+                "RSS before MB",
+                "peak RSS MB",
+                "growth MB",
+            ],
+            rows,
+        )
 
-        table = Table(title="0002_import_legacy_strings (flywheel-state runner, child process)")
-        for col in (
-            "sessions",
-            "rewritten",
-            "seconds",
-            "docs/s",
-            "RSS before MB",
-            "peak RSS MB",
-            "growth MB",
-        ):
-            table.add_column(col, justify="right")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-
-        largest = max(sizes)
+        largest = max(args.sizes)
         values = {"flywheel": rates[largest]}
         if not args.no_baselines:
-            values["redis-py"] = await timed_baseline(url, largest, redis_py_loop, "redis-py")
-            values["redis-om"] = await timed_baseline(url, largest, redis_om_loop, "redis-om")
-        print_table(
-            f"legacy import of {largest:,} sessions, documents/s (same server, same run)",
-            list(values),
-            [Row("import 0002", values)],
-            unit="docs/s",
-            ratio=("flywheel", "redis-py") if "redis-py" in values else None,
-            ratio_label="flywheel / redis-py",
-        )
-        if "redis-om" in values:
-            console.print(f"flywheel / redis-om: {values['flywheel'] / values['redis-om']:.2f}")
-        ok = rates[largest] >= TARGET_DOCS_PER_S
-        console.print(
-            f"target {TARGET_DOCS_PER_S:,} docs/s: "
-            + ("[green]met[/green]" if ok else "[red]missed[/red]")
-        )
-        return 0 if ok or not args.check else 1
+            for name, loop in (("redis-py", redis_py_loop), ("redis-om", redis_om_loop)):
+                values[name] = await timed_baseline(url, admin, largest, loop, name)
+    print_table(
+        f"legacy import of {largest:,} sessions, documents/s (same server, same run)",
+        list(values),
+        [Row("import 0002", values)],
+        unit="docs/s",
+        ratio=("flywheel", "redis-py") if "redis-py" in values else None,
+        ratio_label="flywheel / redis-py",
+    )
+    if "redis-om" in values:
+        console.print(f"flywheel / redis-om: {values['flywheel'] / values['redis-om']:.2f}")
+    ok = rates[largest] >= TARGET_DOCS_PER_S
+    console.print(
+        f"target {TARGET_DOCS_PER_S:,} docs/s: "
+        + ("[green]met[/green]" if ok else "[red]missed[/red]")
+    )
+    return 0 if ok or not args.check else 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = bench_parser(
+        __doc__, quick_help="2k and 5k sessions", check_help="exit 1 below the target"
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--no-baselines", action="store_true", help="skip (b) and (c)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes = [2_000, 5_000]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    with server_url() as url:
+        return asyncio.run(run(url, args))
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         print(json.dumps(asyncio.run(child(sys.argv[2], sys.argv[3]))))
         sys.exit(0)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
-    parser.add_argument("--quick", action="store_true", help="2k and 5k sessions")
-    parser.add_argument("--no-baselines", action="store_true", help="skip (b) and (c)")
-    parser.add_argument("--check", action="store_true", help="exit 1 below the target")
-    os.environ.setdefault("PYTHONHASHSEED", "0")
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    sys.exit(main())

@@ -51,6 +51,7 @@ from _baselines import OmHistoryEntry, om_model, to_om
 from _harness import (
     PROSE_WORDS,
     Row,
+    bench_parser,
     console,
     drop_namespace,
     fresh_namespace,
@@ -599,17 +600,14 @@ def print_markdown(rows: list[Row], impls: list[str]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = bench_parser(__doc__, repeat=3, repeat_help="runs per figure (best is kept)")
     parser.add_argument("--n", type=int, default=3000, help="calls per single-op run")
     parser.add_argument("--batch", type=int, default=10_000, help="records per save_many/get_many")
     parser.add_argument("--big", type=int, default=1000, help="history length of the big session")
     parser.add_argument("--n-scale", type=int, default=1000, help="appends per scaling run")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is kept)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--no-redis-om", action="store_true", help="skip (c)")
     parser.add_argument("--no-concurrent", action="store_true", help="skip the x50 rows")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.batch, args.n_scale, args.repeat = 100, 500, 100, 1

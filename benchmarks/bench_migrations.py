@@ -202,63 +202,56 @@ def run_child(url: str, namespace: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------- (b) and (c): reading
 
 
-async def legacy_batches(
+async def converted_batches(
     client: Redis, namespace: str
-) -> AsyncIterator[list[tuple[Any, Any, int]]]:
-    """The legacy strings of the namespace as ``(key, value, pttl)``, one SCAN batch at a time.
+) -> AsyncIterator[list[tuple[Any, str, int]]]:
+    """The namespace's legacy strings as 0002 converts them, one SCAN batch at a time.
 
-    Each batch is read with one pipeline of GET + PTTL; keys gone in between are left out.
+    Each batch is read with one pipeline of GET + PTTL and holds ``(key, document JSON, pttl)``
+    for every string the frozen conversion of 0002 turns into a document (the others, and keys
+    gone in between, are left out).
     """
+    prefix = f"{namespace}:session:"
+    now = time.time()
     cursor = 0
     while True:
-        cursor, keys = await client.scan(
-            cursor, match=f"{namespace}:session:*", count=1000, _type="string"
-        )
+        cursor, keys = await client.scan(cursor, match=f"{prefix}*", count=1000, _type="string")
         if keys:
             async with client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.get(key)
                     pipe.pttl(key)
                 values = await pipe.execute()
-            yield [
-                (key, values[2 * n], values[2 * n + 1])
-                for n, key in enumerate(keys)
-                if values[2 * n] is not None
-            ]
+            batch = []
+            for n, key in enumerate(keys):
+                raw, pttl = values[2 * n], values[2 * n + 1]
+                if raw is None:
+                    continue
+                text_key = key.decode() if isinstance(key, bytes) else key
+                sid = text_key[len(prefix) :]
+                converted = legacy.import_session(text_key, sid, json.loads(raw), now).value
+                if converted is not None:
+                    batch.append((key, converted, pttl))
+            yield batch
         if cursor == 0:
             return
-
-
-def convert(key: bytes | str, raw: bytes | str, prefix: str, now: float) -> str | None:
-    """The document 0002 makes of one legacy string (None when it leaves the key alone)."""
-    text_key = key.decode() if isinstance(key, bytes) else key
-    result = legacy.import_session(text_key, text_key[len(prefix) :], json.loads(raw), now)
-    return result.value  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------- (b) hand-written redis-py
 
 
 async def redis_py_loop(url: str, namespace: str) -> int:
-    client = Redis.from_url(url)
-    prefix = f"{namespace}:session:"
-    now = time.time()
     done = 0
-    try:
-        async for batch in legacy_batches(client, namespace):
+    async with Redis.from_url(url) as client:
+        async for batch in converted_batches(client, namespace):
             async with client.pipeline(transaction=True) as pipe:
-                for key, raw, pttl in batch:
-                    new = convert(key, raw, prefix, now)
-                    if new is None:
-                        continue
+                for key, new, pttl in batch:
                     pipe.delete(key)
                     pipe.execute_command("JSON.SET", key, "$", new)
                     if pttl > 0:
                         pipe.pexpire(key, pttl)
-                    done += 1
                 await pipe.execute()
-    finally:
-        await client.aclose()
+            done += len(batch)
     return done
 
 
@@ -266,27 +259,19 @@ async def redis_py_loop(url: str, namespace: str) -> int:
 
 
 async def redis_om_loop(url: str, namespace: str) -> int:
-    client = Redis.from_url(url, decode_responses=True)
-    om = om_model(client, namespace)
-    prefix = f"{namespace}:session:"
-    now = time.time()
     done = 0
-    try:
-        async for batch in legacy_batches(client, namespace):
+    async with Redis.from_url(url, decode_responses=True) as client:
+        om = om_model(client, namespace)
+        async for batch in converted_batches(client, namespace):
             async with client.pipeline(transaction=False) as pipe:
-                for key, raw, pttl in batch:
-                    converted = convert(key, raw, prefix, now)
-                    if converted is None:
-                        continue
-                    model = om.model_validate_json(converted)
+                for key, new, pttl in batch:
+                    model = om.model_validate_json(new)
                     pipe.delete(key)
                     await model.save(pipeline=pipe)
                     if pttl > 0:
                         await model.expire(max(1, pttl // 1000), pipeline=pipe)
-                    done += 1
                 await pipe.execute()
-    finally:
-        await client.aclose()
+            done += len(batch)
     return done
 
 

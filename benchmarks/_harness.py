@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,6 @@ __all__ = [
     "print_table",
     "random_text",
     "server_url",
-    "timed",
 ]
 
 console = Console(highlight=False)
@@ -104,16 +102,6 @@ async def drop_namespace(client: Redis, namespace: str) -> None:
             batch.clear()
     if batch:
         await client.unlink(*batch)
-
-
-async def timed(fn: Callable[[], Awaitable[object]], *, repeat: int = 1) -> float:
-    """Best wall-clock seconds of ``repeat`` runs of ``fn``."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        await fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 @dataclass

@@ -247,19 +247,11 @@ class Dataset:
         assert {k: v for k, v in stats["status"].items() if v} == want["status"]
 
 
-async def median_ms(fn: Op, repeat: int) -> float:
-    """Median wall-clock milliseconds of ``repeat`` runs of ``fn`` (after one warm-up run)."""
-    await fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        await fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 async def interleaved_medians(fns: list[Op], repeat: int) -> list[float]:
-    """Median milliseconds of each of ``fns``, run in turn so they all see the same load."""
+    """Median milliseconds of ``repeat`` runs of each of ``fns`` (after one warm-up run each).
+
+    The functions run in turn, so that they all see the same load.
+    """
     for fn in fns:
         await fn()
     times: list[list[float]] = [[] for _ in fns]
@@ -289,7 +281,8 @@ async def run(url: str, args: argparse.Namespace) -> int:
                 results[ds.n][op] = Row(op, {"indexed": ms})
         for ds in scanned:
             for op, (_, scan) in ds.ops().items():
-                results[ds.n][op].values["scan"] = await median_ms(scan, args.scan_repeat)
+                [ms] = await interleaved_medians([scan], args.scan_repeat)
+                results[ds.n][op].values["scan"] = ms
     finally:
         for ds in datasets:
             await ds.close()

@@ -58,6 +58,7 @@ import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from flywheel_state._compat_mapping import (
@@ -95,10 +96,15 @@ T = TypeVar("T")
 CALL_MARGIN = 0.5
 """Seconds a call may take beyond the command timeout before it gives up (fail-safe value)."""
 
-DEFAULT_SESSION_TTL_SECONDS = 604800
-"""Seven days, the original default of RedisSessionManager."""
-DEFAULT_EXECUTION_TTL_SECONDS = 3600
-"""One hour, the original default of RedisExecutionCache."""
+
+class _DefaultTTL:
+    """The default ``ttl_seconds``: the original's, which Settings has too (7 days / one hour)."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT_TTL = _DefaultTTL()
 
 # Errors about one record or one call's arguments: Redis itself is fine, so they are logged for
 # that call and do not start an outage.
@@ -198,11 +204,7 @@ class RedisConfig:
         Raises:
             ConfigError: A variable holds an unusable value; the message names the variable.
         """
-        env = os.environ if environ is None else environ
-        settings = Settings.from_env(env)
-        config = RedisConfig._common(env, settings)
-        config["ttl_seconds"] = _seconds(settings.session_ttl)
-        return config
+        return RedisConfig._config(environ, "session_ttl")
 
     @staticmethod
     def execution_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -214,11 +216,7 @@ class RedisConfig:
         Raises:
             ConfigError: A variable holds an unusable value; the message names the variable.
         """
-        env = os.environ if environ is None else environ
-        settings = Settings.from_env(env)
-        config = RedisConfig._common(env, settings)
-        config["ttl_seconds"] = _seconds(settings.execution_ttl)
-        return config
+        return RedisConfig._config(environ, "execution_ttl")
 
     @staticmethod
     def execution_ttl_seconds(environ: Mapping[str, str] | None = None) -> int | None:
@@ -230,9 +228,12 @@ class RedisConfig:
         return _seconds(Settings.from_env(environ).execution_ttl)
 
     @staticmethod
-    def _common(env: Mapping[str, str], settings: Settings) -> dict[str, Any]:
+    def _config(environ: Mapping[str, str] | None, ttl_field: str) -> dict[str, Any]:
+        env = os.environ if environ is None else environ
+        settings = Settings.from_env(env)
         config: dict[str, Any] = {
             "enabled": RedisConfig.enabled_from_env(env),
+            "ttl_seconds": _seconds(getattr(settings, ttl_field)),
             "host": settings.host,
             "port": settings.port,
         }
@@ -252,7 +253,7 @@ class RedisConfig:
         return config
 
 
-def _seconds(ttl: Any) -> int | None:
+def _seconds(ttl: timedelta | None) -> int | None:
     return None if ttl is None else int(ttl.total_seconds())
 
 
@@ -264,30 +265,34 @@ def _seconds(ttl: Any) -> int | None:
 class _FailSafe:
     """Shared machinery: lazy Store, per-loop connect lock, outage state and logging."""
 
-    _default_ttl_field: ClassVar[str]
+    _ttl_field: ClassVar[str]
+    """The Settings field ``ttl_seconds`` sets."""
     _label: ClassVar[str]
 
     def __init__(
         self,
+        enabled: bool = True,
+        ttl_seconds: int | float | _DefaultTTL | None = _DEFAULT_TTL,
+        host: str = "localhost",
+        port: int = 6379,
+        db: int = 0,
+        password: str | None = None,
+        url: str | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
         *,
-        enabled: bool,
-        ttl_seconds: int | float | None,
-        host: str,
-        port: int,
-        db: int,
-        password: str | None,
-        url: str | None,
-        namespace: str,
-        key_prefix: str | None,
-        username: str | None,
-        connect_timeout: float,
-        command_timeout: float,
-        auto_migrate: bool,
+        key_prefix: str | None = None,
+        username: str | None = None,
+        connect_timeout: float = 2.0,
+        command_timeout: float = 2.0,
+        auto_migrate: bool = True,
     ) -> None:
         if key_prefix is not None:
             namespace = key_prefix.rstrip(":")
-        # Settings converts seconds to a timedelta and checks the value.
-        ttl: dict[str, Any] = {self._default_ttl_field: ttl_seconds}
+        # Settings converts seconds to a timedelta and checks the value; its defaults are the
+        # original's.
+        ttl: dict[str, Any] = {}
+        if not isinstance(ttl_seconds, _DefaultTTL):
+            ttl[self._ttl_field] = ttl_seconds
         self.settings = Settings(
             url=url,
             host=host,
@@ -300,7 +305,11 @@ class _FailSafe:
             command_timeout=command_timeout,
             **ttl,
         )
-        self.ttl_seconds = ttl_seconds
+        self.ttl_seconds: int | float | None = (
+            _seconds(getattr(self.settings, self._ttl_field))
+            if isinstance(ttl_seconds, _DefaultTTL)
+            else ttl_seconds
+        )
         self.auto_migrate = auto_migrate
         self.enabled = bool(enabled)
         self._store_class: type[Store] | None = None
@@ -314,6 +323,8 @@ class _FailSafe:
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        self._noted: set[str] = set()
+        """Mapping notes (unknown status values...) warned about; later ones go to DEBUG."""
 
     def __repr__(self) -> str:
         return (
@@ -351,29 +362,8 @@ class _FailSafe:
         """Run ``op`` on the Store, or return ``fallback`` (disabled, outage, bad record)."""
         if not self.enabled:
             return fallback
-        store = self.store
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.call_timeout
         try:
-            was_ready = self._ready
-            await self._ensure_ready(store, self.call_timeout)
-            try:
-                result = await asyncio.wait_for(op(store), timeout=self.call_timeout)
-            except _RECORD_ERRORS:
-                raise
-            except FlywheelStateError:
-                if not was_ready:
-                    raise
-                # The first failure after a quiet period is often not an outage: a pooled
-                # connection from before a server restart, or a server that came back empty
-                # (no index). Check the server (and the schema) again and retry once, within
-                # the same time budget; every operation here is safe to repeat.
-                self._ready = False
-                await _drop_idle_connections(store)
-                await self._ensure_ready(store, max(deadline - loop.time(), 0.01))
-                result = await asyncio.wait_for(
-                    op(store), timeout=max(deadline - loop.time(), 0.01)
-                )
+            result = await self._run(op)
         except _RECORD_ERRORS as exc:
             logger.warning("%s failed: %s", what, exc)
             return fallback
@@ -383,34 +373,52 @@ class _FailSafe:
         self._succeeded()
         return result
 
+    async def _run(self, op: Callable[[Store], Awaitable[T]]) -> T:
+        store = self.store
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.call_timeout
+        was_ready = self._ready
+        await self._ensure_ready(store, self.call_timeout)
+        try:
+            return await asyncio.wait_for(op(store), timeout=self.call_timeout)
+        except _RECORD_ERRORS:
+            raise
+        except FlywheelStateError:
+            if not was_ready:
+                raise
+        # The first failure after a quiet period is often not an outage: a pooled connection
+        # from before a server restart, or a server that came back empty (no index). Check the
+        # server (and the schema) again and retry once, within the same time budget; every
+        # operation here is safe to repeat.
+        self._ready = False
+        await _drop_idle_connections(store)
+        await self._ensure_ready(store, max(deadline - loop.time(), 0.01))
+        return await asyncio.wait_for(op(store), timeout=max(deadline - loop.time(), 0.01))
+
     async def _ensure_ready(self, store: Store, timeout: float) -> None:
         if self._ready:
             return
         # Reaching the server is bounded like any call, so an outage answers fast; the connect
         # itself may run pending migrations (auto_migrate) and is not cut off half-way.
-        await asyncio.wait_for(self._probe(), timeout=timeout)
+        await asyncio.wait_for(self._probe(store), timeout=timeout)
         async with self._lock():
             if not self._ready:
                 await store.connect()
                 self._ready = True
 
-    async def _probe(self) -> None:
+    async def _probe(self, store: Store) -> None:
         """PING through a one-off connection that does not retry.
 
         The Store's client retries failed connections with backoff (redis-py's default, about
         4 s when the port is closed), which is right for a blip but makes every call of an
         outage wait for the full call timeout. The probe fails at once instead.
         """
-        from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         from flywheel_state._redis import translate_errors
 
-        kwargs = self.settings.client_kwargs()
-        kwargs.update(retry=Retry(NoBackoff(), 0), max_connections=1)
-        url = self.settings.url
-        client = Redis.from_url(url, **kwargs) if url is not None else Redis(**kwargs)
+        client = store._new_client(retry=Retry(NoBackoff(), 0), max_connections=1)
         try:
             with translate_errors(f"connecting to {self.settings.safe_url}"):
                 await client.ping()
@@ -419,12 +427,7 @@ class _FailSafe:
                 await client.aclose()  # type: ignore[attr-defined]  # types-redis predates aclose
 
     def _lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        lock = self._locks.get(loop)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[loop] = lock
-        return lock
+        return self._locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self._ready = False  # check the server and the schema again on the next call
@@ -498,42 +501,8 @@ class RedisSessionManager(_FailSafe):
         ConfigError: An argument can't be used (a bad port, namespace, TTL...).
     """
 
-    _default_ttl_field: ClassVar[str] = "session_ttl"
+    _ttl_field: ClassVar[str] = "session_ttl"
     _label: ClassVar[str] = "session persistence"
-
-    def __init__(
-        self,
-        enabled: bool = True,
-        ttl_seconds: int | float | None = DEFAULT_SESSION_TTL_SECONDS,
-        host: str = "localhost",
-        port: int = 6379,
-        db: int = 0,
-        password: str | None = None,
-        url: str | None = None,
-        namespace: str = DEFAULT_NAMESPACE,
-        *,
-        key_prefix: str | None = None,
-        username: str | None = None,
-        connect_timeout: float = 2.0,
-        command_timeout: float = 2.0,
-        auto_migrate: bool = True,
-    ) -> None:
-        super().__init__(
-            enabled=enabled,
-            ttl_seconds=ttl_seconds,
-            host=host,
-            port=port,
-            db=db,
-            password=password,
-            url=url,
-            namespace=namespace,
-            key_prefix=key_prefix,
-            username=username,
-            connect_timeout=connect_timeout,
-            command_timeout=command_timeout,
-            auto_migrate=auto_migrate,
-        )
-        self._noted: set[str] = set()
 
     async def save_session(self, session: Any) -> bool:
         """Save a session (the whole document and its TTL, atomically).
@@ -704,47 +673,15 @@ class RedisExecutionCache(_FailSafe):
     ``history_<hash of session and flow>_<position>``, so they never collide with the ids of
     :meth:`cache_result`. ``store.executions.find(session_id=..., flow_id=...)`` finds them.
 
-    Args: as :class:`RedisSessionManager`, with ``ttl_seconds`` the results' time to live.
+    Args: as :class:`RedisSessionManager`, with ``ttl_seconds`` the results' time to live
+    (default one hour).
 
     Raises:
         ConfigError: An argument can't be used.
     """
 
-    _default_ttl_field: ClassVar[str] = "execution_ttl"
+    _ttl_field: ClassVar[str] = "execution_ttl"
     _label: ClassVar[str] = "execution cache"
-
-    def __init__(
-        self,
-        enabled: bool = True,
-        ttl_seconds: int | float | None = DEFAULT_EXECUTION_TTL_SECONDS,
-        host: str = "localhost",
-        port: int = 6379,
-        db: int = 0,
-        password: str | None = None,
-        url: str | None = None,
-        namespace: str = DEFAULT_NAMESPACE,
-        *,
-        key_prefix: str | None = None,
-        username: str | None = None,
-        connect_timeout: float = 2.0,
-        command_timeout: float = 2.0,
-        auto_migrate: bool = True,
-    ) -> None:
-        super().__init__(
-            enabled=enabled,
-            ttl_seconds=ttl_seconds,
-            host=host,
-            port=port,
-            db=db,
-            password=password,
-            url=url,
-            namespace=namespace,
-            key_prefix=key_prefix,
-            username=username,
-            connect_timeout=connect_timeout,
-            command_timeout=command_timeout,
-            auto_migrate=auto_migrate,
-        )
 
     async def cache_result(self, execution_id: str, result: Any) -> bool:
         """Cache an execution result (its TTL set by the same write).

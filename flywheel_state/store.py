@@ -88,11 +88,13 @@ class Store:
 
     # ------------------------------------------------------------------ clients
 
-    def _new_client(self) -> Client:
+    def _new_client(self, **overrides: Any) -> Client:
+        """A new client from the settings; ``overrides`` replace its pool's keyword arguments."""
         # A blocking pool: a burst of concurrent calls waits for a free connection (up to
         # pool_timeout) instead of failing with "Too many connections".
         kwargs = self.settings.client_kwargs()
         kwargs["timeout"] = self.settings.pool_timeout
+        kwargs.update(overrides)
         pool: BlockingConnectionPool[Any]
         if self.settings.url is not None:
             pool = BlockingConnectionPool.from_url(self.settings.url, **kwargs)

@@ -33,10 +33,10 @@ __all__ = [
     "glob_regex",
     "history_prefix",
     "json_safe",
+    "make_json_safe",
     "plain",
     "readable_session",
     "result_fields",
-    "sanitize_session",
     "session_from",
 ]
 
@@ -233,8 +233,19 @@ def _history_entries(history: Any, entry_type: Any) -> list[Any]:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` as the original stored it: JSON with ``default=str`` for anything else."""
-    return json.loads(json.dumps(value, default=str))
+    """``value`` as the original stored it: JSON with ``default=str`` for anything else.
+
+    Raises:
+        ValueError: Not even that can store it: a value that contains itself, a key that is not
+            a string or a number, nesting deeper than the interpreter's recursion limit, or a
+            lone surrogate.
+    """
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+        text.encode()  # a lone surrogate: it can't be sent to Redis either
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"a value can't be stored as JSON: {exc}") from exc
+    return json.loads(text)
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -292,10 +303,19 @@ def check_paging(limit: int | None, offset: int) -> None:
         raise InvalidQueryError(f"offset must be a non-negative integer, got {offset!r}")
 
 
-def sanitize_session(model: Session) -> None:
-    """Make the free-form parts of ``model`` JSON-safe in place (see :func:`json_safe`)."""
-    model.context = json_safe(model.context)
+def make_json_safe(model: Session | ExecutionResult) -> None:
+    """Make the free-form parts of ``model`` JSON-safe in place (see :func:`json_safe`).
+
+    Raises:
+        ValueError: A value can't be stored as JSON at all.
+    """
+    from flywheel_state.models import Session
+
     model.metadata = json_safe(model.metadata)
+    if not isinstance(model, Session):
+        model.result = json_safe(model.result)
+        return
+    model.context = json_safe(model.context)
     for entry in model.history:
         extra = entry.__pydantic_extra__
         if extra:

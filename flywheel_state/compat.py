@@ -66,10 +66,9 @@ from flywheel_state._compat_mapping import (
     execution_from,
     glob_regex,
     history_prefix,
-    json_safe,
+    make_json_safe,
     readable_session,
     result_fields,
-    sanitize_session,
     session_from,
 )
 from flywheel_state.config import DEFAULT_NAMESPACE, Settings
@@ -84,7 +83,7 @@ from flywheel_state.errors import (
 )
 
 if TYPE_CHECKING:
-    from flywheel_state.models import Session
+    from flywheel_state.models import ExecutionResult, Session
     from flywheel_state.store import Store
 
 __all__ = ["CALL_MARGIN", "RedisConfig", "RedisExecutionCache", "RedisSessionManager"]
@@ -540,16 +539,12 @@ class RedisSessionManager(_FailSafe):
             else:
                 logger.debug("session %s: %s (original kept in metadata)", model.id, note)
 
-        async def op(store: Store) -> bool:
-            try:
-                await store.sessions.save(model)
-            except (ValueError, TypeError):
-                # A value JSON can't hold (the original stored it with json default=str).
-                sanitize_session(model)
-                await store.sessions.save(model)
-            return True
+        what = f"saving session {model.id!r}"
 
-        return await self._call(f"saving session {model.id!r}", op, False)
+        async def op(store: Store) -> bool:
+            return await _save_json_safe(what, lambda: store.sessions.save(model), [model])
+
+        return await self._call(what, op, False)
 
     async def load_session(self, session_id: str) -> Session | None:
         """Load a session.
@@ -622,6 +617,34 @@ class RedisSessionManager(_FailSafe):
             return ids[offset:] if limit is None else ids[offset : offset + limit]
 
         return await self._call(f"listing sessions matching {pattern!r}", op, [])
+
+
+async def _save_json_safe(
+    what: str,
+    save: Callable[[], Awaitable[object]],
+    models: Iterable[Session | ExecutionResult],
+) -> bool:
+    """``save()``; when a value can't be encoded, store such values as text and save again.
+
+    The original stored them with ``json.dumps(default=str)``. A value that can't be stored
+    even so (one that contains itself, a lone surrogate...) fails the call: False, with a
+    warning, as an invalid id does.
+    """
+    from pydantic_core import PydanticSerializationError
+
+    try:
+        await save()
+    except PydanticSerializationError:
+        try:
+            for model in models:
+                make_json_safe(model)
+            await save()
+        except FlywheelStateError:
+            raise
+        except ValueError as exc:  # PydanticSerializationError is one
+            logger.warning("%s failed: %s", what, exc)
+            return False
+    return True
 
 
 async def _drop_idle_connections(store: Store) -> None:
@@ -702,15 +725,12 @@ class RedisExecutionCache(_FailSafe):
             logger.warning("caching execution %r failed: %s", execution_id, exc)
             return False
 
-        async def op(store: Store) -> bool:
-            try:
-                await store.executions.save(doc)
-            except (ValueError, TypeError):
-                doc.result = json_safe(doc.result)
-                await store.executions.save(doc)
-            return True
+        what = f"caching execution {execution_id!r}"
 
-        return await self._call(f"caching execution {execution_id!r}", op, False)
+        async def op(store: Store) -> bool:
+            return await _save_json_safe(what, lambda: store.executions.save(doc), [doc])
+
+        return await self._call(what, op, False)
 
     async def get_result(self, execution_id: str) -> Any:
         """The cached result, exactly as it was passed to :meth:`cache_result`.
@@ -777,22 +797,20 @@ class RedisExecutionCache(_FailSafe):
             logger.warning("caching the history of %r on %r failed: %s", session_id, flow_id, exc)
             return False
         keep = {doc.id for doc in docs}
+        what = f"caching the history of {session_id!r} on {flow_id!r}"
 
         async def op(store: Store) -> bool:
             before = await store.executions.ids(session_id=session_id, flow_id=flow_id)
-            if docs:
-                try:
-                    await store.executions.save_many(docs)
-                except (ValueError, TypeError):
-                    for doc in docs:
-                        doc.result = json_safe(doc.result)
-                    await store.executions.save_many(docs)
+            if docs and not await _save_json_safe(
+                what, lambda: store.executions.save_many(docs), docs
+            ):
+                return False
             stale = [i for i in before if i.startswith(prefix) and i not in keep]
             if stale:
                 await store.executions.delete_many(stale)
             return True
 
-        return await self._call(f"caching the history of {session_id!r} on {flow_id!r}", op, False)
+        return await self._call(what, op, False)
 
     async def get_flow_history(self, session_id: str, flow_id: str) -> list[Any] | None:
         """The executions cached by :meth:`cache_flow_history`, in their original order.

@@ -598,7 +598,9 @@ class RedisSessionManager(_FailSafe):
                 the original's ``SCAN MATCH``. ``"*"`` (default) matches every id.
             limit: At most this many ids (None: all).
             offset: Skip this many matching ids first.
-            sort: Order, e.g. ``"-last_active"`` (see ``store.sessions.ids``).
+            sort: Order, e.g. ``"-last_active"`` (see ``store.sessions.ids``). None: with a
+                ``limit``, the default order (most recently active first, whatever the
+                pattern); without one, no particular order.
             **filters: Index filters: ``backend``, ``status``, ``flow_id``, ``user_id``... (one
                 value or a collection), as ``store.sessions.find`` takes them.
 
@@ -607,13 +609,17 @@ class RedisSessionManager(_FailSafe):
         """
 
         async def op(store: Store) -> list[str]:
+            from flywheel_state.repositories.query import MAX_PAGE_SIZE, SESSION_QUERIES
+
             check_paging(limit, offset)
-            if pattern == "*":
-                return list(
-                    await store.sessions.ids(sort=sort, limit=limit, offset=offset, **filters)
-                )
-            regex = glob_regex(pattern)
-            ids = [i for i in await store.sessions.ids(sort=sort, **filters) if regex.fullmatch(i)]
+            if pattern == "*" and limit is not None and limit <= MAX_PAGE_SIZE:
+                return await store.sessions.ids(sort=sort, limit=limit, offset=offset, **filters)
+            # Every match, filtered and paged here: a page in the order the index gives one.
+            order = SESSION_QUERIES.default_sort if sort is None and limit is not None else sort
+            ids = await store.sessions.ids(sort=order, **filters)
+            if pattern != "*":
+                regex = glob_regex(pattern)
+                ids = [i for i in ids if regex.fullmatch(i)]
             return ids[offset:] if limit is None else ids[offset : offset + limit]
 
         return await self._call(f"listing sessions matching {pattern!r}", op, [])

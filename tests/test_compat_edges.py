@@ -6,6 +6,7 @@ The callers' main paths are in test_compat.py; these pin down cases found in rev
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -74,3 +75,28 @@ async def test_values_json_cannot_hold_fail_the_call_instead_of_raising(
     finally:
         await manager.close()
         await cache.close()
+
+
+async def test_list_sessions_pages_the_same_with_or_without_a_pattern(
+    redis_url: str, namespace: str
+) -> None:
+    manager = RedisSessionManager(url=redis_url, namespace=namespace)
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    try:
+        for i in range(6):  # saved least recently active first
+            session = {"id": f"s{i}", "backend": "flowise", "last_active": start + timedelta(i)}
+            assert await manager.save_session(session)
+        newest_first = ["s5", "s4", "s3", "s2", "s1", "s0"]
+
+        # A page is in the default order (most recently active first), pattern or not.
+        assert await manager.list_sessions(limit=3) == newest_first[:3]
+        assert await manager.list_sessions("s*", limit=3) == newest_first[:3]
+        assert await manager.list_sessions("s?", limit=2, offset=2) == newest_first[2:4]
+        assert await manager.list_sessions("s*", limit=2, sort="last_active") == ["s0", "s1"]
+        # A limit above the index's page size is a big page, not a failed call.
+        assert await manager.list_sessions(limit=20_000) == newest_first
+        assert await manager.list_sessions("s*", limit=20_000) == newest_first
+        assert await manager.list_sessions(limit=20_000, offset=4) == newest_first[4:]
+        assert len(await manager.list_sessions(offset=1)) == 5
+    finally:
+        await manager.close()

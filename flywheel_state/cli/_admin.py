@@ -5,12 +5,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from flywheel_state._redis import Client, translate_errors
+from flywheel_state.models import ExecutionResult, Session
 from flywheel_state.models._base import Document
+from flywheel_state.repositories import Page, Repository
 
-__all__ = ["EXPIRED", "document_json", "fetch_ttls", "filters", "to_jsonable", "ttl_seconds"]
+__all__ = [
+    "EXPIRED",
+    "document_json",
+    "fetch_ttls",
+    "filters",
+    "find_with_ttls",
+    "get_with_ttl",
+    "to_jsonable",
+    "ttl_seconds",
+]
+
+D = TypeVar("D", Session, ExecutionResult)
 
 EXPIRED = timedelta(0)
 """The TTL reported for a key that vanished (expired or deleted) between a query and its PTTL."""
@@ -40,6 +53,21 @@ async def fetch_ttls(client: Client, keys: Sequence[str]) -> list[timedelta | No
         else:
             out.append(timedelta(milliseconds=ms))
     return out
+
+
+async def find_with_ttls(
+    client: Client, repo: Repository[D], **find_args: Any
+) -> tuple[Page[D], list[timedelta | None]]:
+    """``repo.find(**find_args)`` and the remaining TTL of each record of the page."""
+    page = await repo.find(**find_args)
+    return page, await fetch_ttls(client, [repo.key(item.id) for item in page.items])
+
+
+async def get_with_ttl(client: Client, repo: Repository[D], id: str) -> tuple[D, timedelta | None]:
+    """``repo.get(id)`` and the record's remaining TTL."""
+    item = await repo.get(id)
+    ttls = await fetch_ttls(client, [repo.key(id)])
+    return item, ttls[0]
 
 
 def ttl_seconds(ttl: timedelta | None) -> float | None:

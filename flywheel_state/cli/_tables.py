@@ -1,4 +1,4 @@
-"""Rich rendering shared by the admin commands and the demo."""
+"""Rich rendering and output shared by the admin commands and the demo."""
 
 from __future__ import annotations
 
@@ -8,26 +8,33 @@ from datetime import datetime, timedelta, timezone
 from typing import Generic, Literal, TypeVar
 
 from rich import box
+from rich.columns import Columns
 from rich.markup import escape
 from rich.table import Table
 
-from flywheel_state.cli._admin import EXPIRED
-from flywheel_state.cli._common import format_ttl
+from flywheel_state.cli._admin import EXPIRED, document_json
+from flywheel_state.cli._common import CliContext, console, emit_json, format_ttl
 from flywheel_state.models import ExecutionResult, Session
+from flywheel_state.repositories import Page
 
 __all__ = [
     "EXECUTION_COLUMNS",
     "SESSION_COLUMNS",
+    "counts_columns",
     "counts_table",
     "execution_table",
     "format_duration_ms",
     "page_footer",
+    "print_document",
+    "print_page",
+    "print_stats",
     "relative_time",
     "session_table",
     "ttl_cell",
 ]
 
 R = TypeVar("R")
+D = TypeVar("D", Session, ExecutionResult)
 
 _STATUS_STYLE = {
     "active": "green",
@@ -220,3 +227,72 @@ def page_footer(total: int, offset: int, shown: int, *, noun: str) -> str:
     if shown == 0:
         return f"nothing at offset {offset}: {total} {noun} match"
     return f"showing {offset + 1}-{offset + shown} of {total} {noun}"
+
+
+def counts_columns(
+    stats: Mapping[str, Mapping[str, int]], fields: Mapping[str, str], *, titled: bool
+) -> Columns:
+    """:func:`counts_table` side by side, one per stats field.
+
+    Args:
+        stats: A repository's ``stats()``.
+        fields: Stats field -> column header, e.g. ``{"flow_id": "flow", "status": "status"}``.
+        titled: Title each table ``per <header>``.
+    """
+    tables = [
+        counts_table(header, stats.get(field, {}), title=f"per {header}" if titled else None)
+        for field, header in fields.items()
+    ]
+    return Columns(tables, padding=(0, 4))
+
+
+def print_stats(
+    ctx: CliContext,
+    stats: Mapping[str, Mapping[str, int]],
+    fields: Mapping[str, str],
+    *,
+    noun: str,
+) -> None:
+    """A ``stats`` command's output: the counts as JSON, or tables and ``N <noun>``."""
+    if ctx.json:
+        emit_json(stats)
+        return
+    console.print(counts_columns(stats, fields, titled=True))
+    console.print(f"{stats.get('total', {}).get('all', 0)} {noun}")
+
+
+def print_page(
+    ctx: CliContext,
+    page: Page[D],
+    ttls: Sequence[timedelta | None],
+    table: Callable[[Sequence[D], Sequence[timedelta | None]], Table],
+    *,
+    noun: str,
+) -> None:
+    """A ``list`` command's output: the page as JSON, or ``table`` and a footer line."""
+    if ctx.json:
+        emit_json(
+            {
+                "items": [document_json(d, t) for d, t in zip(page.items, ttls, strict=True)],
+                "total": page.total,
+                "offset": page.offset,
+                "limit": page.limit,
+            }
+        )
+        return
+    if page.items:
+        console.print(table(page.items, ttls))
+    console.print(page_footer(page.total, page.offset, len(page.items), noun=noun))
+
+
+def print_document(
+    ctx: CliContext, item: Session | ExecutionResult, ttl: timedelta | None, heading: str
+) -> None:
+    """A ``show`` command's output: the record as JSON, or ``heading`` and the document."""
+    data = document_json(item, ttl)
+    if ctx.json:
+        emit_json(data)
+        return
+    console.print(heading)
+    data.pop("ttl_seconds")
+    console.print_json(data=data)

@@ -25,16 +25,15 @@ from typing import Any
 import click
 from redis import exceptions as redis_exc
 from rich import box
-from rich.columns import Columns
 from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
 from flywheel_state._redis import Client, as_str, translate_errors
-from flywheel_state.cli._admin import fetch_ttls
+from flywheel_state.cli._admin import find_with_ttls
 from flywheel_state.cli._common import console, err_console, run_async
 from flywheel_state.cli._tables import (
-    counts_table,
+    counts_columns,
     execution_table,
     page_footer,
     relative_time,
@@ -351,10 +350,15 @@ async def _queries(store: Store, data: DemoData) -> None:
         'await store.sessions.find(backend="flowise", status="active", flow_id="csv2507", '
         'sort="-last_active", limit=6)'
     )
-    page = await store.sessions.find(
-        backend="flowise", status="active", flow_id="csv2507", sort="-last_active", limit=6
+    page, ttls = await find_with_ttls(
+        store.client,
+        store.sessions,
+        backend="flowise",
+        status="active",
+        flow_id="csv2507",
+        sort="-last_active",
+        limit=6,
     )
-    ttls = await fetch_ttls(store.client, [store.sessions.key(s.id) for s in page.items])
     console.print(
         session_table(
             page.items,
@@ -385,15 +389,7 @@ async def _queries(store: Store, data: DemoData) -> None:
     _say("[bold]Counts per backend and per status[/bold]")
     _code("await store.sessions.stats()")
     stats = await store.sessions.stats()
-    console.print(
-        Columns(
-            [
-                counts_table("backend", stats.get("backend", {})),
-                counts_table("status", stats.get("status", {})),
-            ],
-            padding=(0, 4),
-        )
-    )
+    console.print(counts_columns(stats, {"backend": "backend", "status": "status"}, titled=False))
     brute = {
         "backend": dict(Counter(s.backend.value for s in data.sessions)),
         "status": dict(Counter(s.status.value for s in data.sessions)),
@@ -478,15 +474,7 @@ async def _queries(store: Store, data: DemoData) -> None:
     _say("[bold]Executions per flow in the last hour[/bold]")
     _code("await store.executions.stats()")
     estats = await store.executions.stats()
-    console.print(
-        Columns(
-            [
-                counts_table("flow", estats.get("flow_id", {})),
-                counts_table("status", estats.get("status", {})),
-            ],
-            padding=(0, 4),
-        )
-    )
+    console.print(counts_columns(estats, {"flow_id": "flow", "status": "status"}, titled=False))
 
 
 async def _expiry(store: Store, total: int) -> None:

@@ -5,30 +5,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import click
-from rich.columns import Columns
 from rich.markup import escape
 
-from flywheel_state.cli._admin import document_json, fetch_ttls, filters
-from flywheel_state.cli._common import (
-    CliContext,
-    common_options,
-    console,
-    emit_json,
-    run_async,
-)
+from flywheel_state.cli._admin import filters, find_with_ttls, get_with_ttl
+from flywheel_state.cli._common import CliContext, common_options
 from flywheel_state.cli._params import POINT_IN_TIME
 from flywheel_state.cli._tables import (
-    counts_table,
     execution_table,
     format_duration_ms,
-    page_footer,
+    print_document,
+    print_page,
+    print_stats,
     ttl_cell,
 )
-from flywheel_state.models import Backend, ExecutionResult, ExecutionStatus
-from flywheel_state.repositories import Page
+from flywheel_state.models import Backend, ExecutionStatus
 
 __all__ = ["executions"]
 
@@ -115,26 +108,12 @@ def list_(
         max_duration_ms=max_duration_ms,
     )
 
-    async def _run() -> tuple[Page[ExecutionResult], list[timedelta | None]]:
-        async with ctx.store() as store:
-            page = await store.executions.find(sort=sort, limit=limit, offset=offset, **query)
-            keys = [store.executions.key(e.id) for e in page.items]
-            return page, await fetch_ttls(store.client, keys)
-
-    page, ttls = run_async(_run())
-    if ctx.json:
-        emit_json(
-            {
-                "items": [document_json(e, t) for e, t in zip(page.items, ttls, strict=True)],
-                "total": page.total,
-                "offset": page.offset,
-                "limit": page.limit,
-            }
+    page, ttls = ctx.run_with_store(
+        lambda store: find_with_ttls(
+            store.client, store.executions, sort=sort, limit=limit, offset=offset, **query
         )
-        return
-    if page.items:
-        console.print(execution_table(page.items, ttls))
-    console.print(page_footer(page.total, page.offset, len(page.items), noun="executions"))
+    )
+    print_page(ctx, page, ttls, execution_table, noun="executions")
 
 
 @executions.command()
@@ -142,25 +121,17 @@ def list_(
 @common_options
 def show(ctx: CliContext, execution_id: str) -> None:
     """Show one execution result and its remaining TTL."""
-
-    async def _run() -> tuple[ExecutionResult, timedelta | None]:
-        async with ctx.store() as store:
-            execution = await store.executions.get(execution_id)
-            ttls = await fetch_ttls(store.client, [store.executions.key(execution_id)])
-            return execution, ttls[0]
-
-    execution, ttl = run_async(_run())
-    data = document_json(execution, ttl)
-    if ctx.json:
-        emit_json(data)
-        return
-    console.print(
+    execution, ttl = ctx.run_with_store(
+        lambda store: get_with_ttl(store.client, store.executions, execution_id)
+    )
+    print_document(
+        ctx,
+        execution,
+        ttl,
         f"[bold]execution {escape(execution.id)}[/bold]  {escape(execution.flow_id or '-')}"
         f" / {execution.status}"
-        f"  {format_duration_ms(execution.duration_ms)}  TTL left {ttl_cell(ttl)}"
+        f"  {format_duration_ms(execution.duration_ms)}  TTL left {ttl_cell(ttl)}",
     )
-    data.pop("ttl_seconds")
-    console.print_json(data=data)
 
 
 @executions.command()
@@ -170,22 +141,5 @@ def stats(ctx: CliContext) -> None:
 
     --json prints the library's stats(): {"flow_id": {...}, "status": {...}, "total": {"all": n}}.
     """
-
-    async def _run() -> dict[str, dict[str, int]]:
-        async with ctx.store() as store:
-            return await store.executions.stats()
-
-    counts = run_async(_run())
-    if ctx.json:
-        emit_json(counts)
-        return
-    console.print(
-        Columns(
-            [
-                counts_table("flow", counts.get("flow_id", {}), title="per flow"),
-                counts_table("status", counts.get("status", {}), title="per status"),
-            ],
-            padding=(0, 4),
-        )
-    )
-    console.print(f"{counts.get('total', {}).get('all', 0)} executions")
+    counts = ctx.run_with_store(lambda store: store.executions.stats())
+    print_stats(ctx, counts, {"flow_id": "flow", "status": "status"}, noun="executions")

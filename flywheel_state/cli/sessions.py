@@ -13,21 +13,26 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import click
-from rich.columns import Columns
 from rich.markup import escape
 
-from flywheel_state.cli._admin import document_json, fetch_ttls, filters, ttl_seconds
+from flywheel_state.cli._admin import fetch_ttls, filters, find_with_ttls, get_with_ttl, ttl_seconds
 from flywheel_state.cli._common import (
     CliContext,
     common_options,
     console,
     emit_json,
-    run_async,
 )
 from flywheel_state.cli._params import DURATION, POINT_IN_TIME
-from flywheel_state.cli._tables import counts_table, page_footer, session_table, ttl_cell
-from flywheel_state.models import Backend, Session, SessionStatus
-from flywheel_state.repositories import DEFAULT, Page, TTLArg
+from flywheel_state.cli._tables import (
+    print_document,
+    print_page,
+    print_stats,
+    session_table,
+    ttl_cell,
+)
+from flywheel_state.models import Backend, SessionStatus
+from flywheel_state.repositories import DEFAULT, TTLArg
+from flywheel_state.store import Store
 
 __all__ = ["sessions"]
 
@@ -112,27 +117,12 @@ def list_(ctx: CliContext, sort: str, limit: int, offset: int, **opts: Any) -> N
     filters every session is listed, a page at a time (--limit / --offset).
     """
     query = _query_filters(opts)
-
-    async def _run() -> tuple[Page[Session], list[timedelta | None]]:
-        async with ctx.store() as store:
-            page = await store.sessions.find(sort=sort, limit=limit, offset=offset, **query)
-            ttls = await fetch_ttls(store.client, [store.sessions.key(s.id) for s in page.items])
-            return page, ttls
-
-    page, ttls = run_async(_run())
-    if ctx.json:
-        emit_json(
-            {
-                "items": [document_json(s, t) for s, t in zip(page.items, ttls, strict=True)],
-                "total": page.total,
-                "offset": page.offset,
-                "limit": page.limit,
-            }
+    page, ttls = ctx.run_with_store(
+        lambda store: find_with_ttls(
+            store.client, store.sessions, sort=sort, limit=limit, offset=offset, **query
         )
-        return
-    if page.items:
-        console.print(session_table(page.items, ttls))
-    console.print(page_footer(page.total, page.offset, len(page.items), noun="sessions"))
+    )
+    print_page(ctx, page, ttls, session_table, noun="sessions")
 
 
 # ---------------------------------------------------------------------------------- show
@@ -143,24 +133,16 @@ def list_(ctx: CliContext, sort: str, limit: int, offset: int, **opts: Any) -> N
 @common_options
 def show(ctx: CliContext, session_id: str) -> None:
     """Show one session's document and its remaining TTL."""
-
-    async def _run() -> tuple[Session, timedelta | None]:
-        async with ctx.store() as store:
-            session = await store.sessions.get(session_id)
-            ttls = await fetch_ttls(store.client, [store.sessions.key(session_id)])
-            return session, ttls[0]
-
-    session, ttl = run_async(_run())
-    data = document_json(session, ttl)
-    if ctx.json:
-        emit_json(data)
-        return
-    console.print(
-        f"[bold]session {escape(session.id)}[/bold]  {session.backend} / {session.status}  "
-        f"version {session.version}  TTL left {ttl_cell(ttl)}"
+    session, ttl = ctx.run_with_store(
+        lambda store: get_with_ttl(store.client, store.sessions, session_id)
     )
-    data.pop("ttl_seconds")
-    console.print_json(data=data)
+    print_document(
+        ctx,
+        session,
+        ttl,
+        f"[bold]session {escape(session.id)}[/bold]  {session.backend} / {session.status}  "
+        f"version {session.version}  TTL left {ttl_cell(ttl)}",
+    )
 
 
 # ---------------------------------------------------------------------------------- touch
@@ -172,15 +154,14 @@ def show(ctx: CliContext, session_id: str) -> None:
 @common_options
 def touch(ctx: CliContext, session_id: str, ttl: timedelta | None) -> None:
     """Mark a session active now and restart its TTL."""
+    ttl_arg: TTLArg = DEFAULT if ttl is None else ttl
 
-    async def _run() -> tuple[int, timedelta | None]:
-        async with ctx.store() as store:
-            ttl_arg: TTLArg = DEFAULT if ttl is None else ttl
-            version = await store.sessions.touch(session_id, ttl=ttl_arg)
-            ttls = await fetch_ttls(store.client, [store.sessions.key(session_id)])
-            return version, ttls[0]
+    async def _run(store: Store) -> tuple[int, timedelta | None]:
+        version = await store.sessions.touch(session_id, ttl=ttl_arg)
+        ttls = await fetch_ttls(store.client, [store.sessions.key(session_id)])
+        return version, ttls[0]
 
-    version, left = run_async(_run())
+    version, left = ctx.run_with_store(_run)
     if ctx.json:
         emit_json({"id": session_id, "version": version, "ttl_seconds": ttl_seconds(left)})
         return
@@ -234,22 +215,19 @@ def delete(
             "--active-since, --active-before, --created-since, --created-before)"
         )
 
-    async def _resolve() -> tuple[list[str], list[str]]:
-        async with ctx.store() as store:
-            if where:
-                found: list[str] = await store.sessions.ids(**query)
-                return found, []
-            unique = list(dict.fromkeys(ids))
-            keys = [store.sessions.key(i) for i in unique]
-            async with store.client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.exists(key)
-                flags = await pipe.execute()
-            existing = [i for i, flag in zip(unique, flags, strict=True) if flag]
-            missing = [i for i, flag in zip(unique, flags, strict=True) if not flag]
-            return existing, missing
+    async def _resolve(store: Store) -> tuple[list[str], list[str]]:
+        if where:
+            return await store.sessions.ids(**query), []
+        unique = list(dict.fromkeys(ids))
+        async with store.client.pipeline(transaction=False) as pipe:
+            for session_id in unique:
+                pipe.exists(store.sessions.key(session_id))
+            flags = await pipe.execute()
+        existing = [i for i, flag in zip(unique, flags, strict=True) if flag]
+        missing = [i for i, flag in zip(unique, flags, strict=True) if not flag]
+        return existing, missing
 
-    targets, missing = run_async(_resolve())
+    targets, missing = ctx.run_with_store(_resolve)
     if missing and not ctx.json:
         console.print(f"not found: {', '.join(missing)}", markup=False)
     if not targets:
@@ -269,24 +247,24 @@ def delete(
             emit_json({"deleted": 0, "would_delete": targets, "not_found": missing})
         return
     if not yes:
-        try:
-            confirmed = click.confirm(f"Delete {len(targets)} {noun}?", default=False, err=True)
-        except click.Abort:
-            click.echo("\nrefusing to delete without confirmation (no input): pass --yes", err=True)
-            sys.exit(1)
-        if not confirmed:
-            click.echo("nothing deleted", err=True)
-            sys.exit(1)
-
-    async def _delete() -> int:
-        async with ctx.store() as store:
-            return await store.sessions.delete_many(targets)
-
-    deleted = run_async(_delete())
+        _confirm_delete(f"Delete {len(targets)} {noun}?")
+    deleted = ctx.run_with_store(lambda store: store.sessions.delete_many(targets))
     if ctx.json:
         emit_json({"deleted": deleted, "ids": targets, "not_found": missing})
     else:
         console.print(f"deleted {deleted} {'session' if deleted == 1 else 'sessions'}")
+
+
+def _confirm_delete(question: str) -> None:
+    """Ask ``question``; exit 1 unless the answer is yes (no answer at all is a no)."""
+    try:
+        confirmed = click.confirm(question, default=False, err=True)
+    except click.Abort:
+        click.echo("\nrefusing to delete without confirmation (no input): pass --yes", err=True)
+        sys.exit(1)
+    if not confirmed:
+        click.echo("nothing deleted", err=True)
+        sys.exit(1)
 
 
 # ---------------------------------------------------------------------------------- stats
@@ -299,22 +277,5 @@ def stats(ctx: CliContext) -> None:
 
     --json prints the library's stats(): {"backend": {...}, "status": {...}, "total": {"all": n}}.
     """
-
-    async def _run() -> dict[str, dict[str, int]]:
-        async with ctx.store() as store:
-            return await store.sessions.stats()
-
-    counts = run_async(_run())
-    if ctx.json:
-        emit_json(counts)
-        return
-    console.print(
-        Columns(
-            [
-                counts_table("backend", counts.get("backend", {}), title="per backend"),
-                counts_table("status", counts.get("status", {}), title="per status"),
-            ],
-            padding=(0, 4),
-        )
-    )
-    console.print(f"{counts.get('total', {}).get('all', 0)} sessions")
+    counts = ctx.run_with_store(lambda store: store.sessions.stats())
+    print_stats(ctx, counts, {"backend": "backend", "status": "status"}, noun="sessions")

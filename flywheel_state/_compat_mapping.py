@@ -91,6 +91,18 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _enum_value(
+    value: Any, enum: type[Enum], aliases: Mapping[str, str] | None = None
+) -> str | None:
+    """The value of ``enum`` that ``value`` names (trimmed, any case, or an alias), or None."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if aliases is not None:
+        text = aliases.get(text, text)
+    return text if text in {m.value for m in enum} else None
+
+
 def _as_mapping(obj: Any) -> dict[str, Any]:
     if isinstance(obj, Mapping):
         return dict(obj)
@@ -139,26 +151,21 @@ def session_from(obj: Any, notes: list[str]) -> Session:
     out: dict[str, Any] = {"id": data.pop("id", None)}
 
     backend = plain(data.pop("backend", None))
-    known_backends = {b.value for b in Backend}
-    if isinstance(backend, str) and backend.strip().lower() in known_backends:
-        out["backend"] = backend.strip().lower()
-    else:
-        out["backend"] = Backend.CUSTOM.value
-        if backend is not None:
-            metadata["original_backend"] = backend
-            notes.append(f"unknown backend {backend!r} stored as 'custom'")
+    known_backend = _enum_value(backend, Backend)
+    out["backend"] = known_backend or Backend.CUSTOM.value
+    if known_backend is None and backend is not None:
+        metadata["original_backend"] = backend
+        notes.append(f"unknown backend {backend!r} stored as 'custom'")
 
     status = plain(data.pop("status", None))
-    known_statuses = {s.value for s in SessionStatus}
     if status is None:
         out["status"] = SessionStatus.PENDING.value
     else:
-        norm = str(status).strip().lower()
-        norm = STATUS_ALIASES.get(norm, norm)
-        out["status"] = norm if norm in known_statuses else UNKNOWN_SESSION_STATUS
+        known = _enum_value(status, SessionStatus, STATUS_ALIASES)
+        out["status"] = known or UNKNOWN_SESSION_STATUS
         if out["status"] != status:
             metadata["original_status"] = status
-            if norm not in known_statuses:
+            if known is None:
                 notes.append(f"unknown status {status!r} stored as {UNKNOWN_SESSION_STATUS!r}")
 
     for name in ("backend_session_id", "current_flow_id", "user_id"):
@@ -359,18 +366,17 @@ def result_fields(result: Any, *, skip: Iterable[str] = ()) -> dict[str, Any]:
 
     fields: dict[str, Any] = {}
     tag = _adapter("tag")
-    for field, names in (("session_id", ("session_id",)), ("flow_id", ("flow_id",))):
-        value = pick(*names)
+    for field in ("session_id", "flow_id"):
+        value = pick(field)
         if field not in skip and isinstance(value, str):
             with contextlib.suppress(ValidationError):
                 fields[field] = tag.validate_python(value)
-    backend = pick("backend")
-    if isinstance(backend, str) and backend.lower() in {b.value for b in Backend}:
-        fields["backend"] = backend.lower()
-    status = pick("status")
-    norm = STATUS_ALIASES.get(str(status).strip().lower(), str(status).strip().lower())
-    if status is not None and norm in {s.value for s in ExecutionStatus}:
-        fields["status"] = norm
+    backend = _enum_value(pick("backend"), Backend)
+    if backend is not None:
+        fields["backend"] = backend
+    status = _enum_value(pick("status"), ExecutionStatus, STATUS_ALIASES)
+    if status is not None:
+        fields["status"] = status
     elif result.get("error"):
         fields["status"] = ExecutionStatus.FAILED.value
     error = result.get("error")

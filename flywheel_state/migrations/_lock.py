@@ -18,24 +18,29 @@ from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.errors import MigrationError, MigrationLockedError
 from flywheel_state.migrations._scripts import RELEASE_SCRIPT, RENEW_SCRIPT
 
-__all__ = ["MigrationLock", "describe_holder", "parse_holder"]
+__all__ = ["MigrationLock", "describe_holder", "parse_holder", "parse_json_object"]
 
 _RENEW = AsyncScript(None, RENEW_SCRIPT.encode())  # type: ignore[arg-type]
 _RELEASE = AsyncScript(None, RELEASE_SCRIPT.encode())  # type: ignore[arg-type]
 
 
-def parse_holder(raw: bytes | str | None) -> dict[str, Any] | None:
-    """The holder description stored as the lock's value (None when unlocked)."""
+def parse_json_object(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A JSON object stored as a string (None when absent; other text as ``{"value": text}``)."""
     if raw is None:
         return None
     try:
         data = json.loads(raw)
     except ValueError:
-        return {"value": as_str(raw)}
-    if not isinstance(data, dict):
-        return {"value": as_str(raw)}
-    data.pop("token", None)
-    return data
+        data = None
+    return data if isinstance(data, dict) else {"value": as_str(raw)}
+
+
+def parse_holder(raw: bytes | str | None) -> dict[str, Any] | None:
+    """The holder description stored as the lock's value (None when unlocked)."""
+    holder = parse_json_object(raw)
+    if holder is not None:
+        holder.pop("token", None)
+    return holder
 
 
 def describe_holder(holder: dict[str, Any] | None) -> str:

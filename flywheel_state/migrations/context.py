@@ -19,13 +19,19 @@ if TYPE_CHECKING:
     from flywheel_state.migrations._lock import MigrationLock
     from flywheel_state.migrations.ops import Operations
 
-__all__ = ["DEFAULT_BATCH_SIZE", "MigrationContext", "ProgressCallback"]
+__all__ = ["DEFAULT_BATCH_SIZE", "MigrationContext", "ProgressCallback", "checkpoint_keys"]
 
 ProgressCallback = Callable[[MigrationProgress], None]
 """Called after each batch of a data operation (see :class:`MigrationProgress`)."""
 
 DEFAULT_BATCH_SIZE = 500
 """Keys per batch (one pipelined round trip of reads and one of writes) in data operations."""
+
+
+def checkpoint_keys(namespace: str, revision: str, direction: Direction) -> tuple[str, str]:
+    """The checkpoint hash and the problem list of one step (deleted when it is recorded)."""
+    checkpoint = ":".join((namespace, "_migrations", "checkpoint", revision, direction))
+    return checkpoint, checkpoint + ":problems"
 
 
 class MigrationContext:
@@ -78,12 +84,12 @@ class MigrationContext:
     @property
     def checkpoint_key(self) -> str:
         """The hash holding this step's checkpoints (deleted when the step is recorded)."""
-        return self.key("_migrations", "checkpoint", self.revision, self.direction)
+        return checkpoint_keys(self.namespace, self.revision, self.direction)[0]
 
     @property
     def problems_key(self) -> str:
         """The list holding this step's problems until the step is recorded."""
-        return self.checkpoint_key + ":problems"
+        return checkpoint_keys(self.namespace, self.revision, self.direction)[1]
 
     def action(self, text: str) -> None:
         """Record a schema action in the report (``created index ...``)."""

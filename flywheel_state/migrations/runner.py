@@ -21,18 +21,20 @@ import socket
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from redis.commands.core import AsyncScript
 
 from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.errors import FlywheelStateError, MigrationError, SchemaOutOfDateError
-from flywheel_state.migrations._lock import MigrationLock, parse_holder
+from flywheel_state.migrations._lock import MigrationLock, parse_holder, parse_json_object
 from flywheel_state.migrations._scripts import COMMIT_SCRIPT
 from flywheel_state.migrations.context import (
     DEFAULT_BATCH_SIZE,
     MigrationContext,
     ProgressCallback,
+    checkpoint_keys,
 )
 from flywheel_state.migrations.report import (
     MAX_PROBLEMS_KEPT,
@@ -52,16 +54,6 @@ __all__ = ["MigrationRunner"]
 
 _COMMIT = AsyncScript(None, COMMIT_SCRIPT.encode())  # type: ignore[arg-type]
 _LOG_CAP = 1000
-
-
-def _decode_json(raw: bytes | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return {"value": as_str(raw)}
-    return data if isinstance(data, dict) else {"value": data}
 
 
 class MigrationRunner:
@@ -128,7 +120,7 @@ class MigrationRunner:
             except (ValueError, TypeError, KeyError):
                 continue
         current = None if revision is None else as_str(revision)
-        return current, _decode_json(running), records, lock
+        return current, parse_json_object(running), records, lock
 
     async def current(self) -> str | None:
         """The applied revision of the namespace (None: nothing applied yet)."""
@@ -389,9 +381,9 @@ class MigrationRunner:
             await self._client.set(self._key("running"), marker)
 
     async def _gather_problems(
-        self, ctx_keys: tuple[str, str], step: StepReport
+        self, revision: str, direction: Direction, step: StepReport
     ) -> tuple[int, list[MigrationProblem]]:
-        checkpoint_key, problems_key = ctx_keys
+        checkpoint_key, problems_key = checkpoint_keys(self.namespace, revision, direction)
         with translate_errors("reading the step's problems"):
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.hgetall(checkpoint_key)
@@ -400,19 +392,15 @@ class MigrationRunner:
         if not state and not chunks:
             return step.problem_count, list(step.problems)
         count = sum(int(v) for k, v in state.items() if as_str(k).endswith(":problems"))
-        kept: list[MigrationProblem] = []
-        for chunk in chunks:
-            for item in json.loads(chunk):
-                if len(kept) < MAX_PROBLEMS_KEPT:
-                    kept.append(MigrationProblem(**item))
-        return count, kept
+        items = (item for chunk in chunks for item in json.loads(chunk))
+        return count, [MigrationProblem(**item) for item in islice(items, MAX_PROBLEMS_KEPT)]
 
     def _step_keys(self, revision: str) -> list[str]:
-        keys = []
-        for d in ("upgrade", "downgrade"):
-            base = self._key("checkpoint", revision, d)
-            keys += [base, base + ":problems"]
-        return keys
+        """The checkpoint keys of both directions of ``revision``."""
+        return [
+            *checkpoint_keys(self.namespace, revision, "upgrade"),
+            *checkpoint_keys(self.namespace, revision, "downgrade"),
+        ]
 
     async def _record(
         self,
@@ -424,8 +412,7 @@ class MigrationRunner:
         after: str | None,
         lock: MigrationLock,
     ) -> None:
-        base = self._key("checkpoint", script.revision, direction)
-        count, kept = await self._gather_problems((base, base + ":problems"), step)
+        count, kept = await self._gather_problems(script.revision, direction, step)
         step.problem_count, step.problems = count, kept
         record = MigrationRecord(
             revision=script.revision,
@@ -557,7 +544,7 @@ class MigrationRunner:
         if auto_migrate:
             await self.upgrade(HEAD, wait=True)
             return
-        running = _decode_json(raw_running)
+        running = parse_json_object(raw_running)
         pending = [s.revision for s in self._plan("upgrade", HEAD, current, running)]
         interrupted = ""
         if running is not None:

@@ -6,10 +6,11 @@ import asyncio
 import functools
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -23,7 +24,9 @@ __all__ = [
     "common_options",
     "console",
     "emit_json",
+    "fail",
     "format_ttl",
+    "reporting_errors",
     "run_async",
 ]
 
@@ -96,15 +99,27 @@ def common_options(func: F) -> F:
         *args: Any, url: str | None, namespace: str | None, as_json: bool, debug: bool, **kw: Any
     ) -> Any:
         ctx = CliContext(url=url, namespace=namespace, json=as_json, debug=debug)
-        try:
+        with reporting_errors(debug=debug):
             return func(ctx, *args, **kw)
-        except FlywheelStateError as exc:
-            if debug:
-                raise
-            err_console.print(f"error: {exc}", markup=False)
-            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: <message>`` on stderr and exit 1."""
+    err_console.print(f"error: {message}", markup=False)
+    sys.exit(1)
+
+
+@contextmanager
+def reporting_errors(*, debug: bool) -> Iterator[None]:
+    """Turn a library error into one plain line and exit 1 (with ``debug``, let it propagate)."""
+    try:
+        yield
+    except FlywheelStateError as exc:
+        if debug:
+            raise
+        fail(str(exc))
 
 
 def run_async(coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:

@@ -14,13 +14,12 @@ import contextlib
 import os
 import random
 import secrets
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from redis import exceptions as redis_exc
@@ -31,7 +30,7 @@ from rich.table import Table
 
 from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.cli._admin import find_with_ttls
-from flywheel_state.cli._common import console, err_console, run_async
+from flywheel_state.cli._common import console, fail, reporting_errors, run_async
 from flywheel_state.cli._tables import (
     counts_columns,
     execution_table,
@@ -52,6 +51,9 @@ from flywheel_state.models import (
     SessionStatus,
 )
 from flywheel_state.store import Store
+
+if TYPE_CHECKING:
+    from flywheel_state.server import EmbeddedRedis
 
 __all__ = ["DemoData", "demo", "drop_namespace", "generate", "run_tour"]
 
@@ -689,56 +691,34 @@ def demo(
     namespace = f"demo_{secrets.token_hex(4)}"
     seed = secrets.randbelow(1_000_000) if seed is None else seed
     console.print(Rule("[bold]flywheel-state demo[/bold]", style="cyan"))
-    server: Any = None
+    server = None if url else _start_embedded()
     try:
-        if url:
-            settings = Settings.from_env(url=url, namespace=namespace)
-            _say(f"Using the server of REDIS_URL: {settings.safe_url}")
-        else:
-            from flywheel_state.server import EmbeddedRedis, EmbeddedServerError
-
-            try:
-                server = EmbeddedRedis().start()
-            except EmbeddedServerError as exc:
-                message = str(exc)
-                if "REDIS_URL" not in message:
-                    message += " Set REDIS_URL to a Redis 8 or Redis Stack 7.2+ server instead."
-                err_console.print(f"error: {message}", markup=False)
-                sys.exit(1)
-            _say(
-                f"Started an embedded Redis 8 with RedisJSON and RediSearch at {server.url} "
-                "(temporary directory; set REDIS_URL to use your own server)."
+        with reporting_errors(debug=debug):
+            if server is None:
+                settings = Settings.from_env(url=url, namespace=namespace)
+                _say(f"Using the server of REDIS_URL: {settings.safe_url}")
+            else:
+                settings = Settings(url=server.url, namespace=namespace)
+            run_async(
+                run_tour(
+                    settings,
+                    n_sessions=n_sessions,
+                    n_executions=n_executions,
+                    seed=seed,
+                    cleanup=server is None and not keep,
+                )
             )
-            settings = Settings(url=server.url, namespace=namespace)
-        run_async(
-            run_tour(
-                settings,
-                n_sessions=n_sessions,
-                n_executions=n_executions,
-                seed=seed,
-                cleanup=bool(url) and not keep,
-            )
-        )
-        console.print()
-        if keep:
-            _say(
-                f"Kept: namespace {namespace}. Try:\n"
-                f"  flywheel-state sessions list --url {settings.safe_url} --namespace {namespace}"
-                " --status active\n"
-                f"  flywheel-state sessions stats --url {settings.safe_url} --namespace {namespace}"
-            )
-            if server is not None:
-                _say("The embedded server keeps running; press Ctrl-C to stop it.")
-                try:
-                    while server.is_running():
-                        time.sleep(0.5)
-                except KeyboardInterrupt:
-                    pass
-    except FlywheelStateError as exc:
-        if debug:
-            raise
-        err_console.print(f"error: {exc}", markup=False)
-        sys.exit(1)
+            console.print()
+            if keep:
+                _say(
+                    f"Kept: namespace {namespace}. Try:\n"
+                    f"  flywheel-state sessions list --url {settings.safe_url} "
+                    f"--namespace {namespace} --status active\n"
+                    f"  flywheel-state sessions stats --url {settings.safe_url} "
+                    f"--namespace {namespace}"
+                )
+                if server is not None:
+                    _run_until_interrupted(server)
     finally:
         if server is not None:
             server.stop()
@@ -750,3 +730,30 @@ def demo(
         )
     seconds = time.perf_counter() - started
     console.print(Rule(f"done in {seconds:.1f} s", style="cyan"))
+
+
+def _start_embedded() -> EmbeddedRedis:
+    """Start the embedded server, or exit 1 saying how to use another one."""
+    from flywheel_state.server import EmbeddedRedis, EmbeddedServerError
+
+    try:
+        server = EmbeddedRedis().start()
+    except EmbeddedServerError as exc:
+        message = str(exc)
+        if "REDIS_URL" not in message:
+            message += " Set REDIS_URL to a Redis 8 or Redis Stack 7.2+ server instead."
+        fail(message)
+    _say(
+        f"Started an embedded Redis 8 with RedisJSON and RediSearch at {server.url} "
+        "(temporary directory; set REDIS_URL to use your own server)."
+    )
+    return server
+
+
+def _run_until_interrupted(server: EmbeddedRedis) -> None:
+    _say("The embedded server keeps running; press Ctrl-C to stop it.")
+    try:
+        while server.is_running():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass

@@ -349,21 +349,9 @@ class Operations:
             with translate_errors(f"rewriting {len(pending)} keys"):
                 async with ctx.client.pipeline(transaction=False) as pipe:
                     for chunk in chunks:
-                        args: list[Any] = [
-                            "EVALSHA",
-                            sha,
-                            2 + len(chunk),
-                            ctx.checkpoint_key,
-                            ctx.problems_key,
-                        ]
-                        args += [key for key, _, _ in chunk]
-                        args += [from_type, to_type, field + "changed", field + "problems"]
-                        for _, raw, result in chunk:
-                            meta = hashlib.sha1(raw).hexdigest()
-                            if result.problems:
-                                meta += f"{len(result.problems)}|{_problems_json(result.problems)}"
-                            args += [meta, result.value]
-                        pipe.execute_command(*args)
+                        pipe.execute_command(
+                            *self._rewrite_call(sha, chunk, from_type, to_type, field)
+                        )
                     replies = await pipe.execute(raise_on_error=False)
             retry: list[str] = []
             redo: list[tuple[str, bytes, Rewrite]] = []
@@ -402,6 +390,26 @@ class Operations:
                     pending += await self._reread(retry, transform, from_type, left_alone)
         return ok, left_alone
 
+    def _rewrite_call(
+        self,
+        sha: str,
+        chunk: Sequence[tuple[str, bytes, Rewrite]],
+        from_type: KeyType,
+        to_type: KeyType,
+        field: str,
+    ) -> list[Any]:
+        """The EVALSHA of :data:`REWRITE_SCRIPT` for ``chunk`` (see its argument layout)."""
+        ctx = self._ctx
+        args: list[Any] = ["EVALSHA", sha, 2 + len(chunk), ctx.checkpoint_key, ctx.problems_key]
+        args += [key for key, _, _ in chunk]
+        args += [from_type, to_type, field + "changed", field + "problems"]
+        for _, raw, result in chunk:
+            meta = hashlib.sha1(raw).hexdigest()
+            if result.problems:
+                meta += f"{len(result.problems)}|{_problems_json(result.problems)}"
+            args += [meta, result.value]
+        return args
+
     async def _read(self, keys: list[str], from_type: KeyType) -> list[bytes | None]:
         if from_type == "string":
             command: list[Any] = ["MGET", *keys]
@@ -418,17 +426,9 @@ class Operations:
         from_type: KeyType,
         left_alone: list[MigrationProblem],
     ) -> list[tuple[str, bytes, Rewrite]]:
-        values = await self._read(keys, from_type)
-        out: list[tuple[str, bytes, Rewrite]] = []
-        for key, raw in zip(keys, values, strict=True):
-            if raw is None:
-                continue
-            result = _as_rewrite(transform(key, raw))
-            if result.value is None:
-                left_alone.extend(result.problems)
-            else:
-                out.append((key, raw, result))
-        return out
+        items, problems = _apply(transform, keys, await self._read(keys, from_type))
+        left_alone.extend(problems)
+        return items
 
     async def _save_checkpoint(
         self,
@@ -600,13 +600,14 @@ class _RewriteRun:
                 pass_from_zero = True
                 scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, 0, skip)
                 fetched = await self._fetch(scanner)
-        finally:
+        except BaseException:
+            # An error stopped the run: let the writes in flight land (their checkpoint is not
+            # saved; a rerun skips what they rewrote). Their own errors would hide this one.
             for pending in (previous, batch):
                 if pending is not None and pending.writes is not None:
-                    # An error stopped the run: let the writes in flight land (their
-                    # checkpoint is not saved; a rerun skips what they rewrote).
                     with contextlib.suppress(Exception):
                         await pending.writes
+            raise
         ops._account(self.scanned, self.changed)
         return RewriteResult(self.scanned, self.changed, resumed)
 
@@ -617,18 +618,15 @@ class _RewriteRun:
 
     def _transform(self, fetched: _Fetched, pass_no: int) -> _Batch:
         ctx = self.ops._ctx
-        batch = _Batch(cursor=fetched.resume, pass_no=pass_no, scanned=0, untouched=[])
-        for key, raw in zip(fetched.keys, fetched.values, strict=True):
-            if raw is None:
-                continue
-            result = _as_rewrite(self.transform(key, raw))
-            if result.value is None:
-                if pass_no == 1:  # later passes would report the same keys again
-                    batch.untouched.extend(result.problems)
-                continue
-            batch.items.append((key, raw, result))
-        if pass_no == 1:
-            batch.scanned = len(fetched.keys)  # later passes only look for stragglers
+        items, untouched = _apply(self.transform, fetched.keys, fetched.values)
+        first = pass_no == 1  # later passes only look for stragglers: nothing is counted twice
+        batch = _Batch(
+            cursor=fetched.resume,
+            pass_no=pass_no,
+            scanned=len(fetched.keys) if first else 0,
+            untouched=untouched if first else [],
+            items=items,
+        )
         if ctx.dry_run:
             self.changed += len(batch.items)
             for key, raw, result in batch.items:
@@ -683,6 +681,23 @@ class _RewriteRun:
             done=last,
         )
         ctx._check_lock()
+
+
+def _apply(
+    transform: Transform, keys: Sequence[str], values: Sequence[bytes | None]
+) -> tuple[list[tuple[str, bytes, Rewrite]], list[MigrationProblem]]:
+    """Transform the keys still there: what to write, and the problems of keys left alone."""
+    items: list[tuple[str, bytes, Rewrite]] = []
+    left_alone: list[MigrationProblem] = []
+    for key, raw in zip(keys, values, strict=True):
+        if raw is None:
+            continue
+        result = _as_rewrite(transform(key, raw))
+        if result.value is None:
+            left_alone.extend(result.problems)
+        else:
+            items.append((key, raw, result))
+    return items, left_alone
 
 
 def _problems_json(problems: Sequence[MigrationProblem]) -> str:

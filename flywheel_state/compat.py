@@ -29,13 +29,15 @@ Fail-safe behaviour (the promise of the original code, kept and improved):
   schema again: a pooled connection from before a server restart, or a server that came back
   empty (no index), costs no failed call.
 - Errors about one record or one call's arguments (an invalid id, a bad filter, a value that
-  is not a document) make that call return its fail-safe value with a warning of its own; they
-  are not an outage.
+  is not a document, a value JSON can't hold even as text, such as a dict that contains
+  itself) make that call return its fail-safe value with a warning of its own; they are not an
+  outage.
 - A call lists at most what fits in its time budget: ``list_sessions()`` without ``limit`` on
   hundreds of thousands of sessions can exceed it (about 60 ms per 10,000 ids here); page
   with ``limit`` / ``offset``, or use ``store.sessions.iterate`` for bulk work.
 - This module is the one place in flywheel-state that swallows errors: it catches
-  :class:`~flywheel_state.FlywheelStateError` (and the timeout it sets itself), logs it on the
+  :class:`~flywheel_state.FlywheelStateError` (and the timeout it sets itself, and the
+  ``ValueError`` / ``TypeError`` of mapping or encoding the caller's values), logs it on the
   ``flywheel_state.compat`` logger, and returns the fail-safe value.
 
 Schema: the first call of a manager connects its Store with ``auto_migrate=True``, because the

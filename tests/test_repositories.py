@@ -474,3 +474,25 @@ async def test_executions_repository(store: Store) -> None:
     assert await store.executions.exists("exec_abc")
     assert await store.executions.delete("exec_abc")
     assert await store.executions.get_or_none("exec_abc") is None
+
+
+@pytest.mark.parametrize(
+    "bad_value",
+    ["self-referencing", "lone surrogate"],
+)
+async def test_values_json_cannot_hold_are_a_typed_error(store: Store, bad_value: str) -> None:
+    await store.sessions.save(make_session(context={"ok": 1}))
+    if bad_value == "self-referencing":
+        loop: dict[str, object] = {}
+        loop["self"] = loop
+        context: dict[str, object] = {"loop": loop}
+    else:
+        context = {"text": "a\ud800b"}
+    with pytest.raises(InvalidQueryError, match="can't be stored as JSON"):
+        await store.sessions.save(make_session(context=context))
+    with pytest.raises(InvalidQueryError, match="can't be stored as JSON"):
+        await store.sessions.update("session_123", context=context)
+    with pytest.raises(InvalidQueryError, match="can't be stored as JSON"):
+        await store.sessions.append_history("session_123", {"content": context})
+    got = await store.sessions.get("session_123")
+    assert got.context == {"ok": 1} and got.version == 1

@@ -27,7 +27,7 @@ from flywheel_state.models._types import utcnow, validate_id
 from flywheel_state.repositories._scripts import WRITE_SCRIPT
 from flywheel_state.repositories.query import QueryMixin
 
-__all__ = ["BATCH_SIZE", "DEFAULT", "Repository", "TTLArg"]
+__all__ = ["BATCH_SIZE", "DEFAULT", "Repository", "TTLArg", "encode_json"]
 
 M = TypeVar("M", bound=Document)
 
@@ -65,6 +65,24 @@ _MEMBER_PATH = re.compile(r"\$\.([A-Za-z_][A-Za-z0-9_]*)")
 # First characters of JSON values that JSON.MERGE writes as JSON.SET would (not objects, which
 # it merges into the old value, nor null, which it deletes).
 _MERGEABLE_START = frozenset('"[-0123456789tf')
+
+
+def encode_json(dump: Callable[[], str], what: str) -> str:
+    """Run a pydantic JSON dump, turning values JSON can't hold into InvalidQueryError.
+
+    A dict that contains itself, nesting deeper than the serializer allows, a non-string key
+    or a lone surrogate in a string pass validation (``dict[str, Any]`` holds anything) but
+    can't be written as JSON.
+
+    Raises:
+        InvalidQueryError: The value can't be stored; nothing was written.
+    """
+    try:
+        return dump()
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidQueryError(
+            f"{what} holds a value that can't be stored as JSON: {exc}"
+        ) from exc
 
 
 class Repository(QueryMixin[M], Generic[M]):
@@ -125,7 +143,7 @@ class Repository(QueryMixin[M], Generic[M]):
         return self._prefix + validate_id(id)
 
     def _encode(self, model: Document) -> str:
-        return model.model_dump_json()
+        return encode_json(model.model_dump_json, f"{self.model.__name__} {model.id!r}")  # type: ignore[attr-defined]
 
     def _decode(self, key: str, raw: bytes | str) -> M:
         try:
@@ -440,7 +458,7 @@ class Repository(QueryMixin[M], Generic[M]):
         except ValidationError as exc:
             msg = "; ".join(e["msg"] for e in exc.errors()[:3])
             raise InvalidQueryError(f"invalid value for {field}: {msg} (got {value!r})") from exc
-        return adapter.dump_json(validated).decode()
+        return encode_json(lambda: adapter.dump_json(validated).decode(), f"field {field}")
 
     async def _patch(
         self,

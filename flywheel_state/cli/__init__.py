@@ -5,7 +5,12 @@ from __future__ import annotations
 import click
 
 from flywheel_state import __version__
+from flywheel_state.cli.demo import demo
 from flywheel_state.cli.doctor import doctor
+from flywheel_state.cli.executions import executions
+from flywheel_state.cli.migrate import migrate
+from flywheel_state.cli.server import server
+from flywheel_state.cli.sessions import sessions
 
 __all__ = ["cli", "main"]
 
@@ -20,28 +25,10 @@ def cli() -> None:
     """
 
 
-cli.add_command(doctor)
-
-
-def _register() -> None:
-    # Each command group lives in its own module.
-    from flywheel_state.cli.demo import demo
-    from flywheel_state.cli.executions import executions
-    from flywheel_state.cli.migrate import migrate
-    from flywheel_state.cli.server import server
-    from flywheel_state.cli.sessions import sessions
-
-    for command in (demo, server, sessions, executions, migrate):
-        cli.add_command(command)
-
-
-_register()
+for _command in (doctor, demo, server, sessions, executions, migrate):
+    cli.add_command(_command)
 
 
 def main() -> None:
     """Console-script entry point."""
     cli()
-
-
-if __name__ == "__main__":
-    main()

@@ -26,6 +26,7 @@ __all__ = [
     "emit_json",
     "fail",
     "format_ttl",
+    "option_group",
     "reporting_errors",
     "run_async",
 ]
@@ -120,6 +121,17 @@ def reporting_errors(*, debug: bool) -> Iterator[None]:
         if debug:
             raise
         fail(str(exc))
+
+
+def option_group(*options: Callable[[Any], Any]) -> Callable[[F], F]:
+    """Several click options as one decorator; ``--help`` lists them in the order given."""
+
+    def decorate(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
 
 
 def run_async(coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:

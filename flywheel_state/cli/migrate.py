@@ -27,7 +27,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from flywheel_state.cli._common import CliContext, common_options, console, emit_json
+from flywheel_state.cli._common import (
+    CliContext,
+    common_options,
+    console,
+    emit_json,
+    option_group,
+)
 from flywheel_state.migrations import (
     MigrationProgress,
     MigrationRecord,
@@ -206,16 +212,17 @@ _DIRECTORY = click.option(
 )
 
 
-def _wait_options(func: Any) -> Any:
-    func = click.option(
+_wait_options = option_group(
+    click.option(
+        "--wait", is_flag=True, help="Wait for another runner holding the lock to finish."
+    ),
+    click.option(
         "--wait-timeout",
         type=float,
         default=None,
         help="With --wait, give up after this many seconds.",
-    )(func)
-    return click.option(
-        "--wait", is_flag=True, help="Wait for another runner holding the lock to finish."
-    )(func)
+    ),
+)
 
 
 # ---------------------------------------------------------------------- commands

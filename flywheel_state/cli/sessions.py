@@ -8,9 +8,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -21,6 +20,7 @@ from flywheel_state.cli._common import (
     common_options,
     console,
     emit_json,
+    option_group,
 )
 from flywheel_state.cli._params import DURATION, POINT_IN_TIME
 from flywheel_state.cli._tables import (
@@ -36,45 +36,39 @@ from flywheel_state.store import Store
 
 __all__ = ["sessions"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 _SORTS = ("-last_active", "last_active", "-created_at", "created_at")
 _PREVIEW = 5
 
 
-def _filter_options(func: F) -> F:
-    """The session filters shared by ``list`` and ``delete --where``."""
-    options = [
-        click.option(
-            "--backend",
-            multiple=True,
-            type=click.Choice([b.value for b in Backend]),
-            help="Only this backend (repeatable: any of them).",
-        ),
-        click.option(
-            "--status",
-            multiple=True,
-            type=click.Choice([s.value for s in SessionStatus]),
-            help="Only this status (repeatable).",
-        ),
-        click.option("--flow", multiple=True, help="Only this current flow id (repeatable)."),
-        click.option("--user", multiple=True, help="Only this user id (repeatable)."),
-        click.option(
-            "--active-since",
-            type=POINT_IN_TIME,
-            help="Last active at or after this time: 30m, 2h, 7d (ago) or an ISO datetime.",
-        ),
-        click.option(
-            "--active-before",
-            type=POINT_IN_TIME,
-            help="Last active before this time (e.g. 7d: idle for over a week).",
-        ),
-        click.option("--created-since", type=POINT_IN_TIME, help="Created at or after this time."),
-        click.option("--created-before", type=POINT_IN_TIME, help="Created before this time."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+_filter_options = option_group(
+    click.option(
+        "--backend",
+        multiple=True,
+        type=click.Choice([b.value for b in Backend]),
+        help="Only this backend (repeatable: any of them).",
+    ),
+    click.option(
+        "--status",
+        multiple=True,
+        type=click.Choice([s.value for s in SessionStatus]),
+        help="Only this status (repeatable).",
+    ),
+    click.option("--flow", multiple=True, help="Only this current flow id (repeatable)."),
+    click.option("--user", multiple=True, help="Only this user id (repeatable)."),
+    click.option(
+        "--active-since",
+        type=POINT_IN_TIME,
+        help="Last active at or after this time: 30m, 2h, 7d (ago) or an ISO datetime.",
+    ),
+    click.option(
+        "--active-before",
+        type=POINT_IN_TIME,
+        help="Last active before this time (e.g. 7d: idle for over a week).",
+    ),
+    click.option("--created-since", type=POINT_IN_TIME, help="Created at or after this time."),
+    click.option("--created-before", type=POINT_IN_TIME, help="Created before this time."),
+)
+"""The session filters shared by ``list`` and ``delete --where``."""
 
 
 def _query_filters(opts: dict[str, Any]) -> dict[str, Any]:

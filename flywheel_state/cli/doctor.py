@@ -107,12 +107,11 @@ def _print_report(report: dict[str, Any]) -> None:
         table.add_row("JSON", "available" if report.get("json") else "MISSING")
         table.add_row("search", "available" if report.get("search") else "MISSING")
         for kind, info in (report.get("indexes") or {}).items():
-            shown = (
-                "absent"
-                if info is None
-                else f"{info['index']} ({info['num_docs']} docs"
-                + (", indexing)" if info["indexing"] else ")")
-            )
+            if info is None:
+                shown = "absent"
+            else:
+                indexing = ", indexing" if info["indexing"] else ""
+                shown = f"{info['index']} ({info['num_docs']} docs{indexing})"
             table.add_row(f"{kind} index", shown)
         for kind, count in (report.get("keys") or {}).items():
             table.add_row(f"{kind} keys", str(count))

@@ -14,6 +14,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
+from flywheel_state._redis import translate_errors
 from flywheel_state.cli._admin import fetch_ttls, filters, find_with_ttls, get_with_ttl, ttl_seconds
 from flywheel_state.cli._common import (
     CliContext,
@@ -213,10 +214,11 @@ def delete(
         if where:
             return await store.sessions.ids(**query), []
         unique = list(dict.fromkeys(ids))
-        async with store.client.pipeline(transaction=False) as pipe:
-            for session_id in unique:
-                pipe.exists(store.sessions.key(session_id))
-            flags = await pipe.execute()
+        with translate_errors("checking which sessions exist"):
+            async with store.client.pipeline(transaction=False) as pipe:
+                for session_id in unique:
+                    pipe.exists(store.sessions.key(session_id))
+                flags = await pipe.execute()
         existing = [i for i, flag in zip(unique, flags, strict=True) if flag]
         missing = [i for i, flag in zip(unique, flags, strict=True) if not flag]
         return existing, missing

@@ -638,18 +638,15 @@ async def _save_json_safe(
     even so (one that contains itself, a lone surrogate...) fails the call: False, with a
     warning, as an invalid id does.
     """
-    from pydantic_core import PydanticSerializationError
-
     try:
         await save()
-    except PydanticSerializationError:
+    except InvalidQueryError:
+        # The repository refuses values JSON can't hold before writing anything.
         try:
             for model in models:
                 make_json_safe(model)
             await save()
-        except FlywheelStateError:
-            raise
-        except ValueError as exc:  # PydanticSerializationError is one
+        except ValueError as exc:  # InvalidQueryError is one
             logger.warning("%s failed: %s", what, exc)
             return False
     return True

@@ -16,7 +16,6 @@ import random
 import signal
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -581,10 +580,13 @@ def test_manager_works_across_event_loops(address: dict[str, Any], namespace: st
     asyncio.run(manager.close())
 
 
-async def timed(coro: Any) -> tuple[Any, float]:
-    start = time.monotonic()
-    value = await coro
-    return value, time.monotonic() - start
+async def within(coro: Any, deadline: float) -> Any:
+    """The call's value; asyncio.TimeoutError (a failure) if it hangs past ``deadline``.
+
+    A liveness check, not a speed check: the deadline is the command timeout plus a margin of
+    seconds, as the issue asks ("returns its fail-safe value in under the timeout plus a margin").
+    """
+    return await asyncio.wait_for(coro, timeout=deadline)
 
 
 async def test_outage_returns_fail_safe_values_logs_once_and_recovers(
@@ -614,9 +616,7 @@ async def test_outage_returns_fail_safe_values_logs_once_and_recovers(
             (cache.cache_flow_history("before", "flow", [{"a": 1}]), False),
         ]
         for call, expected in calls:
-            value, elapsed = await timed(call)
-            assert value == expected
-            assert elapsed < bound
+            assert await within(call, bound) == expected
 
         warnings = compat_records(caplog, logging.WARNING)
         assert len(warnings) == 2  # one per manager for the whole outage
@@ -678,9 +678,7 @@ async def test_hung_server_calls_return_within_the_timeout(
                 (manager.load_session("s1"), None),
                 (manager.save_session(make_session("s2")), False),
             ):
-                value, elapsed = await timed(call)
-                assert value == expected
-                assert elapsed < manager.call_timeout + 3
+                assert await within(call, manager.call_timeout + 3) == expected
         finally:
             os.kill(server.pid, signal.SIGCONT)
         loaded = await manager.load_session("s1")

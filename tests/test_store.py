@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import pytest
 
@@ -28,14 +27,11 @@ def _closed_port() -> int:
 async def test_connect_reports_unreachable_server_within_timeout() -> None:
     port = _closed_port()
     store = Store(Settings(port=port, host="127.0.0.1", connect_timeout=0.5, command_timeout=0.5))
-    started = time.monotonic()
+    # Liveness, not speed: a refused connection must fail well inside the connect budget.
     with pytest.raises(StoreUnavailableError) as info:
-        await store.connect()
-    elapsed = time.monotonic() - started
+        await asyncio.wait_for(store.connect(), timeout=0.5 + 0.5 + 5)
     assert f":{port}" in str(info.value)
     assert isinstance(info.value.__cause__, Exception)  # the driver error is chained
-    # A functional "does not hang" check: connection refused must fail well inside the budget.
-    assert elapsed < 0.5 + 0.5 + 5
     await store.close()
 
 

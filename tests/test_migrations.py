@@ -341,6 +341,55 @@ async def test_downgrade_then_upgrade_round_trips(bare: Store) -> None:
     assert await bare.client.type(f"{ns}:session:a1") == b"string"
 
 
+async def test_downgrade_restores_history_items_as_written(bare: Store) -> None:
+    # The original wrote history with json.dumps(default=str): a datetime in an item became
+    # str(datetime) (a space, no T); other writers used "Z", epoch numbers, or explicit nulls.
+    await bare.migrations.upgrade("0001")
+    history = [
+        {"role": "user", "content": "hi", "timestamp": "2025-11-18 10:00:01.250000"},
+        {"role": "assistant", "content": "yo", "timestamp": "2025-11-18T10:00:02Z"},
+        {"role": "user", "content": "x", "timestamp": 1763460003},
+        {"role": "user", "content": None, "timestamp": None},
+        {"q": "what?", "a": "that", "role": None},
+    ]
+    original = session_a("h1", history=history)
+    await write_legacy(bare, {"session:h1": (original, DAY)})
+    await bare.migrations.upgrade()
+    async with Store(bare.settings) as store:
+        first, second, third, *_ = (await store.sessions.get("h1")).history
+        assert first.timestamp == utc("2025-11-18 10:00:01.25")
+        assert second.timestamp == utc("2025-11-18T10:00:02")
+        assert third.timestamp == datetime.fromtimestamp(1763460003, timezone.utc)
+    await bare.migrations.downgrade("0001")
+    assert json.loads(await bare.client.get(f"{bare.namespace}:session:h1")) == original
+
+
+async def test_datetimes_out_of_range_are_reported_not_fatal(bare: Store) -> None:
+    # One record with an absurd date must not stop the import of every other one.
+    await bare.migrations.upgrade("0001")
+    originals = {
+        "session:far": session_a("far", created_at=1e20, last_active="junk"),
+        "session:early": session_a("early", created_at="0001-01-01T00:00:00+01:00"),
+        "session:late": session_a("late", created_at="9999-12-31T23:59:59"),  # read back as ms
+        "session:item": session_a("item", history=[{"role": "user", "timestamp": 1e20}]),
+        "session:fine": session_a("fine"),
+    }
+    await write_legacy(bare, {k: (v, DAY) for k, v in originals.items()})
+    report = await bare.migrations.upgrade()
+    assert report.steps[0].documents_changed == 5
+    fields = {(p.key.rsplit(":", 1)[1], p.field) for p in report.steps[0].problems}
+    for name in ("far", "early", "late"):
+        assert (name, "created_at") in fields
+    assert ("item", "history.0.timestamp") in fields
+    async with Store(bare.settings) as store:
+        late = await store.sessions.get("late")
+        assert late.created_at == utc(originals["session:late"]["last_active"])  # fallback
+    await bare.migrations.downgrade("0001")
+    for suffix, original in originals.items():
+        raw = await bare.client.get(f"{bare.namespace}:{suffix}")
+        assert json.loads(raw) == original, suffix
+
+
 async def test_dry_run_writes_nothing(bare: Store) -> None:
     ns = bare.namespace
     await write_legacy(

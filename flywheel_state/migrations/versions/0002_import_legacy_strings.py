@@ -24,8 +24,9 @@ remaining TTL, as a RedisJSON document:
 downgrade needs to write the original string back: the shape (``A``/``B``), shape B's
 ``_schema_version``, fields the original lacked (``absent``) or had beyond its shape (``kept``),
 datetimes kept inside ``metadata`` (``in_metadata``), original datetime text that ISO output would
-not reproduce (``dates``), unknown fields moved into metadata (``extra``), and unmapped values
-(``raw``: original and stored value). The downgrade rebuilds each string from the *current*
+not reproduce (``dates``, and ``item_dates`` for history items by position), history items'
+explicit nulls (``item_nulls``), unknown fields moved into metadata (``extra``), and unmapped
+values (``raw``: original and stored value). The downgrade rebuilds each string from the *current*
 document (so changes made after the import are carried back), using the original text of a value
 only while the document still holds what the import stored. No copy of the original strings is
 kept: memory stays what the documents need.
@@ -112,6 +113,9 @@ HISTORY_ENTRY_FIELDS = ("role", "content", "timestamp")
 
 
 _EPOCH = datetime(1970, 1, 1)
+MAX_EPOCH = 2e10
+"""Stored datetimes are epoch seconds, read back as seconds only within +-2e10 (years 1336 to
+2603; larger numbers are read as milliseconds): a legacy value outside is not a datetime here."""
 _DATETIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,6})\d*)?)?)?"
     r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?",
@@ -149,21 +153,33 @@ def _parse(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        parsed = datetime.fromisoformat(value)  # takes "T" or " " between date and time
-    except ValueError:
-        return _parse_slow(value)
-    offset = parsed.utcoffset()
-    if offset is not None:
-        parsed = (parsed - offset).replace(tzinfo=None)
+        try:
+            parsed = datetime.fromisoformat(value)  # takes "T" or " " between date and time
+        except ValueError:
+            return _parse_slow(value)
+        offset = parsed.utcoffset()
+        if offset is not None:
+            parsed = (parsed - offset).replace(tzinfo=None)
+    except OverflowError:  # an offset moved it out of datetime's range
+        return None
     return parsed
 
 
+def _epoch(parsed: datetime) -> float | None:
+    epoch = (parsed - _EPOCH).total_seconds()
+    return epoch if -MAX_EPOCH <= epoch <= MAX_EPOCH else None
+
+
 def parse_datetime(value: Any) -> float | None:
-    """Epoch seconds of a legacy datetime (``str(dt)``, ISO, epoch number); naive means UTC."""
+    """Epoch seconds of a legacy datetime (``str(dt)``, ISO, epoch number); naive means UTC.
+
+    None for anything else, including instants outside +-:data:`MAX_EPOCH`.
+    """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value) if math.isfinite(value) else None
+        finite = math.isfinite(value) and -MAX_EPOCH <= value <= MAX_EPOCH
+        return float(value) if finite else None
     parsed = _parse(value)
-    return None if parsed is None else (parsed - _EPOCH).total_seconds()
+    return None if parsed is None else _epoch(parsed)
 
 
 def render_datetime(epoch: float) -> str:
@@ -229,11 +245,12 @@ class _Import:
                 self.legacy.setdefault("dates", {})[field] = value
             return epoch
         parsed = _parse(value)
-        if parsed is None:
+        epoch = None if parsed is None else _epoch(parsed)
+        if parsed is None or epoch is None:
             return None
         if parsed.isoformat() != value:  # str(dt), an offset, "Z", fewer digits...
             self.legacy.setdefault("dates", {})[field] = value
-        return (parsed - _EPOCH).total_seconds()
+        return epoch
 
     def encode(
         self, model: type[Document], doc: dict[str, Any], defaults: dict[str, Any]
@@ -407,8 +424,12 @@ def _history_entry(imp: _Import, index: int, item: Any) -> dict[str, Any]:
         imp.note("wrapped", index)
         return {"content": item}
     entry = dict(item)
+    nulls = [f for f in HISTORY_ENTRY_FIELDS if f in entry and entry[f] is None]
+    if nulls:  # the document can't tell an explicit null from an absent field
+        imp.legacy.setdefault("item_nulls", {})[str(index)] = nulls
     if "timestamp" in entry and entry["timestamp"] is not None:
-        epoch = parse_datetime(entry["timestamp"])
+        value = entry["timestamp"]
+        epoch = parse_datetime(value)
         if epoch is None:
             entry["_legacy_timestamp"] = entry.pop("timestamp")
             imp.problem(
@@ -418,6 +439,8 @@ def _history_entry(imp: _Import, index: int, item: Any) -> dict[str, Any]:
             )
         else:
             entry["timestamp"] = epoch
+            if value != render_datetime(epoch):  # str(dt), "Z", an epoch number...
+                imp.legacy.setdefault("item_dates", {})[str(index)] = value
     return entry
 
 
@@ -575,9 +598,17 @@ def _history_out(legacy: dict[str, Any], index: int, entry: Any) -> Any:
         and entry.get("timestamp") is None
     ):
         return entry.get("content")
-    out = {k: v for k, v in entry.items() if not (k in HISTORY_ENTRY_FIELDS and v is None)}
-    if isinstance(out.get("timestamp"), (int, float)):
-        out["timestamp"] = render_datetime(out["timestamp"])
+    nulls = legacy.get("item_nulls", {}).get(str(index), ())
+    out = {
+        k: v
+        for k, v in entry.items()
+        if not (k in HISTORY_ENTRY_FIELDS and v is None and k not in nulls)
+    }
+    stamp = out.get("timestamp")
+    if isinstance(stamp, (int, float)):
+        text = legacy.get("item_dates", {}).get(str(index))
+        same = text is not None and same_instant(parse_datetime(text), stamp)
+        out["timestamp"] = text if same else render_datetime(stamp)
     for sub in HISTORY_ENTRY_FIELDS:
         if f"_legacy_{sub}" in out and sub not in out:
             out[sub] = out.pop(f"_legacy_{sub}")

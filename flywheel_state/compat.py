@@ -614,6 +614,8 @@ class RedisSessionManager(_FailSafe):
             from flywheel_state.repositories.query import MAX_PAGE_SIZE, SESSION_QUERIES
 
             check_paging(limit, offset)
+            if not isinstance(pattern, str):
+                raise InvalidQueryError(f"pattern must be a glob string, got {pattern!r}")
             if pattern == "*" and limit is not None and limit <= MAX_PAGE_SIZE:
                 return await store.sessions.ids(sort=sort, limit=limit, offset=offset, **filters)
             # Every match, filtered and paged here: a page in the order the index gives one.

@@ -100,3 +100,20 @@ async def test_list_sessions_pages_the_same_with_or_without_a_pattern(
         assert len(await manager.list_sessions(offset=1)) == 5
     finally:
         await manager.close()
+
+
+async def test_list_sessions_with_a_pattern_that_is_not_text_returns_empty(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    manager = RedisSessionManager(url=redis_url, namespace=namespace)
+    try:
+        assert await manager.save_session({"id": "s1", "backend": "flowise"})
+        for pattern in (None, 5, b"s*"):
+            assert await manager.list_sessions(pattern) == [], pattern  # type: ignore[arg-type]
+        warnings = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+        assert len(warnings) == 3 and all("pattern" in m for m in warnings)
+        assert not any("unavailable" in m for m in warnings)  # not taken for an outage
+        assert await manager.list_sessions("s*") == ["s1"]
+    finally:
+        await manager.close()

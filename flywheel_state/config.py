@@ -44,7 +44,13 @@ def _ttl(value: int | float | timedelta | None, name: str) -> timedelta | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, timedelta)):
         raise ConfigError(f"{name} must be seconds or a timedelta, got {value!r}")
-    td = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    try:
+        td = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    except (OverflowError, ValueError):  # beyond timedelta.max, infinite or NaN
+        raise ConfigError(
+            f"{name} must be at most {timedelta.max.total_seconds():.0f} seconds "
+            f"(or None for no expiry), got {value!r}"
+        ) from None
     if td.total_seconds() < 1:
         raise ConfigError(
             f"{name} must be at least 1 second (or None for no expiry), got {value!r}"

@@ -103,6 +103,30 @@ async def test_per_call_ttl_and_no_expiry(store: Store, sync_client: redis.Redis
     assert not await store.sessions.exists("d")
 
 
+@pytest.mark.parametrize(
+    "ttl", [10**16, 1e300, float("inf"), float("nan"), timedelta.max.total_seconds() * 2]
+)
+async def test_out_of_range_ttls_are_rejected_before_anything_is_written(
+    store: Store, sync_client: redis.Redis, ttl: object
+) -> None:
+    # Redis refuses such an expiry only after the data was written, which would leave a key
+    # without its TTL (or a changed document whose write reported an error).
+    with pytest.raises(InvalidQueryError, match="ttl"):
+        await store.sessions.save(make_session("d"), ttl=ttl)  # type: ignore[arg-type]
+    assert not await store.sessions.exists("d")
+    await store.sessions.save(make_session("e"))
+    key = f"{store.namespace}:session:e"
+    before = sync_client.execute_command("JSON.GET", key)
+    with pytest.raises(InvalidQueryError, match="ttl"):
+        await store.sessions.update("e", status="idle", ttl=ttl)  # type: ignore[arg-type]
+    with pytest.raises(InvalidQueryError, match="ttl"):
+        await store.sessions.append_history("e", {"content": "x"}, ttl=ttl)  # type: ignore[arg-type]
+    assert sync_client.execute_command("JSON.GET", key) == before
+    # The longest timedelta is still a valid TTL.
+    await store.sessions.save(make_session("f"), ttl=timedelta.max)
+    assert ttl_seconds(sync_client, f"{store.namespace}:session:f") > 10**13
+
+
 async def test_get_missing(store: Store) -> None:
     with pytest.raises(NotFoundError) as info:
         await store.sessions.get("nope")
@@ -149,6 +173,16 @@ async def test_expected_version_conflicts(store: Store) -> None:
     await store.sessions.save(make_session("fresh"), expected_version=0)
     with pytest.raises(ConflictError):
         await store.sessions.save(make_session("fresh"), expected_version=0)
+
+
+@pytest.mark.parametrize("bad", ["abc", "1", 1.5, True, -1])
+async def test_expected_version_must_be_a_non_negative_int(store: Store, bad: object) -> None:
+    await store.sessions.save(make_session())
+    with pytest.raises(InvalidQueryError, match="expected_version"):
+        await store.sessions.save(make_session(), expected_version=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidQueryError, match="expected_version"):
+        await store.sessions.update("session_123", status="idle", expected_version=bad)  # type: ignore[arg-type]
+    assert (await store.sessions.get("session_123")).version == 1
 
 
 async def test_concurrent_writers_lose_nothing(store: Store) -> None:
@@ -496,3 +530,35 @@ async def test_values_json_cannot_hold_are_a_typed_error(store: Store, bad_value
         await store.sessions.append_history("session_123", {"content": context})
     got = await store.sessions.get("session_123")
     assert got.context == {"ok": 1} and got.version == 1
+
+
+def nested(levels: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+async def test_values_nested_too_deep_for_the_server_write_nothing(
+    store: Store, sync_client: redis.Redis
+) -> None:
+    # RedisJSON parses at most 127 levels of nesting per command. A partial write sends each
+    # value with its own command, so a value the server refuses must be caught before the
+    # first one: otherwise the fields before it would be written without a version bump.
+    await store.sessions.save(make_session(context={"ok": 1}))
+    key = f"{store.namespace}:session:session_123"
+    before = sync_client.execute_command("JSON.GET", key)
+    with pytest.raises(InvalidQueryError, match="nest"):
+        await store.sessions.update("session_123", metadata={"x": 1}, context=nested(128))
+    # One level less passes the server, but the document could not be saved back whole.
+    with pytest.raises(InvalidQueryError, match="nest"):
+        await store.sessions.update("session_123", metadata={"x": 1}, context=nested(127))
+    entries = [{"content": str(i)} for i in range(1500)] + [{"content": nested(127)}]
+    with pytest.raises(InvalidQueryError, match="nest"):
+        await store.sessions.append_history("session_123", *entries)
+    assert sync_client.execute_command("JSON.GET", key) == before
+    # The deepest values that keep the whole document within the limit are stored, and the
+    # document can still be saved back whole.
+    await store.sessions.update("session_123", context=nested(126))
+    await store.sessions.append_history("session_123", {"content": nested(124)})
+    await store.sessions.save(await store.sessions.get("session_123"))

@@ -123,3 +123,6 @@ def test_ttl_validation() -> None:
         Settings(session_ttl=0)
     with pytest.raises(ConfigError, match="execution_ttl"):
         Settings(execution_ttl="1h")  # type: ignore[arg-type]
+    for huge in (10**16, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="session_ttl"):
+            Settings(session_ttl=huge)

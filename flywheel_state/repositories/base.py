@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -27,7 +28,7 @@ from flywheel_state.models._types import utcnow, validate_id
 from flywheel_state.repositories._scripts import WRITE_SCRIPT
 from flywheel_state.repositories.query import QueryMixin
 
-__all__ = ["BATCH_SIZE", "DEFAULT", "Repository", "TTLArg", "encode_json"]
+__all__ = ["BATCH_SIZE", "DEFAULT", "Repository", "TTLArg", "check_nesting", "encode_json"]
 
 M = TypeVar("M", bound=Document)
 
@@ -60,6 +61,11 @@ _YIELD_EVERY = 50
 _KEEP_TTL = -1
 _NO_EXPIRY = 0
 _PROTECTED_FIELDS = frozenset({"id", "version", "schema_version", "pk"})
+_MAX_TTL_SECONDS = timedelta.max.total_seconds()
+# RedisJSON parses at most this many levels of nesting in one command; a document deeper than
+# that could not be written back whole.
+_MAX_JSON_DEPTH = 127
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 # A patch path the write script can fold into its single JSON.MERGE: a top-level member.
 _MEMBER_PATH = re.compile(r"\$\.([A-Za-z_][A-Za-z0-9_]*)")
 # First characters of JSON values that JSON.MERGE writes as JSON.SET would (not objects, which
@@ -83,6 +89,48 @@ def encode_json(dump: Callable[[], str], what: str) -> str:
         raise InvalidQueryError(
             f"{what} holds a value that can't be stored as JSON: {exc}"
         ) from exc
+
+
+def _expected(expected_version: int | None) -> str:
+    """The script argument for ``expected_version`` (``''``: no check)."""
+    if expected_version is None:
+        return ""
+    if (
+        isinstance(expected_version, bool)
+        or not isinstance(expected_version, int)
+        or expected_version < 0
+    ):
+        raise InvalidQueryError(
+            f"expected_version must be a non-negative int or None, got {expected_version!r}"
+        )
+    return str(expected_version)
+
+
+def check_nesting(text: str, what: str, *, at_depth: int) -> str:
+    """Return the JSON ``text`` if, stored ``at_depth`` levels deep, it fits the server's limit.
+
+    A partial write sends each value with its own command: a value the server refuses must be
+    caught before the script writes the values before it.
+
+    Raises:
+        InvalidQueryError: The document would nest deeper than RedisJSON accepts.
+    """
+    limit = _MAX_JSON_DEPTH - at_depth
+    if text.count("{") + text.count("[") <= limit:
+        return text  # the common case: not even that many brackets, in strings or not
+    depth = 0
+    for token in _JSON_TOKEN.finditer(text):
+        char = token.group()
+        if char in ("{", "["):
+            depth += 1
+            if depth > limit:
+                raise InvalidQueryError(
+                    f"{what} nests deeper than the {_MAX_JSON_DEPTH} levels a stored document "
+                    "may have"
+                )
+        elif char in ("}", "]"):
+            depth -= 1
+    return text
 
 
 class Repository(QueryMixin[M], Generic[M]):
@@ -174,9 +222,18 @@ class Repository(QueryMixin[M], Generic[M]):
             return _NO_EXPIRY
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float, timedelta)):
             raise InvalidQueryError(f"ttl must be seconds, a timedelta or None, got {ttl!r}")
-        seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
-        if seconds <= 0:
+        try:
+            seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
+        if not seconds > 0:  # NaN included
             raise InvalidQueryError(f"ttl must be positive (or None for no expiry), got {ttl!r}")
+        if seconds > _MAX_TTL_SECONDS:
+            # Redis would refuse the expiry only after the script has written the data.
+            raise InvalidQueryError(
+                f"ttl must be at most {_MAX_TTL_SECONDS:.0f} seconds (timedelta.max), or None "
+                f"for no expiry, got {ttl!r}"
+            )
         return max(1, int(seconds * 1000))
 
     def _corrupt_type(self, key: str, ktype: str) -> CorruptRecordError:
@@ -229,7 +286,7 @@ class Repository(QueryMixin[M], Generic[M]):
                 f"{type(self).__name__} stores {self.model.__name__}, got {type(model).__name__}"
             )
         self._prepare(model)
-        expected = "" if expected_version is None else str(int(expected_version))
+        expected = _expected(expected_version)
         # The document carries the version it most likely gets (the one the caller expects or
         # last saw, plus one) so that the script writes it with one command; on a wrong guess
         # the script sets the right version itself. The model changes only once it is saved.
@@ -458,7 +515,8 @@ class Repository(QueryMixin[M], Generic[M]):
         except ValidationError as exc:
             msg = "; ".join(e["msg"] for e in exc.errors()[:3])
             raise InvalidQueryError(f"invalid value for {field}: {msg} (got {value!r})") from exc
-        return encode_json(lambda: adapter.dump_json(validated).decode(), f"field {field}")
+        text = encode_json(lambda: adapter.dump_json(validated).decode(), f"field {field}")
+        return check_nesting(text, f"field {field}", at_depth=1)
 
     async def _patch(
         self,
@@ -472,7 +530,7 @@ class Repository(QueryMixin[M], Generic[M]):
         args: list[Any] = [
             "patch",
             self._ttl_ms(ttl, partial=True),
-            "" if expected_version is None else str(int(expected_version)),
+            _expected(expected_version),
             len(ops),
         ]
         touched = Counter(path for _, path, _ in ops)

@@ -278,7 +278,10 @@ def _bound_value(name: str, spec: RangeFilter, value: Any) -> float:
         raise InvalidQueryError(
             f"filter {name} takes an int or a float, got {_type_name(value)}: {value!r}"
         )
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
     if not math.isfinite(number):
         raise InvalidQueryError(f"filter {name} must be a finite number, got {value!r}")
     return number

@@ -13,7 +13,13 @@ from flywheel_state.errors import InvalidQueryError
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import utcnow
 from flywheel_state.models.session import HistoryEntry, Session
-from flywheel_state.repositories.base import DEFAULT, Repository, TTLArg, encode_json
+from flywheel_state.repositories.base import (
+    DEFAULT,
+    Repository,
+    TTLArg,
+    check_nesting,
+    encode_json,
+)
 
 __all__ = ["SessionRepository"]
 
@@ -105,7 +111,8 @@ class SessionRepository(Repository[Session]):
                 raise InvalidQueryError(f"invalid history entry {entry!r}: {exc}") from exc
             if model.timestamp is None:
                 model.timestamp = now
-            ops.append(("append", "$.history", encode_json(model.model_dump_json, "history entry")))
+            text = encode_json(model.model_dump_json, "history entry")
+            ops.append(("append", "$.history", check_nesting(text, "history entry", at_depth=2)))
         if max_len is not None:
             ops.append(("keeplast", "$.history", max_len))
         ops.append(("set", "$.last_active", _epoch(now)))

@@ -205,7 +205,12 @@ class Store:
                 client.connection_pool.reset()
 
     async def __aenter__(self) -> Store:
-        return await self.connect()
+        try:
+            return await self.connect()
+        except BaseException:
+            # __aexit__ does not run when __aenter__ raises: close the client here.
+            await self.close()
+            raise
 
     async def __aexit__(
         self,

@@ -6,10 +6,12 @@ import asyncio
 import socket
 
 import pytest
+import redis
 
 from flywheel_state import (
     Backend,
     ModuleMissingError,
+    SchemaOutOfDateError,
     Session,
     Settings,
     Store,
@@ -59,6 +61,18 @@ async def test_server_without_modules_raises_module_missing() -> None:
         assert "JSON.SET" in message and "FT.SEARCH" in message
         assert "Redis 8" in message
         await store.close()
+
+
+async def test_a_refused_async_with_leaves_no_connection_open(
+    settings: Settings, sync_client: redis.Redis
+) -> None:
+    # The body (and __aexit__) never runs when connect() raises: __aenter__ must close the
+    # client itself, or its connection stays open until garbage collection.
+    before = {c["id"] for c in sync_client.client_list()}
+    with pytest.raises(SchemaOutOfDateError):
+        async with Store(settings, auto_migrate=False):
+            pass  # pragma: no cover
+    assert {c["id"] for c in sync_client.client_list()} - before == set()
 
 
 async def test_connect_checks_modules_on_real_server(store: Store) -> None:

@@ -562,3 +562,24 @@ async def test_values_nested_too_deep_for_the_server_write_nothing(
     await store.sessions.update("session_123", context=nested(126))
     await store.sessions.append_history("session_123", {"content": nested(124)})
     await store.sessions.save(await store.sessions.get("session_123"))
+
+
+async def test_far_dates_round_trip(store: Store) -> None:
+    far = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    early = datetime(1000, 1, 1, tzinfo=timezone.utc)
+    await store.sessions.save(make_session(created_at=early, last_active=far))
+    got = await store.sessions.get("session_123")
+    assert got.last_active == far and got.created_at == early
+
+
+def test_invalid_assignment_fails_where_it_is_made() -> None:
+    from pydantic import ValidationError
+
+    s = make_session()
+    s.status = "completed"  # type: ignore[assignment]  # a member's value is accepted
+    assert s.status is SessionStatus.COMPLETED
+    with pytest.raises(ValidationError):
+        s.status = "bogus"  # type: ignore[assignment]
+    with pytest.raises(ValidationError):
+        s.current_flow_id = "x\x1fy"
+    assert s.current_flow_id == "csv2507"

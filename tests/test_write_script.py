@@ -185,13 +185,14 @@ async def test_save_many_batches_go_in_order_and_stop_at_the_first_error(
     assert sync_client.exists(*(store.sessions.key(f"m{i}") for i in range(1000, 1200))) == 0
 
     sync_client.delete(store.sessions.key("m700"))
-    sessions[1100].id = "bad id"
+    # Assignment validates ids now; write around it to get an unsaveable model into the batch.
+    sessions[1100].__dict__["id"] = "bad id"
     with pytest.raises(InvalidIdError):
         await store.sessions.save_many(sessions)
     assert all(s.version == 2 for s in sessions[:700])
     assert sessions[700].version == 1 and sessions[999].version == 2
     assert sync_client.exists(*(store.sessions.key(f"m{i}") for i in range(1000, 1200))) == 0
-    sessions[1100].id = "m1100"
+    sessions[1100].__dict__["id"] = "m1100"
     saved = await store.sessions.save_many(sessions)
     assert [s.version for s in saved[998:1002]] == [3, 3, 1, 1]
     got = await store.sessions.get_many([s.id for s in sessions])

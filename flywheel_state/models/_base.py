@@ -43,7 +43,9 @@ class Document(JsonModel, abc.ABC):
     ``version`` is bumped by every write and used for optimistic concurrency.
     """
 
-    model_config = ConfigDict(validate_assignment=False, use_enum_values=False)
+    # Assignments are validated, so a bad value fails where it is assigned (a pydantic
+    # ValidationError) instead of being saved and breaking later reads or the index.
+    model_config = ConfigDict(validate_assignment=True, use_enum_values=False)
 
     # redis-om declares a hidden ``pk`` field whose validator mints a ULID on every validation;
     # the models use ``id`` as their primary key, so ``pk`` is redeclared as inert and unstored.

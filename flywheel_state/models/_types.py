@@ -80,10 +80,18 @@ def _validate_utc(value: object, handler: ValidatorFunctionWrapHandler) -> datet
     # two Python callbacks per value. The result is the one pydantic gives (seconds when within
     # +-2e10, as pydantic reads them) except on exact half-microsecond ties, where pydantic
     # rounds up and fromtimestamp to even: those (x * 128 an odd integer) take the full path.
-    if (type(value) is float or type(value) is int) and -2e10 <= value <= 2e10:
-        scaled = value * 128.0
-        if not (scaled.is_integer() and scaled % 2 == 1):
-            return datetime.fromtimestamp(value, timezone.utc)
+    if type(value) is float or type(value) is int:
+        if -2e10 <= value <= 2e10:
+            scaled = value * 128.0
+            if not (scaled.is_integer() and scaled % 2 == 1):
+                return datetime.fromtimestamp(value, timezone.utc)
+        else:
+            # Beyond +-2e10 pydantic reads a number as milliseconds; stored values are always
+            # seconds, so a date after 2603 (say 9999-12-31) must not come back as 1978.
+            try:
+                return datetime.fromtimestamp(value, timezone.utc)
+            except (OverflowError, OSError, ValueError) as exc:
+                raise ValueError(f"{value!r} is not a datetime in epoch seconds") from exc
     return as_utc(handler(_parse_legacy_datetime(value)))
 
 

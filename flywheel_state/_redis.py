@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_exc
@@ -20,7 +20,7 @@ else:
     Client = Any
     Pipe = Any
 
-__all__ = ["Client", "Pipe", "translate_errors", "translate_errors_async"]
+__all__ = ["Client", "Pipe", "as_str", "translate_errors"]
 
 
 def _convert(exc: Exception, what: str) -> FlywheelStateError:
@@ -38,13 +38,6 @@ def translate_errors(what: str) -> Iterator[None]:
         raise
     except (redis_exc.RedisError, OSError) as exc:
         raise _convert(exc, what) from exc
-
-
-@asynccontextmanager
-async def translate_errors_async(what: str) -> AsyncIterator[None]:
-    """Async variant of :func:`translate_errors`, for ``async with`` blocks."""
-    with translate_errors(what):
-        yield
 
 
 def as_str(value: Any) -> str:

@@ -11,7 +11,6 @@ copies of the specs they create, so later model changes never alter an old migra
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -175,8 +174,3 @@ async def drop_index(client: Client, name: str) -> bool:
                 return False
             raise
     return True
-
-
-def list_indexes_sync(names: Sequence[Any]) -> list[str]:
-    """Decode an FT._LIST reply."""
-    return sorted(as_str(n) for n in names)

@@ -26,6 +26,7 @@ from flywheel_state.errors import (
     MigrationLockedError,
     ModuleMissingError,
     NotFoundError,
+    OutcomeUnknownError,
     SchemaOutOfDateError,
     StoreUnavailableError,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "MigrationLockedError",
     "ModuleMissingError",
     "NotFoundError",
+    "OutcomeUnknownError",
     "RedisConfig",
     "RedisExecutionCache",
     "RedisSessionManager",

@@ -18,6 +18,7 @@ __all__ = [
     "MigrationLockedError",
     "ModuleMissingError",
     "NotFoundError",
+    "OutcomeUnknownError",
     "SchemaOutOfDateError",
     "StoreUnavailableError",
 ]
@@ -83,6 +84,16 @@ class CorruptRecordError(FlywheelStateError):
 
 class StoreUnavailableError(FlywheelStateError, ConnectionError):
     """Redis can't be reached, or a command timed out."""
+
+
+class OutcomeUnknownError(StoreUnavailableError):
+    """A write was sent but its outcome is unknown: it may or may not have been applied.
+
+    Raised when a write command got no reply in time (a stalled server, a connection lost after
+    sending), or when ``Settings.wait_replicas`` replicas did not acknowledge it in time (the
+    primary has the write, its replicas may not). Retry only writes that are safe to repeat:
+    see the docstrings of each write (``append_history`` takes an ``idempotency_key``).
+    """
 
 
 class ModuleMissingError(FlywheelStateError):

@@ -21,7 +21,9 @@ DEFAULT_NAMESPACE = "agentic_flywheel"
 DEFAULT_SESSION_TTL = timedelta(days=7)
 DEFAULT_EXECUTION_TTL = timedelta(hours=1)
 
-_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,64}$")
+# No ':' in a namespace: it separates namespace, kind and id in every key, so with a ':' one
+# namespace's prefix could cover another's keys and index ("app" and "app:session").
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
 def redact_url(url: str) -> str:
@@ -104,8 +106,8 @@ class Settings:
                 )
         if not _NAMESPACE_RE.match(self.namespace):
             raise ConfigError(
-                "namespace must be 1-64 characters of letters, digits, '_', '.', '-' or ':', "
-                f"got {self.namespace!r}"
+                "namespace must be 1-64 characters of letters, digits, '_', '.' or '-' (no ':', "
+                f"which separates namespace, kind and id in keys), got {self.namespace!r}"
             )
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be 1-65535, got {self.port!r}")

@@ -16,7 +16,9 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from flywheel_state._redis import Client, as_str, translate_errors
+from flywheel_state.config import _NAMESPACE_RE
 from flywheel_state.errors import (
+    ConfigError,
     ConflictError,
     CorruptRecordError,
     FlywheelStateError,
@@ -162,6 +164,13 @@ class Repository(QueryMixin[M], Generic[M]):
         self._client_source: Callable[[], Client] = (
             client if callable(client) and not isinstance(client, Redis) else (lambda: client)
         )
+        if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
+            # The key-space contract: no ':' in a namespace, so "{ns}:{kind}:{id}" is
+            # unambiguous and no namespace's prefix covers another's keys or index.
+            raise ConfigError(
+                "namespace must be 1-64 characters of letters, digits, '_', '.' or '-' (no "
+                f"':'), got {namespace!r}"
+            )
         self.namespace = namespace
         self.default_ttl = default_ttl
         self._prefix = f"{namespace}:{self.model.KIND}:"

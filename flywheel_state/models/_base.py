@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import abc
 import json
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
+from annotated_types import Ge, Le
 from aredis_om import JsonModel
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic import Field as PydanticField
@@ -51,13 +52,16 @@ class Document(JsonModel, abc.ABC):
     # the models use ``id`` as their primary key, so ``pk`` is redeclared as inert and unstored.
     pk: str | None = PydanticField(default=None, exclude=True)
 
-    schema_version: int = 1
-    version: int = 0
+    schema_version: Annotated[int, Ge(0), Le(2**53)] = 1
+    version: Annotated[int, Ge(0), Le(2**53)] = 0
 
     #: The current shape of this kind of document; migrations that change it bump it.
     SCHEMA_VERSION: ClassVar[int] = 1
     #: The key segment after the namespace: ``{namespace}:{KIND}:{id}``.
     KIND: ClassVar[str] = ""
+    #: Fields holding free-form values (``Any``): checked on every write to be plain JSON data
+    #: that reads back equal (see ``repositories.base.check_free_form``).
+    FREE_FORM: ClassVar[tuple[str, ...]] = ()
 
     # redis-om's __init__ re-checks the primary key declaration and builds an un-awaited
     # has_redis_json() coroutine on every instance; worse, any custom __init__ makes pydantic

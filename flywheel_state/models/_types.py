@@ -4,22 +4,43 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
-from pydantic import AfterValidator, PlainSerializer, ValidatorFunctionWrapHandler, WrapValidator
+from annotated_types import Ge, Le
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    PlainSerializer,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from flywheel_state.errors import InvalidIdError
 
 __all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_DATETIME",
     "MAX_ID_LENGTH",
+    "MICROSECOND_RANGE_SECONDS",
+    "MIN_DATETIME",
+    "FiniteFloat",
     "Id",
+    "Int64",
     "TagStr",
     "UtcDatetime",
     "as_utc",
+    "epoch_seconds",
+    "stored_datetime",
     "utcnow",
     "validate_id",
 ]
+
+INT64_MAX = 2**63 - 1
+"""The largest integer stored exactly (RedisJSON keeps signed 64-bit integers)."""
+INT64_MIN = -(2**63)
+"""The smallest integer stored exactly."""
 
 MAX_ID_LENGTH = 256
 _GLOB_CHARS = re.compile(r"[*?\[\]]")
@@ -61,11 +82,73 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SECOND = timedelta(seconds=1)
+# Stored datetimes are epoch seconds (doubles). Within +-9e9 s of the epoch (1684-10 .. 2255-03)
+# a microsecond count has at most 16 digits (< 2**53): the double nearest to it is written and
+# parsed back exactly, and rounds back to the same microsecond. Farther out a double can't hold
+# every microsecond (and RedisJSON's number parser is exact only for up to 2**53 digits), so
+# datetimes there are kept to the millisecond.
+MICROSECOND_RANGE_SECONDS = 9e9
+_US_LOW = _EPOCH - timedelta(seconds=MICROSECOND_RANGE_SECONDS)
+_US_HIGH = _EPOCH + timedelta(seconds=MICROSECOND_RANGE_SECONDS)
+MIN_DATETIME = datetime.min.replace(tzinfo=timezone.utc)
+"""The earliest storable datetime (0001-01-01 00:00 UTC)."""
+MAX_DATETIME = datetime.max.replace(microsecond=999000, tzinfo=timezone.utc)
+"""The latest storable datetime (9999-12-31 23:59:59.999 UTC: millisecond precision there)."""
+
+
 def as_utc(value: datetime) -> datetime:
-    """Return ``value`` as a UTC-aware datetime; a naive value is taken to be UTC already."""
+    """Return ``value`` as a UTC-aware datetime; a naive value is taken to be UTC already.
+
+    Raises:
+        ValueError: In UTC the value falls outside datetime's range (year 1 to 9999), e.g.
+            ``datetime(1, 1, 1, tzinfo=+01:00)``.
+    """
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError as exc:
+        raise ValueError(
+            f"{value.isoformat()} is outside the representable range once converted to UTC "
+            f"({MIN_DATETIME.isoformat()} .. {MAX_DATETIME.isoformat()})"
+        ) from exc
+
+
+def epoch_seconds(value: datetime) -> float:
+    """``value`` (naive means UTC) as epoch seconds, correctly rounded; never overflows.
+
+    Works for every datetime, also those whose UTC form leaves datetime's range (a filter bound
+    such as ``datetime(1, 1, 1, tzinfo=+01:00)``).
+    """
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return (value - _EPOCH) / _SECOND
+
+
+def stored_datetime(value: datetime) -> datetime:
+    """``value`` in UTC at the precision it is stored with (what a read gives back).
+
+    Microseconds within +-9e9 s of the epoch (1684-10 to 2255-03), milliseconds (truncated)
+    outside.
+
+    Raises:
+        ValueError: Outside the representable range in UTC.
+    """
+    value = as_utc(value)
+    if _US_LOW < value < _US_HIGH:
+        return value
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _from_epoch(value: float) -> datetime:
+    if -MICROSECOND_RANGE_SECONDS < value < MICROSECOND_RANGE_SECONDS:
+        return datetime.fromtimestamp(value, timezone.utc)
+    try:
+        return _EPOCH + timedelta(milliseconds=round(value * 1000))
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not a datetime in epoch seconds") from exc
 
 
 def _parse_legacy_datetime(value: object) -> object:
@@ -81,24 +164,26 @@ def _validate_utc(value: object, handler: ValidatorFunctionWrapHandler) -> datet
     # +-2e10, as pydantic reads them) except on exact half-microsecond ties, where pydantic
     # rounds up and fromtimestamp to even: those (x * 128 an odd integer) take the full path.
     if type(value) is float or type(value) is int:
-        if -2e10 <= value <= 2e10:
+        if -MICROSECOND_RANGE_SECONDS < value < MICROSECOND_RANGE_SECONDS:
             scaled = value * 128.0
             if not (scaled.is_integer() and scaled % 2 == 1):
                 return datetime.fromtimestamp(value, timezone.utc)
         else:
             # Beyond +-2e10 pydantic reads a number as milliseconds; stored values are always
-            # seconds, so a date after 2603 (say 9999-12-31) must not come back as 1978.
-            try:
-                return datetime.fromtimestamp(value, timezone.utc)
-            except (OverflowError, OSError, ValueError) as exc:
-                raise ValueError(f"{value!r} is not a datetime in epoch seconds") from exc
-    return as_utc(handler(_parse_legacy_datetime(value)))
+            # seconds, so a date after 2603 (say 9999-12-31) must not come back as 1978. Out
+            # here datetimes are stored to the millisecond: round to it.
+            return _from_epoch(value)
+    return stored_datetime(handler(_parse_legacy_datetime(value)))
 
 
 def _to_epoch(value: datetime) -> float:
-    if value.tzinfo is timezone.utc:
+    if value.tzinfo is not timezone.utc:
+        value = as_utc(value)
+    if _US_LOW < value < _US_HIGH:
         return value.timestamp()
-    return as_utc(value).timestamp()
+    # Milliseconds, as stored_datetime keeps them: ms / 1000 as a double has at most 15 digits,
+    # so every JSON parser reads it back exactly.
+    return ((value - _EPOCH) // timedelta(milliseconds=1)) / 1000
 
 
 def _no_control_chars(value: str) -> str:
@@ -122,3 +207,9 @@ UtcDatetime = Annotated[
     PlainSerializer(_to_epoch, return_type=float, when_used="json"),
 ]
 """A UTC-aware datetime, stored as epoch seconds (a float) so RediSearch can index it NUMERIC."""
+
+Int64 = Annotated[int, Ge(INT64_MIN), Le(INT64_MAX)]
+"""An integer RedisJSON stores exactly: a signed 64-bit one."""
+
+FiniteFloat = Annotated[float, AllowInfNan(False)]
+"""A float that JSON can hold: NaN and infinities are refused (JSON has no such numbers)."""

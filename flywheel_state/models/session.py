@@ -8,7 +8,7 @@ from aredis_om import Field
 from pydantic import BaseModel, ConfigDict
 
 from flywheel_state.models._base import Document
-from flywheel_state.models._types import Id, TagStr, UtcDatetime, utcnow
+from flywheel_state.models._types import FiniteFloat, Id, Int64, TagStr, UtcDatetime, utcnow
 from flywheel_state.models.enums import Backend, SessionStatus
 
 __all__ = ["HistoryEntry", "Session"]
@@ -32,6 +32,7 @@ class Session(Document, index=True):
     """A conversation routed to a flow backend. Stored at ``{namespace}:session:{id}``."""
 
     KIND: ClassVar[str] = "session"
+    FREE_FORM: ClassVar[tuple[str, ...]] = ("context", "metadata", "history")
 
     id: Id = Field(primary_key=True)
     backend: Backend = Field(index=True)
@@ -45,6 +46,6 @@ class Session(Document, index=True):
     created_at: UtcDatetime = Field(default_factory=utcnow, index=True, sortable=True)
     updated_at: UtcDatetime = Field(default_factory=utcnow)
     last_active: UtcDatetime = Field(default_factory=utcnow, index=True, sortable=True)
-    total_queries: int = 0
-    successful_queries: int = 0
-    total_response_time: float = 0.0
+    total_queries: Int64 = 0
+    successful_queries: Int64 = 0
+    total_response_time: FiniteFloat = 0.0

@@ -21,7 +21,9 @@ triple each:
 - ``append``: JSON.ARRAPPEND ``value`` (consecutive appends to one path go in one command);
 - ``incr``: add the number ``value``; folded into the JSON.MERGE when the path is a top-level
   member holding an integer, ``value`` is an integer, both small enough to be exact in Lua, and
-  no other operation touches the path; JSON.NUMINCRBY otherwise;
+  no other operation touches the path. An integer too large for that is added exactly in decimal
+  and saturates at the signed 64-bit limits (a counter never wraps; RedisJSON's NUMINCRBY would);
+  JSON.NUMINCRBY otherwise (a float, or signs that differ, which can't overflow);
 - ``keeplast``: keep only the last ``value`` elements of the array at ``path``.
 
 Every write command on an indexed document makes RediSearch index it again (about 10 us each on
@@ -40,6 +42,26 @@ __all__ = ["WRITE_SCRIPT"]
 WRITE_SCRIPT = r"""
 local key = KEYS[1]
 local mode = ARGV[1]
+
+-- Exact decimal arithmetic on non-negative integers (no leading zeros), for counters beyond
+-- what a Lua number holds exactly.
+local function dec_cmp(a, b)
+  if #a ~= #b then return #a < #b and -1 or 1 end
+  if a == b then return 0 end
+  return a < b and -1 or 1
+end
+local function dec_add(a, b)
+  local out, carry, i, j = {}, 0, #a, #b
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry
+    if i > 0 then d = d + string.byte(a, i) - 48 end
+    if j > 0 then d = d + string.byte(b, j) - 48 end
+    out[#out + 1] = string.char(48 + d % 10)
+    carry = math.floor(d / 10)
+    i, j = i - 1, j - 1
+  end
+  return string.reverse(table.concat(out))
+end
 local ttl_ms = tonumber(ARGV[2])
 local expected = ARGV[3]
 
@@ -94,6 +116,7 @@ else
     touches[path] = (touches[path] or 0) + 1
   end
   local folded = {}
+  local exact = {}
   local arrays = {}
   for j = 0, nops - 1 do
     local i = 5 + 3 * j
@@ -107,9 +130,20 @@ else
     elseif op == 'incr' then
       local cur = redis.call('JSON.GET', key, path)
       local digits = cur and string.match(cur, '^%[(%-?%d+)%]$')
-      if digits and #digits <= 15 and #value <= 15 and string.match(value, '^%-?%d+$')
+      local int_value = string.match(value, '^%-?%d+$')
+      if digits and #digits <= 15 and #value <= 15 and int_value
           and touches[path] == 1 and string.match(path, '^%$%.[%a_][%w_]*$') then
         folded[i] = tonumber(digits) + tonumber(value)
+      elseif digits and int_value
+          and (string.sub(digits, 1, 1) == '-') == (string.sub(value, 1, 1) == '-') then
+        local negative = string.sub(digits, 1, 1) == '-'
+        local sum = dec_add(negative and string.sub(digits, 2) or digits,
+                            negative and string.sub(value, 2) or value)
+        local limit = negative and '9223372036854775808' or '9223372036854775807'
+        if dec_cmp(sum, limit) > 0 then
+          sum = limit
+        end
+        exact[i] = (negative and '-' or '') .. sum
       else
         local t = redis.call('JSON.TYPE', key, path)[1]
         if t ~= 'integer' and t ~= 'number' then
@@ -140,6 +174,8 @@ else
     elseif op == 'incr' then
       if folded[i] then
         patch[#patch + 1] = ',"' .. string.sub(path, 3) .. '":' .. string.format('%d', folded[i])
+      elseif exact[i] then
+        redis.call('JSON.SET', key, path, exact[i])
       else
         redis.call('JSON.NUMINCRBY', key, path, value)
       end

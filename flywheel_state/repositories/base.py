@@ -8,9 +8,10 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -26,11 +27,19 @@ from flywheel_state.errors import (
     NotFoundError,
 )
 from flywheel_state.models._base import Document
-from flywheel_state.models._types import utcnow, validate_id
+from flywheel_state.models._types import INT64_MAX, INT64_MIN, utcnow, validate_id
 from flywheel_state.repositories._scripts import WRITE_SCRIPT
 from flywheel_state.repositories.query import QueryMixin
 
-__all__ = ["BATCH_SIZE", "DEFAULT", "Repository", "TTLArg", "check_nesting", "encode_json"]
+__all__ = [
+    "BATCH_SIZE",
+    "DEFAULT",
+    "Repository",
+    "TTLArg",
+    "check_free_form",
+    "check_nesting",
+    "encode_json",
+]
 
 M = TypeVar("M", bound=Document)
 
@@ -135,6 +144,103 @@ def check_nesting(text: str, what: str, *, at_depth: int) -> str:
     return text
 
 
+def _refusal(path: str, value: Any) -> str | None:
+    """Why the scalar ``value`` can't be stored as free-form data, or None when it can."""
+    # Subclasses of str, int and float (IntEnum, StrEnum, (str, Enum) members) are written as
+    # their value and read back as it; they compare equal to it. bool is an int.
+    if value is None or isinstance(value, (str, bool)):
+        return None
+    if isinstance(value, int):
+        if INT64_MIN <= value <= INT64_MAX:
+            return None
+        return f"{path} is an integer outside the signed 64-bit range RedisJSON keeps exactly"
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return f"{path} is {value!r}: JSON has no NaN or infinities"
+    if isinstance(value, tuple):
+        return f"{path} is a tuple: it would read back as a list; pass a list"
+    if isinstance(value, (set, frozenset)):
+        return f"{path} is a set: it would read back as a list; pass a (sorted) list"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"{path} is bytes: JSON holds text only; decode or base64-encode it"
+    if isinstance(value, datetime):
+        return (
+            f"{path} is a datetime: in a free-form value it would read back as a string; "
+            "pass value.isoformat() or epoch seconds"
+        )
+    return (
+        f"{path} is a {type(value).__name__}: free-form values hold JSON data only (dict with "
+        "str keys, list, str, int, float, bool, None)"
+    )
+
+
+def check_free_form(value: Any, what: str, *, at_depth: int) -> None:
+    """Check that a free-form value (``dict[str, Any]``, ``Any``) reads back equal once stored.
+
+    Free-form values hold JSON data: dicts with ``str`` keys, lists, strings, booleans, None,
+    integers within the signed 64-bit range and finite floats. Anything else would be stored
+    as something else (a tuple or set as a list, a datetime or bytes as a string, an int key as a
+    str key, NaN as null) or not at all (10**400, nesting beyond 127 levels): it is refused.
+    Pydantic models met on the way (history entries) are checked field by field.
+
+    Args:
+        value: The value.
+        what: Names the value in the error message.
+        at_depth: How deep in the stored document the value sits (a field of the document: 1).
+
+    Raises:
+        InvalidQueryError: The value can't be stored faithfully; the message names the path.
+    """
+    limit = _MAX_JSON_DEPTH
+    stack: list[tuple[Any, int, str]] = [(value, at_depth, what)]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, BaseModel):
+            items: Iterable[tuple[Any, Any]] = [
+                (name, getattr(node, name))
+                for name, info in type(node).model_fields.items()
+                if info.annotation is Any
+            ]
+            items = [*items, *(node.__pydantic_extra__ or {}).items()]
+        elif type(node) is dict or (isinstance(node, dict) and not isinstance(node, Enum)):
+            items = node.items()
+        elif type(node) is list or isinstance(node, list):
+            items = enumerate(node)
+        else:
+            reason = _refusal(path, node)
+            if reason is not None:
+                raise InvalidQueryError(reason)
+            continue
+        depth += 1
+        if depth > limit:
+            raise InvalidQueryError(
+                f"{what} holds a value that can't be stored as JSON: it nests deeper than the "
+                f"{_MAX_JSON_DEPTH} levels a stored document may have (or contains itself)"
+            )
+        for key, item in items:
+            if type(key) is not str and not isinstance(node, list):
+                raise InvalidQueryError(
+                    f"{path} has the key {key!r} of type {type(key).__name__}: JSON object keys "
+                    "are strings, so it would read back as a different key; use str keys"
+                )
+            kind = type(item)
+            if kind is str or kind is bool or item is None:
+                continue
+            if kind is int:
+                if INT64_MIN <= item <= INT64_MAX:
+                    continue
+            elif kind is float:
+                if item - item == 0.0:  # finite
+                    continue
+            elif kind is dict or kind is list or isinstance(item, (BaseModel, dict, list)):
+                stack.append((item, depth, f"{path}[{key!r}]"))
+                continue
+            reason = _refusal(f"{path}[{key!r}]", item)
+            if reason is not None:
+                raise InvalidQueryError(reason)
+
+
 class Repository(QueryMixin[M], Generic[M]):
     """Stores one model class under ``{namespace}:{model.KIND}:{id}``.
 
@@ -200,7 +306,10 @@ class Repository(QueryMixin[M], Generic[M]):
         return self._prefix + validate_id(id)
 
     def _encode(self, model: Document) -> str:
-        return encode_json(model.model_dump_json, f"{self.model.__name__} {model.id!r}")  # type: ignore[attr-defined]
+        what = f"{self.model.__name__} {model.id!r}"  # type: ignore[attr-defined]
+        for name in model.FREE_FORM:
+            check_free_form(getattr(model, name), f"{what} {name}", at_depth=1)
+        return encode_json(model.model_dump_json, what)
 
     def _decode(self, key: str, raw: bytes | str) -> M:
         try:
@@ -524,6 +633,8 @@ class Repository(QueryMixin[M], Generic[M]):
         except ValidationError as exc:
             msg = "; ".join(e["msg"] for e in exc.errors()[:3])
             raise InvalidQueryError(f"invalid value for {field}: {msg} (got {value!r})") from exc
+        if field in self.model.FREE_FORM:
+            check_free_form(validated, f"field {field}", at_depth=1)
         text = encode_json(lambda: adapter.dump_json(validated).decode(), f"field {field}")
         return check_nesting(text, f"field {field}", at_depth=1)
 

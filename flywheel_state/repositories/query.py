@@ -48,7 +48,7 @@ from flywheel_state._redis import as_str, translate_errors
 from flywheel_state.errors import FlywheelStateError, InvalidQueryError
 from flywheel_state.indexes import alias_name
 from flywheel_state.models._base import Document
-from flywheel_state.models._types import as_utc
+from flywheel_state.models._types import epoch_seconds
 from flywheel_state.models.enums import Backend, ExecutionStatus, SessionStatus
 
 if TYPE_CHECKING:
@@ -259,6 +259,14 @@ def _tag_value(name: str, spec: TagFilter, item: Any) -> str:
         raise InvalidQueryError(
             f"filter {name} values must be strings, got {_type_name(item)}: {item!r}"
         )
+    if not item.isascii():
+        try:
+            item.encode()
+        except UnicodeEncodeError:
+            raise InvalidQueryError(
+                f"filter {name}: {item!r} is not valid text (a lone surrogate); stored values "
+                "never hold one"
+            ) from None
     if any(unicodedata.category(ch) == "Cc" for ch in item):
         raise InvalidQueryError(
             f"filter {name}: {item!r} contains a control character; stored values never do"
@@ -273,7 +281,7 @@ def _bound_value(name: str, spec: RangeFilter, value: Any) -> float:
                 f"filter {name} takes a datetime (naive means UTC), "
                 f"got {_type_name(value)}: {value!r}"
             )
-        return as_utc(value).timestamp()
+        return epoch_seconds(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidQueryError(
             f"filter {name} takes an int or a float, got {_type_name(value)}: {value!r}"

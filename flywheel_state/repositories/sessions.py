@@ -17,6 +17,7 @@ from flywheel_state.repositories.base import (
     DEFAULT,
     Repository,
     TTLArg,
+    check_free_form,
     check_nesting,
     encode_json,
 )
@@ -111,6 +112,7 @@ class SessionRepository(Repository[Session]):
                 raise InvalidQueryError(f"invalid history entry {entry!r}: {exc}") from exc
             if model.timestamp is None:
                 model.timestamp = now
+            check_free_form(model, "history entry", at_depth=2)
             text = encode_json(model.model_dump_json, "history entry")
             ops.append(("append", "$.history", check_nesting(text, "history entry", at_depth=2)))
         if max_len is not None:

@@ -2,7 +2,7 @@
 
 from flywheel_state.repositories.base import BATCH_SIZE, DEFAULT, Repository, TTLArg
 from flywheel_state.repositories.executions import ExecutionRepository
-from flywheel_state.repositories.query import MAX_PAGE_SIZE, Page
+from flywheel_state.repositories.query import MAX_PAGE_SIZE, OnCorrupt, Page
 from flywheel_state.repositories.sessions import SessionRepository
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT",
     "MAX_PAGE_SIZE",
     "ExecutionRepository",
+    "OnCorrupt",
     "Page",
     "Repository",
     "SessionRepository",

@@ -29,7 +29,7 @@ from flywheel_state.errors import (
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import INT64_MAX, INT64_MIN, utcnow, validate_id
 from flywheel_state.repositories._scripts import WRITE_SCRIPT
-from flywheel_state.repositories.query import QueryMixin
+from flywheel_state.repositories.query import OnCorrupt, QueryMixin
 
 __all__ = [
     "BATCH_SIZE",
@@ -559,12 +559,22 @@ class Repository(QueryMixin[M], Generic[M]):
     async def _after_read(self, keys: Sequence[str]) -> None:
         """Hook run after a successful read (sessions may restart the TTL)."""
 
-    async def get_many(self, ids: Iterable[str]) -> list[M | None]:
+    async def get_many(
+        self, ids: Iterable[str], *, on_corrupt: OnCorrupt = "raise"
+    ) -> list[M | None]:
         """The records ``ids`` in order, None for each missing one; one round trip per batch.
 
+        Args:
+            ids: The records to read.
+            on_corrupt: A key holding something that is not a valid document: ``"raise"``
+                (default) a CorruptRecordError naming it, or ``"skip"``: None in its place, a
+                warning logged and :attr:`corrupt_skipped` counted.
+
         Raises:
-            CorruptRecordError: One of the keys holds something that is not a valid document.
+            CorruptRecordError: One of the keys holds something that is not a valid document
+                (unless ``on_corrupt="skip"``).
         """
+        skip = self._on_corrupt(on_corrupt)
         keys = [self.key(i) for i in ids]
         out: list[M | None] = []
         for start in range(0, len(keys), BATCH_SIZE):
@@ -576,16 +586,22 @@ class Repository(QueryMixin[M], Generic[M]):
                     replies = await pipe.execute(raise_on_error=False)
             found: list[str] = []
             for key, reply in zip(batch, replies, strict=False):
-                if isinstance(reply, redis_exc.ResponseError):
-                    await self._fetch(key)  # raises CorruptRecordError with the key's type
-                if isinstance(reply, Exception):
-                    with translate_errors(f"reading {key}"):
-                        raise reply
-                if reply is None:
+                try:
+                    if isinstance(reply, redis_exc.ResponseError):
+                        await self._fetch(key)  # raises CorruptRecordError with the key's type
+                    if isinstance(reply, Exception):
+                        with translate_errors(f"reading {key}"):
+                            raise reply
+                    if reply is None:
+                        out.append(None)
+                    else:
+                        out.append(self._decode(key, reply))
+                        found.append(key)
+                except CorruptRecordError as exc:
+                    if not skip:
+                        raise
+                    self._skipped(exc, "get_many")
                     out.append(None)
-                else:
-                    out.append(self._decode(key, reply))
-                    found.append(key)
             if found:
                 await self._after_read(found)
         return out

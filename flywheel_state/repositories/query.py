@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import unicodedata
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 from redis import exceptions as redis_exc
 
 from flywheel_state._redis import as_str, translate_errors
-from flywheel_state.errors import FlywheelStateError, InvalidQueryError
+from flywheel_state.errors import CorruptRecordError, FlywheelStateError, InvalidQueryError
 from flywheel_state.indexes import alias_name
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import epoch_seconds
@@ -60,6 +61,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "QUERY_SCHEMAS",
     "SESSION_QUERIES",
+    "OnCorrupt",
     "Page",
     "QueryMixin",
     "QuerySchema",
@@ -76,6 +78,12 @@ MAX_BATCH_SIZE = 10_000
 """The largest ``batch_size`` of :meth:`QueryMixin.iterate`."""
 
 _DIALECT = ("DIALECT", 2)
+logger = logging.getLogger("flywheel_state.repositories")
+
+OnCorrupt = Literal["raise", "skip"]
+"""What a read meeting an invalid stored document does: ``"raise"`` a CorruptRecordError naming
+its key (the default), or ``"skip"`` it, logging a warning with the key and counting it in
+:attr:`QueryMixin.corrupt_skipped`."""
 _KEY = "@__key"
 _COUNT_ALIAS = "__count"
 # Characters RediSearch strips from both ends of a TAG value when it indexes it.
@@ -185,12 +193,15 @@ class Page(Generic[M]):
         total: How many records match the filters in all.
         offset: The offset this page starts at.
         limit: The page size asked for.
+        skipped: Keys of matching records that were not valid documents and were left out
+            (only with ``on_corrupt="skip"``; ``total`` still counts them).
     """
 
     items: list[M]
     total: int
     offset: int
     limit: int
+    skipped: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------- compiling
@@ -419,6 +430,28 @@ class QueryMixin(Generic[M]):
         def _decode(self, key: str, raw: bytes | str) -> M: ...
 
     _result_window: tuple[int | None] | None = None
+    #: How many invalid stored documents reads with ``on_corrupt="skip"`` left out so far.
+    corrupt_skipped: int = 0
+
+    def _on_corrupt(self, on_corrupt: Any) -> bool:
+        """True when ``on_corrupt`` says skip (validated)."""
+        if on_corrupt == "skip":
+            return True
+        if on_corrupt == "raise":
+            return False
+        raise InvalidQueryError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
+
+    def _skipped(self, error: CorruptRecordError, where: str) -> str:
+        """Record that ``error``'s record was left out of ``where``; returns its key."""
+        self.corrupt_skipped += 1
+        logger.warning(
+            "%s: skipped %s, which does not hold a valid %s (%s)",
+            where,
+            error.key,
+            self.model.__name__,
+            error.reason,
+        )
+        return error.key or "?"
 
     # ------------------------------------------------------------------ helpers
 
@@ -617,6 +650,7 @@ class QueryMixin(Generic[M]):
         sort: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        on_corrupt: OnCorrupt = "raise",
         **filters: Any,
     ) -> Page[M]:
         """One page of the records matching ``filters``, from the index.
@@ -629,6 +663,10 @@ class QueryMixin(Generic[M]):
             offset: Records to skip (0 or more). An offset past the end gives an empty page
                 with the right ``total``; ``offset + limit`` may not exceed the server's
                 result window (MAXSEARCHRESULTS): walk further with :meth:`iterate`.
+            on_corrupt: A matching stored document that is not a valid record (written by
+                something else): ``"raise"`` (default) a CorruptRecordError naming its key, or
+                ``"skip"`` it: the page then holds fewer items, lists the key in
+                ``Page.skipped``, and a warning is logged (``flywheel_state.repositories``).
             **filters: Sessions: ``backend``, ``status``, ``flow_id``, ``user_id`` (a value or
                 a collection: match any), ``active_after`` / ``created_after`` (inclusive),
                 ``active_before`` / ``created_before`` (exclusive). Executions:
@@ -640,24 +678,34 @@ class QueryMixin(Generic[M]):
 
         Raises:
             InvalidQueryError: Unknown filter, wrong value type, bad sort, limit or offset.
-            CorruptRecordError: A matching document is not a valid record.
+            CorruptRecordError: A matching document is not a valid record (its key is in the
+                message and in ``error.key``), unless ``on_corrupt="skip"``.
         """
         limit = _check_int("limit", limit, 1, MAX_PAGE_SIZE)
         offset = _check_int("offset", offset, 0, None)
+        skip = self._on_corrupt(on_corrupt)
         attr, descending = parse_sort(self._schema, sort)
         query = self._compile(filters)
         if query is None:
             return Page(items=[], total=0, offset=offset, limit=limit)
         total, rows = await self._page(query, attr, descending, offset, limit, docs=True)
-        return Page(items=self._decode_rows(rows), total=total, offset=offset, limit=limit)
+        skipped: list[str] = []
+        items = self._decode_rows(rows, skipped if skip else None)
+        return Page(items=items, total=total, offset=offset, limit=limit, skipped=tuple(skipped))
 
-    def _decode_rows(self, rows: list[dict[str, Any]]) -> list[M]:
+    def _decode_rows(self, rows: list[dict[str, Any]], skipped: list[str] | None) -> list[M]:
+        """The rows' documents; with a ``skipped`` list, invalid ones go there instead."""
         out: list[M] = []
         for row in rows:
             raw = row.get("$")
             if raw is None:  # expired or deleted between matching and loading
                 continue
-            out.append(self._decode(as_str(row["__key"]), raw))
+            try:
+                out.append(self._decode(as_str(row["__key"]), raw))
+            except CorruptRecordError as exc:
+                if skipped is None:
+                    raise
+                skipped.append(self._skipped(exc, f"querying {self.index_alias}"))
         return out
 
     async def count(self, **filters: Any) -> int:
@@ -714,7 +762,12 @@ class QueryMixin(Generic[M]):
         return out
 
     def iterate(
-        self, *, batch_size: int = 500, sort: str | None = None, **filters: Any
+        self,
+        *,
+        batch_size: int = 500,
+        sort: str | None = None,
+        on_corrupt: OnCorrupt = "raise",
+        **filters: Any,
     ) -> AsyncIterator[M]:
         """Every matching record, read in batches through a server-side cursor.
 
@@ -727,27 +780,31 @@ class QueryMixin(Generic[M]):
             sort: As in :meth:`find` (ties broken by id); None streams in no particular order,
                 which is cheapest: a sorted walk makes the server sort every match first and
                 is limited to the server's result window (MAXSEARCHRESULTS).
+            on_corrupt: ``"raise"`` (default) or ``"skip"``, as in :meth:`find`; skipped keys
+                are logged and counted in :attr:`corrupt_skipped`, and the walk goes on.
             **filters: As in :meth:`find`.
 
         Raises:
             InvalidQueryError: (when called) unknown filter, wrong value type, bad sort or
                 batch size; (when iterated) a sorted walk beyond the server's result window.
-            CorruptRecordError: (when iterated) a matching document is not a valid record.
+            CorruptRecordError: (when iterated) a matching document is not a valid record
+                (named in the message and ``error.key``), unless ``on_corrupt="skip"``.
         """
         batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+        skip = self._on_corrupt(on_corrupt)
         order = parse_sort(self._schema, sort) if sort is not None else None
         query = self._compile(filters)
-        return self._iterate(query, order, batch_size)
+        return self._iterate(query, order, batch_size, skip)
 
     async def _iterate(
-        self, query: str | None, order: tuple[str, bool] | None, batch_size: int
+        self, query: str | None, order: tuple[str, bool] | None, batch_size: int, skip: bool
     ) -> AsyncIterator[M]:
         if query is None:
             return
         stream = self._stream(query, order, batch_size, docs=True)
         try:
             async for rows in stream:
-                for model in self._decode_rows(rows):
+                for model in self._decode_rows(rows, [] if skip else None):
                     yield model
         finally:
             await stream.aclose()

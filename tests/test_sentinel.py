@@ -5,6 +5,7 @@ sentinels from the embedded binaries) is shared by the whole module."""
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -243,3 +244,43 @@ async def test_compat_manager_returns_false_during_the_switch_then_works(
         await asyncio.to_thread(_heal, topo, old)
     finally:
         await manager.close()
+
+
+async def test_migration_rewrites_and_lock_wait_for_the_replicas(
+    topo: LocalSentinel, ns: str
+) -> None:
+    legacy = {
+        f"session:L{i}": {"id": f"L{i}", "backend": "flowise", "status": "active"}
+        for i in range(40)
+    }
+    primary = redis.Redis(port=topo.primary_port())
+    try:
+        for key, value in legacy.items():
+            primary.set(f"{ns}:{key}", json.dumps(value), ex=3600)
+    finally:
+        primary.close()
+    # Unsatisfiable: the lock (the first write of a migration) is not acknowledged.
+    settings = _settings(topo, ns, wait_replicas=5, command_timeout=0.5)
+    store = Store(settings, auto_migrate=True)
+    with pytest.raises(OutcomeUnknownError):
+        await store.connect()
+    await store.close()
+    # As the error says, the primary has the lock: it would expire in 30 s; release it here.
+    primary = redis.Redis(port=topo.primary_port())
+    try:
+        assert primary.delete(f"{ns}:_migrations:lock") == 1
+    finally:
+        primary.close()
+    # Two replicas: every rewrite is on both as soon as the migration returns.
+    settings = _settings(topo, ns, wait_replicas=2)
+    async with Store(settings, auto_migrate=True) as store:
+        assert await store.sessions.count() == 40
+    for node in topo.data_nodes:
+        if node.port == topo.primary_port():
+            continue
+        replica = redis.Redis(port=node.port)
+        try:
+            types = {replica.type(f"{ns}:{key}") for key in legacy}
+            assert types == {b"ReJSON-RL"}, node.port
+        finally:
+            replica.close()

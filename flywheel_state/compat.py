@@ -432,7 +432,7 @@ class _FailSafe:
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self._ready = False  # check the server and the schema again on the next call
-        reason = str(exc) or f"no reply within {self.call_timeout:g} s"
+        reason = self.settings.redact(str(exc) or f"no reply within {self.call_timeout:g} s")
         if self._healthy:
             self._healthy = False
             logger.warning(

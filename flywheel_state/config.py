@@ -11,8 +11,18 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
+from flywheel_state._urls import (
+    DEFAULT_SENTINEL_PORT,
+    Address,
+    Endpoint,
+    format_addresses,
+    parse_addresses,
+    parse_url,
+    redact,
+    redact_url,
+)
 from flywheel_state.errors import ConfigError
 
 __all__ = ["DEFAULT_NAMESPACE", "Settings", "redact_url"]
@@ -24,21 +34,6 @@ DEFAULT_EXECUTION_TTL = timedelta(hours=1)
 # No ':' in a namespace: it separates namespace, kind and id in every key, so with a ':' one
 # namespace's prefix could cover another's keys and index ("app" and "app:session").
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***`` (a URL without one is unchanged)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{quote(user, safe='')}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _ttl(value: int | float | timedelta | None, name: str) -> timedelta | None:
@@ -65,12 +60,18 @@ class Settings:
     """How to reach Redis and how to store records.
 
     Either ``url`` is set, or the ``host`` / ``port`` / ``db`` / ``username`` / ``password``
-    fields are used. The password (given alone or inside the URL) never appears in ``repr``,
-    ``str``, logs or CLI output.
+    fields are used (with ``sentinel_hosts`` + ``service_name`` for Sentinel, or
+    ``cluster_hosts`` for Redis Cluster). Passwords (given alone, inside the URL or as
+    ``password=`` / ``sentinel_password=`` query parameters) never appear in ``repr``, ``str``,
+    messages, logs or CLI output.
     """
 
     url: str | None = None
-    """A ``redis://`` or ``rediss://`` (TLS) URL. Takes precedence over host/port/db."""
+    """A connection URL: ``redis://``, ``rediss://`` (TLS), ``unix://``,
+    ``redis+sentinel://[user:pass@]host:port[,host:port...]/service_name[/db]``
+    (``rediss+sentinel://``; sentinel credentials as ``sentinel_username`` /
+    ``sentinel_password`` query parameters) or ``redis+cluster://host:port[,host:port...]``
+    (``rediss+cluster://``). Takes precedence over host/port/db and the topology fields."""
     host: str = "localhost"
     """Server host, used when ``url`` is not set."""
     port: int = 6379
@@ -95,15 +96,32 @@ class Settings:
     """Size of the client's connection pool (per event loop)."""
     pool_timeout: float = 10.0
     """Seconds a call waits for a free pooled connection before StoreUnavailableError."""
+    sentinel_hosts: tuple[Address, ...] | str = ()
+    """Sentinels to ask for the primary (``"h:26379,h:26380"`` or ``(("h", 26379), ...)``),
+    used when ``url`` is not set; needs ``service_name``."""
+    service_name: str | None = None
+    """The sentinels' name of the primary (``sentinel monitor NAME ...``)."""
+    sentinel_username: str | None = None
+    """ACL user on the sentinels (when they require one)."""
+    sentinel_password: str | None = dataclasses.field(default=None, repr=False)
+    """Password of the sentinels; never shown."""
+    cluster_hosts: tuple[Address, ...] | str = ()
+    """Seed nodes of a Redis Cluster (``"h:7000,h:7001"``), used when ``url`` is not set."""
+    tls: bool = False
+    """Use TLS, when ``url`` is not set (a URL says it with its ``rediss`` scheme)."""
+    wait_replicas: int = 0
+    """When above 0, every write returns only once this many replicas acknowledged it (WAIT,
+    within ``command_timeout``); otherwise it raises OutcomeUnknownError."""
 
     def __post_init__(self) -> None:
-        if self.url is not None:
-            scheme = urlsplit(self.url).scheme
-            if scheme not in ("redis", "rediss", "unix"):
-                shown = redact_url(self.url)
-                raise ConfigError(
-                    f"url must start with redis://, rediss:// or unix://, got {shown!r}"
-                )
+        for name in ("sentinel_hosts", "cluster_hosts"):
+            value = getattr(self, name)
+            if value in ((), "", None):
+                object.__setattr__(self, name, ())
+            else:
+                default = DEFAULT_SENTINEL_PORT if name == "sentinel_hosts" else 6379
+                object.__setattr__(self, name, parse_addresses(value, default, name))
+        object.__setattr__(self, "_endpoint", self._make_endpoint())
         if not _NAMESPACE_RE.match(self.namespace):
             raise ConfigError(
                 "namespace must be 1-64 characters of letters, digits, '_', '.' or '-' (no ':', "
@@ -121,6 +139,75 @@ class Settings:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.max_connections < 1:
             raise ConfigError(f"max_connections must be >= 1, got {self.max_connections!r}")
+        if (
+            isinstance(self.wait_replicas, bool)
+            or not isinstance(self.wait_replicas, int)
+            or not 0 <= self.wait_replicas <= 1000
+        ):
+            raise ConfigError(f"wait_replicas must be an int 0-1000, got {self.wait_replicas!r}")
+        if self.wait_replicas and self.endpoint.kind == "cluster":
+            raise ConfigError(
+                "wait_replicas is not supported on Redis Cluster yet (use 0 with redis+cluster://)"
+            )
+
+    def _make_endpoint(self) -> Endpoint:
+        if self.url is not None:
+            return parse_url(self.url)
+        if self.sentinel_hosts and self.cluster_hosts:
+            raise ConfigError("sentinel_hosts and cluster_hosts exclude each other: set one")
+        if self.sentinel_hosts:
+            if not self.service_name:
+                raise ConfigError("sentinel_hosts needs service_name (the monitored primary)")
+            return Endpoint(
+                kind="sentinel",
+                tls=self.tls,
+                addresses=self.sentinel_hosts,  # type: ignore[arg-type]
+                db=self.db,
+                username=self.username,
+                password=self.password,
+                service_name=self.service_name,
+                sentinel_username=self.sentinel_username,
+                sentinel_password=self.sentinel_password,
+            )
+        if self.cluster_hosts:
+            return Endpoint(
+                kind="cluster",
+                tls=self.tls,
+                addresses=self.cluster_hosts,  # type: ignore[arg-type]
+                username=self.username,
+                password=self.password,
+            )
+        return Endpoint(
+            kind="single",
+            tls=self.tls,
+            addresses=((self.host, self.port),),
+            db=self.db,
+            username=self.username,
+            password=self.password,
+        )
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where to connect, parsed from ``url`` or from the fields; fields given explicitly
+        (``password``, ``sentinel_password``...) win over the URL's."""
+        parsed: Endpoint = self.__dict__["_endpoint"]
+        if self.url is None:
+            return parsed
+        changes: dict[str, Any] = {}
+        for name in ("password", "sentinel_username", "sentinel_password", "service_name"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        return dataclasses.replace(parsed, **changes) if changes else parsed
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every password these settings hold (what :meth:`redact` hides)."""
+        found = [self.password, self.sentinel_password, *self.endpoint.secrets]
+        return tuple(dict.fromkeys(s for s in found if s))
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret of these settings (and of any URL in it) hidden."""
+        return redact(text, self.secrets)
 
     def __repr__(self) -> str:
         shown = []
@@ -129,11 +216,13 @@ class Settings:
                 continue
             value = getattr(self, f.name)
             if f.name == "url" and value is not None:
-                value = redact_url(value)
+                value = self.redact(value)
             shown.append(f"{f.name}={value!r}")
         if self.password is not None:
             shown.append("password='***'")
-        return f"Settings({', '.join(shown)})"
+        if self.sentinel_password is not None:
+            shown.append("sentinel_password='***'")
+        return self.redact(f"Settings({', '.join(shown)})")
 
     __str__ = __repr__
 
@@ -141,17 +230,30 @@ class Settings:
     def safe_url(self) -> str:
         """The server address as a URL, with any password replaced by ``***``."""
         if self.url is not None:
-            return redact_url(self.url)
+            return self.redact(self.url)
         user = ""
         if self.username or self.password:
             user = quote(self.username or "", safe="")
             user += ":***@" if self.password else "@"
-        return f"redis://{user}{self.host}:{self.port}/{self.db}"
+        scheme = "rediss" if self.tls else "redis"
+        if self.sentinel_hosts:
+            query = ""
+            if self.sentinel_username:
+                query += f"sentinel_username={quote(self.sentinel_username, safe='')}&"
+            if self.sentinel_password:
+                query += "sentinel_password=***&"
+            hosts = format_addresses(self.sentinel_hosts)  # type: ignore[arg-type]
+            url = f"{scheme}+sentinel://{user}{hosts}/{self.service_name}/{self.db}"
+            return self.redact(url + (f"?{query[:-1]}" if query else ""))
+        if self.cluster_hosts:
+            hosts = format_addresses(self.cluster_hosts)  # type: ignore[arg-type]
+            return self.redact(f"{scheme}+cluster://{user}{hosts}")
+        return self.redact(f"{scheme}://{user}{self.host}:{self.port}/{self.db}")
 
     @property
     def is_tls(self) -> bool:
-        """True when the URL asks for TLS (``rediss://``)."""
-        return self.url is not None and self.url.startswith("rediss://")
+        """True when the connection uses TLS (a ``rediss`` scheme, or ``tls=True``)."""
+        return self.endpoint.tls
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``redis.asyncio.Redis`` (without ``url``)."""
@@ -185,7 +287,10 @@ class Settings:
         Reads ``REDIS_URL``, or ``REDIS_HOST`` / ``REDIS_PORT`` / ``REDIS_DB`` /
         ``REDIS_USERNAME`` / ``REDIS_PASSWORD``; ``REDIS_NAMESPACE`` (or ``REDIS_KEY_PREFIX``);
         ``REDIS_SESSION_TTL_SECONDS`` (or ``REDIS_TTL_SECONDS``); ``REDIS_EXECUTION_TTL_SECONDS``;
-        ``REDIS_CONNECT_TIMEOUT`` and ``REDIS_COMMAND_TIMEOUT`` (seconds).
+        ``REDIS_CONNECT_TIMEOUT`` and ``REDIS_COMMAND_TIMEOUT`` (seconds);
+        ``REDIS_SENTINEL_HOSTS`` (``h:p,h:p``), ``REDIS_SENTINEL_SERVICE``,
+        ``REDIS_SENTINEL_USERNAME``, ``REDIS_SENTINEL_PASSWORD``; ``REDIS_CLUSTER_HOSTS``
+        (``h:p,h:p``); ``REDIS_WAIT_REPLICAS``.
 
         Args:
             environ: The mapping to read (default ``os.environ``).
@@ -228,6 +333,7 @@ class Settings:
             ("execution_ttl", ("REDIS_EXECUTION_TTL_SECONDS",), int),
             ("connect_timeout", ("REDIS_CONNECT_TIMEOUT",), float),
             ("command_timeout", ("REDIS_COMMAND_TIMEOUT",), float),
+            ("wait_replicas", ("REDIS_WAIT_REPLICAS",), int),
         ):
             value = number(names, kind)
             if value is not None:
@@ -237,6 +343,17 @@ class Settings:
             values["username"] = found[1]
         if (found := get("REDIS_PASSWORD")) is not None:
             values["password"] = found[1]
+        for field_name, var in (
+            ("sentinel_hosts", "REDIS_SENTINEL_HOSTS"),
+            ("service_name", "REDIS_SENTINEL_SERVICE"),
+            ("sentinel_username", "REDIS_SENTINEL_USERNAME"),
+            ("sentinel_password", "REDIS_SENTINEL_PASSWORD"),
+            ("cluster_hosts", "REDIS_CLUSTER_HOSTS"),
+        ):
+            if (found := get(var)) is not None:
+                values[field_name] = found[1]
+                if field_name.endswith("_hosts"):
+                    values.setdefault("_source", {})[field_name] = found
         if (found := get("REDIS_NAMESPACE", "REDIS_KEY_PREFIX")) is not None:
             values["namespace"] = found[1].rstrip(":")
             values.setdefault("_source", {})["namespace"] = found
@@ -249,7 +366,11 @@ class Settings:
         except ConfigError as exc:
             # Name the environment variable that carried the bad value.
             for field_name, (var, raw) in sources.items():
-                if str(exc).startswith(f"{field_name} ") and field_name not in overrides:
-                    shown = redact_url(raw) if var == "REDIS_URL" else raw
-                    raise ConfigError(f"{var}: {exc} (from {var}={shown!r})") from None
+                message = str(exc)
+                if (
+                    message.startswith((f"{field_name} ", f"{field_name}:"))
+                    and field_name not in overrides
+                ):
+                    shown = redact(raw) if var == "REDIS_URL" else raw
+                    raise ConfigError(f"{var}: {message} (from {var}={shown!r})") from None
             raise

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from importlib.util import find_spec
@@ -243,14 +243,17 @@ def _port_is_free(host: str, port: int) -> bool:
 
 
 def _ping(host: str, port: int) -> bool:
-    """True when a server on ``host:port`` answers PING with PONG (not LOADING, not an error)."""
+    """True when a server on ``host:port`` answers PING with PONG (not LOADING, not an error).
+
+    A server with a password answers NOAUTH once it is ready: that counts as ready too.
+    """
     try:
         with socket.create_connection((_connect_host(host), port), timeout=1.0) as sock:
             sock.sendall(b"PING\r\n")
             reply = sock.recv(64)
     except OSError:
         return False
-    return reply.startswith(b"+PONG")
+    return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
 def _reap(pid: int) -> None:
@@ -457,6 +460,9 @@ class EmbeddedRedis:
         startup_timeout: Seconds to wait for the server to answer PING.
         detach: Let the server outlive this process (a new session, no parent-death signal, no
             ``atexit`` stop). Stop it with :func:`stop_by_data_dir`.
+        extra_args: More ``redis-server`` arguments (``["--requirepass", "pw"]``,
+            ``["--replicaof", "127.0.0.1", "6380"]``, ``["--sentinel"]``...).
+        config_file: A configuration file passed first (a sentinel needs a writable one).
     """
 
     def __init__(
@@ -469,6 +475,8 @@ class EmbeddedRedis:
         host: str = "127.0.0.1",
         startup_timeout: float = 10.0,
         detach: bool = False,
+        extra_args: Sequence[str] = (),
+        config_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if port is not None and not 0 < port < 65536:
             raise EmbeddedServerError(f"Invalid port {port}: expected 1-65535.")
@@ -482,6 +490,8 @@ class EmbeddedRedis:
         self._host = host
         self._startup_timeout = startup_timeout
         self._detach = detach
+        self._extra_args = [str(arg) for arg in extra_args]
+        self._config_file = None if config_file is None else str(Path(config_file).absolute())
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -661,8 +671,10 @@ class EmbeddedRedis:
         _remove_pidfile(data_dir, pid)
 
     def _command(self, binaries: ServerBinaries, data_dir: Path) -> list[str]:
-        args = [
-            str(binaries.redis_server),
+        args = [str(binaries.redis_server)]
+        if self._config_file is not None:
+            args.append(self._config_file)
+        args += [
             "--port",
             str(self._port),
             "--bind",
@@ -680,7 +692,7 @@ class EmbeddedRedis:
             args += ["--appendonly", "no"]
         for module in binaries.modules:
             args += ["--loadmodule", str(module)]
-        return args
+        return args + self._extra_args
 
     def _spawn(self, binaries: ServerBinaries, data_dir: Path) -> None:
         log_path = data_dir / LOG_FILE_NAME

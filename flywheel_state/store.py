@@ -8,11 +8,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_exc
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool
 
+from flywheel_state import _topology
 from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.config import Settings
-from flywheel_state.errors import ModuleMissingError, StoreUnavailableError
+from flywheel_state.errors import ConfigError, ModuleMissingError, StoreUnavailableError
 from flywheel_state.repositories.executions import ExecutionRepository
 from flywheel_state.repositories.sessions import SessionRepository
 
@@ -95,19 +96,29 @@ class Store:
         kwargs = self.settings.client_kwargs()
         kwargs["timeout"] = self.settings.pool_timeout
         kwargs.update(overrides)
+        kind = self.settings.endpoint.kind
+        if kind == "sentinel":
+            return _topology.new_sentinel_client(self.settings, kwargs)
+        if kind == "cluster":
+            return _topology.new_cluster_client(self.settings, kwargs)  # type: ignore[no-any-return]
         pool: BlockingConnectionPool[Any]
         if self.settings.url is not None:
             pool = BlockingConnectionPool.from_url(self.settings.url, **kwargs)
         else:
             pool = BlockingConnectionPool(**kwargs)
-        client: Client = Redis.from_pool(pool)  # type: ignore[attr-defined]  # stubs lag redis 5+
-        return client
+        client: Client = _topology.client_class(self.settings).from_pool(pool)
+        return _topology.configure(client, self.settings)  # type: ignore[no-any-return]
 
     def _client_for_loop(self) -> Client:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
-            client = self._new_client()
+            try:
+                client = self._new_client()
+            except (ValueError, TypeError) as exc:  # the driver refused an option of the URL
+                raise ConfigError(
+                    f"cannot use {self.settings.safe_url}: {self.settings.redact(str(exc))}"
+                ) from None
             self._clients[loop] = client
         return client
 
@@ -141,8 +152,9 @@ class Store:
         try:
             await asyncio.wait_for(client.ping(), timeout=budget)
         except (redis_exc.RedisError, OSError, asyncio.TimeoutError) as exc:
+            reason = self.settings.redact(str(exc) or type(exc).__name__)
             raise StoreUnavailableError(
-                f"cannot reach Redis at {self.settings.safe_url}: {exc or type(exc).__name__}"
+                f"cannot reach Redis at {self.settings.safe_url}: {reason}"
             ) from exc
         missing = await self.missing_commands()
         if missing:

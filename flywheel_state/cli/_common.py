@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 
+from flywheel_state._urls import redact
 from flywheel_state.config import Settings
 from flywheel_state.errors import FlywheelStateError
 from flywheel_state.store import Store
@@ -107,8 +108,8 @@ def common_options(func: F) -> F:
 
 
 def fail(message: str) -> NoReturn:
-    """Print ``error: <message>`` on stderr and exit 1."""
-    err_console.print(f"error: {message}", markup=False)
+    """Print ``error: <message>`` on stderr (secrets redacted) and exit 1."""
+    err_console.print(f"error: {redact(message)}", markup=False)
     sys.exit(1)
 
 

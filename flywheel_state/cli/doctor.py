@@ -20,7 +20,16 @@ _KINDS = ("session", "execution")
 
 
 async def diagnose(store: Store) -> dict[str, Any]:
-    """Gather what ``doctor`` reports; ``problems`` lists what is wrong (empty when healthy)."""
+    """Gather what ``doctor`` reports; ``problems`` lists what is wrong (empty when healthy).
+
+    Every problem is redacted with the store's secrets (passwords never show).
+    """
+    report = await _diagnose(store)
+    report["problems"] = [store.settings.redact(p) for p in report["problems"]]
+    return report
+
+
+async def _diagnose(store: Store) -> dict[str, Any]:
     report: dict[str, Any] = {
         "url": store.settings.safe_url,
         "namespace": store.namespace,

@@ -23,6 +23,13 @@ from flywheel_state.server import (
     server_status,
     stop_by_data_dir,
 )
+from flywheel_state.topology import (
+    TOPOLOGY_FILE,
+    LocalCluster,
+    LocalSentinel,
+    stop_topology,
+    topology_status,
+)
 
 __all__ = ["server"]
 
@@ -54,8 +61,37 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="TCP port [6379].")
 @_data_dir_option
 @click.option("--detach", is_flag=True, help="Start in the background and return.")
-def start(port: int | None, data_dir: Path, detach: bool) -> None:
-    """Start a server; in the foreground until Ctrl-C unless --detach."""
+@click.option(
+    "--replicas",
+    type=click.IntRange(0, 16),
+    default=None,
+    help="Start a primary with N replicas, watched by --sentinels (a Sentinel topology).",
+)
+@click.option(
+    "--sentinels",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="Sentinels of the topology [3 with --replicas].",
+)
+@click.option(
+    "--cluster",
+    "shards",
+    type=click.IntRange(1, 16),
+    default=None,
+    help="Start a Redis Cluster of N primaries instead.",
+)
+def start(
+    port: int | None,
+    data_dir: Path,
+    detach: bool,
+    replicas: int | None,
+    sentinels: int | None,
+    shards: int | None,
+) -> None:
+    """Start a server (or a topology); in the foreground until Ctrl-C unless --detach."""
+    if replicas is not None or sentinels is not None or shards is not None:
+        _start_topology(data_dir, detach, port, replicas, sentinels, shards)
+        return
     chosen = _DEFAULT_PORT if port is None else port
     embedded = EmbeddedRedis(port=chosen, data_dir=data_dir, persistent=True, detach=detach)
     if detach:
@@ -85,6 +121,58 @@ def start(port: int | None, data_dir: Path, detach: bool) -> None:
     click.echo("Stopped.")
 
 
+def _start_topology(
+    data_dir: Path,
+    detach: bool,
+    port: int | None,
+    replicas: int | None,
+    sentinels: int | None,
+    shards: int | None,
+) -> None:
+    if shards is not None and (replicas is not None or sentinels is not None):
+        raise click.UsageError("--cluster excludes --replicas/--sentinels")
+    if port is not None:
+        raise click.UsageError("--port is for a single server; topologies pick free ports")
+    topology: LocalSentinel | LocalCluster
+    if shards is not None:
+        topology = LocalCluster(shards=shards, data_dir=data_dir, detach=detach)
+    else:
+        topology = LocalSentinel(
+            replicas=1 if replicas is None else replicas,
+            sentinels=3 if sentinels is None else sentinels,
+            data_dir=data_dir,
+            detach=detach,
+        )
+    previous_term = signal.signal(signal.SIGTERM, _interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        try:
+            topology.start()
+        except EmbeddedServerError as exc:
+            raise click.ClickException(str(exc)) from exc
+        pids = " ".join(str(pid) for pid in topology.pids())
+        click.echo(f"{topology.kind} topology started (pids {pids}, data dir {data_dir})")
+        click.echo(f"export REDIS_URL={topology.url}")
+        if detach:
+            click.echo(f"Stop it with: flywheel-state server stop --data-dir {data_dir}")
+            return
+        click.echo("Press Ctrl-C to stop.")
+        while all(node.is_running() for node in topology.nodes):
+            time.sleep(0.5)
+        raise click.ClickException(f"a node exited on its own; see the logs in {data_dir}")
+    except KeyboardInterrupt:
+        click.echo("Stopping...")
+    finally:
+        if not detach:
+            try:
+                topology.stop()
+            except EmbeddedServerError as exc:
+                raise click.ClickException(str(exc)) from exc
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
+    click.echo("Stopped.")
+
+
 def _start(embedded: EmbeddedRedis) -> None:
     try:
         embedded.start()
@@ -100,7 +188,16 @@ def _start(embedded: EmbeddedRedis) -> None:
 @server.command()
 @_data_dir_option
 def stop(data_dir: Path) -> None:
-    """Stop the server running on a data directory."""
+    """Stop the server (or the topology) running on a data directory."""
+    if (data_dir / TOPOLOGY_FILE).exists():
+        try:
+            count = stop_topology(data_dir)
+        except EmbeddedServerError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if not count:
+            raise click.ClickException(f"No topology is running on {data_dir}.")
+        click.echo(f"Stopped {count} processes of the topology of {data_dir}.")
+        return
     recorded = read_pidfile(data_dir)
     try:
         stopped = stop_by_data_dir(data_dir)
@@ -116,7 +213,16 @@ def stop(data_dir: Path) -> None:
 @_data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 def status(data_dir: Path, as_json: bool) -> None:
-    """Show whether a server runs on a data directory, and its URL."""
+    """Show whether a server (or a topology) runs on a data directory, and its URL."""
+    if (data_dir / TOPOLOGY_FILE).exists():
+        topo = topology_status(data_dir)
+        if as_json:
+            click.echo(json.dumps(topo, indent=2))
+        elif topo["running"]:
+            click.echo(f"running  {topo['kind']}  {topo['nodes']} processes  url {topo['url']}")
+        else:
+            click.echo(f"stopped  (no topology on {topo['data_dir']})")
+        return
     info = server_status(data_dir)
     if as_json:
         click.echo(json.dumps(info, indent=2))

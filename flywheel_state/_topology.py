@@ -1,0 +1,230 @@
+"""Clients for each topology: single node, Sentinel, Redis Cluster; durable acknowledgements.
+
+``Store._new_client`` builds the single-node client itself and asks this module for the
+others. With ``Settings.wait_replicas > 0`` the client class is :class:`DurableRedis`: every
+write command (and every pipeline holding one) is followed, on the same connection, by
+``WAIT n timeout``; fewer acknowledgements than asked raise OutcomeUnknownError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from redis import exceptions as redis_exc
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialBackoff
+
+from flywheel_state.errors import OutcomeUnknownError
+
+if TYPE_CHECKING:
+    from flywheel_state._redis import Client
+    from flywheel_state.config import Settings
+
+__all__ = [
+    "READ_COMMANDS",
+    "DurablePipeline",
+    "DurableRedis",
+    "client_class",
+    "is_write",
+    "new_cluster_client",
+    "new_sentinel_client",
+    "wait_timeout_ms",
+]
+
+_READS = """
+    PING ECHO INFO COMMAND MODULE TIME HELLO AUTH SELECT CLIENT ROLE CONFIG DBSIZE MEMORY OBJECT
+    SLOWLOG LATENCY CLUSTER SENTINEL READONLY READWRITE WAIT WAITAOF SCRIPT WATCH UNWATCH
+    GET MGET STRLEN GETRANGE EXISTS TYPE TTL PTTL EXPIRETIME PEXPIRETIME SCAN KEYS RANDOMKEY
+    HGET HMGET HGETALL HLEN HEXISTS HKEYS HVALS HSCAN LRANGE LLEN LINDEX SMEMBERS SCARD
+    SISMEMBER SSCAN ZRANGE ZCARD ZSCORE ZSCAN XRANGE XREVRANGE XLEN XREAD XINFO
+    EVAL_RO EVALSHA_RO FCALL_RO
+    JSON.GET JSON.MGET JSON.TYPE JSON.OBJKEYS JSON.OBJLEN JSON.ARRLEN JSON.STRLEN JSON.RESP
+    JSON.DEBUG
+    FT.SEARCH FT.AGGREGATE FT.INFO FT._LIST FT.EXPLAIN FT.EXPLAINCLI FT.PROFILE FT.CURSOR
+    FT.TAGVALS FT.CONFIG FT.SPELLCHECK FT.SYNDUMP FT.DICTDUMP
+"""
+READ_COMMANDS = frozenset(_READS.split())
+"""Commands that never change data: no WAIT follows them. Every other command counts as a
+write (so a command this list forgets costs a WAIT, never durability)."""
+
+
+def is_write(command: Any) -> bool:
+    """True unless ``command`` (a name, possibly ``"SCRIPT LOAD"``-style) is a known read."""
+    if isinstance(command, bytes):
+        command = command.decode("ascii", "replace")
+    name = str(command).split(" ", 1)[0].upper()
+    return name not in READ_COMMANDS
+
+
+def wait_timeout_ms(command_timeout: float) -> int:
+    """The WAIT timeout: most of the command timeout, so WAIT replies before the socket gives
+    up (and the caller learns how many replicas acknowledged)."""
+    return max(1, int(command_timeout * 1000 * 0.8))
+
+
+async def _wait(conn: Any, replicas: int, timeout_ms: int, what: str) -> None:
+    try:
+        await conn.send_command("WAIT", replicas, timeout_ms)
+        acked = int(await conn.read_response())
+    except (redis_exc.RedisError, OSError) as exc:
+        with contextlib.suppress(Exception):
+            await conn.disconnect()
+        raise OutcomeUnknownError(
+            f"{what} was sent, but waiting for {replicas} replica acknowledgement(s) failed "
+            f"({type(exc).__name__}: {exc}): it may or may not have been applied"
+        ) from exc
+    if acked < replicas:
+        raise OutcomeUnknownError(
+            f"{what} was applied on the primary, but only {acked} of {replicas} replica(s) "
+            f"acknowledged it within {timeout_ms} ms: it may be lost if the primary fails "
+            "before it replicates"
+        )
+
+
+class DurableRedis(Redis):  # type: ignore[type-arg]
+    """A ``redis.asyncio.Redis`` whose writes wait for ``wait_replicas`` acknowledgements."""
+
+    wait_replicas: int = 0
+    wait_ms: int = 1000
+
+    async def _send_command_parse_response(
+        self, conn: Any, command_name: Any, *args: Any, **options: Any
+    ) -> Any:
+        result = await super()._send_command_parse_response(  # type: ignore[misc]
+            conn, command_name, *args, **options
+        )
+        if self.wait_replicas > 0 and is_write(command_name):
+            await _wait(conn, self.wait_replicas, self.wait_ms, f"the write {command_name}")
+        return result
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        """A pipeline that waits for the replicas after its writes."""
+        pipe = DurablePipeline(
+            self.connection_pool,
+            self.response_callbacks,
+            transaction,
+            shard_hint,
+        )
+        pipe.wait_replicas = self.wait_replicas
+        pipe.wait_ms = self.wait_ms
+        return pipe
+
+
+class DurablePipeline(Pipeline):  # type: ignore[type-arg]
+    """A pipeline of :class:`DurableRedis`: one WAIT after a batch holding a write."""
+
+    wait_replicas: int = 0
+    wait_ms: int = 1000
+
+    async def _after(self, connection: Any, commands: Any) -> None:
+        if self.wait_replicas > 0 and any(is_write(args[0]) for args, _ in commands):
+            await _wait(connection, self.wait_replicas, self.wait_ms, "a pipelined write")
+
+    async def _execute_pipeline(self, connection: Any, commands: Any, raise_on_error: bool) -> Any:
+        try:
+            response = await super()._execute_pipeline(  # type: ignore[misc]
+                connection, commands, raise_on_error
+            )
+        except redis_exc.ResponseError:
+            await self._after(connection, commands)
+            raise
+        await self._after(connection, commands)
+        return response
+
+    async def _execute_transaction(
+        self, connection: Any, commands: Any, raise_on_error: bool
+    ) -> Any:
+        try:
+            response = await super()._execute_transaction(  # type: ignore[misc]
+                connection, commands, raise_on_error
+            )
+        except redis_exc.ResponseError:
+            await self._after(connection, commands)
+            raise
+        await self._after(connection, commands)
+        return response
+
+
+def client_class(settings: Settings) -> type[Any]:
+    """``DurableRedis`` when ``settings.wait_replicas`` > 0, else plain ``Redis``."""
+    return DurableRedis if settings.wait_replicas > 0 else Redis
+
+
+def configure(client: Any, settings: Settings) -> Any:
+    """Set the WAIT parameters on a client made from :func:`client_class`."""
+    if isinstance(client, DurableRedis):
+        client.wait_replicas = settings.wait_replicas
+        client.wait_ms = wait_timeout_ms(settings.command_timeout)
+    return client
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[type-arg]
+    """Sentinel-managed, and blocking like the single-node pool: a burst of calls waits up to
+    ``pool_timeout`` for a free connection instead of failing."""
+
+
+def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    endpoint = settings.endpoint
+    return {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.command_timeout,
+        "username": endpoint.sentinel_username,
+        "password": endpoint.sentinel_password,
+        "ssl": endpoint.tls,
+        "protocol": 2,
+        # One quick retry: an unreachable sentinel costs about one connect timeout, never more.
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+    }
+
+
+def new_sentinel_client(settings: Settings, kwargs: dict[str, Any]) -> Client:
+    """A client of the primary the sentinels name, following failovers by itself.
+
+    Args:
+        settings: Settings with a Sentinel endpoint.
+        kwargs: The pool's keyword arguments (``Settings.client_kwargs()`` plus overrides).
+    """
+    endpoint = settings.endpoint
+    for name in ("host", "port", "db", "username", "password"):
+        kwargs.pop(name, None)
+    sentinel = Sentinel(list(endpoint.addresses), sentinel_kwargs=_sentinel_kwargs(settings))
+    data_kwargs: dict[str, Any] = dict(endpoint.options)
+    data_kwargs.update(kwargs)
+    data_kwargs.update(db=endpoint.db, username=endpoint.username, password=endpoint.password)
+    if endpoint.tls:
+        data_kwargs["ssl"] = True
+    client = sentinel.master_for(
+        endpoint.service_name or "",
+        redis_class=client_class(settings),
+        connection_pool_class=BlockingSentinelPool,
+        **data_kwargs,
+    )
+    return configure(client, settings)  # type: ignore[no-any-return]
+
+
+def new_cluster_client(settings: Settings, kwargs: dict[str, Any]) -> Any:
+    """A ``redis.asyncio.cluster.RedisCluster`` on the endpoint's seed nodes."""
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    endpoint = settings.endpoint
+    options: dict[str, Any] = dict(endpoint.options)
+    options.pop("timeout", None)
+    options.pop("db", None)
+    retry = kwargs.get("retry")
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in endpoint.addresses],
+        username=endpoint.username,
+        password=endpoint.password,
+        ssl=endpoint.tls,
+        socket_connect_timeout=kwargs.get("socket_connect_timeout", settings.connect_timeout),
+        socket_timeout=kwargs.get("socket_timeout", settings.command_timeout),
+        max_connections=kwargs.get("max_connections", settings.max_connections),
+        decode_responses=False,
+        **({"retry": retry} if retry is not None else {}),
+        **{"protocol": 2},  # type: ignore[arg-type]
+        **options,
+    )

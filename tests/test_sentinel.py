@@ -1,0 +1,286 @@
+"""Sentinel: a Store follows failovers by itself; wait_replicas makes acknowledged writes
+durable across a kill -9 of the primary. One local topology (a primary, 2 replicas, 3
+sentinels from the embedded binaries) is shared by the whole module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+
+from flywheel_state import Settings, Store
+from flywheel_state.compat import RedisSessionManager
+from flywheel_state.errors import OutcomeUnknownError, StoreUnavailableError
+from flywheel_state.models import Session
+from flywheel_state.topology import LocalSentinel
+
+pytestmark = pytest.mark.timeout(240)
+
+RECOVERY: dict[str, list[float]] = {}
+"""Seconds from kill -9 to the first acknowledged write, per mode (printed at the end)."""
+LOSS: dict[str, list[int]] = {}
+"""Acknowledged writes missing on the new primary, per mode."""
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[LocalSentinel]:
+    with LocalSentinel(replicas=2, sentinels=3) as topology:
+        yield topology
+    for mode, times in RECOVERY.items():
+        print(
+            f"\nrecovery {mode}: n={len(times)} min {min(times):.2f}s "
+            f"median {statistics.median(times):.2f}s max {max(times):.2f}s; "
+            f"acknowledged writes lost: {LOSS.get(mode)}"
+        )
+
+
+def _settings(topo: LocalSentinel, namespace: str, **changes: Any) -> Settings:
+    values: dict[str, Any] = {"connect_timeout": 1.0, "command_timeout": 2.0, **changes}
+    return Settings(url=topo.url, namespace=namespace, **values)
+
+
+@pytest.fixture
+def ns(topo: LocalSentinel) -> Iterator[str]:
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis(port=topo.primary_port())
+    try:
+        for key in client.scan_iter(match=f"{name}:*", count=1000):
+            client.unlink(key)
+        for index in client.execute_command("FT._LIST"):
+            text = index.decode()
+            if text.startswith(f"{name}:"):
+                client.execute_command("FT.DROPINDEX", text)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def store(topo: LocalSentinel, ns: str) -> AsyncIterator[Store]:
+    async with Store(_settings(topo, ns), auto_migrate=True) as s:
+        yield s
+
+
+def _fail_over(topo: LocalSentinel) -> tuple[int, int]:
+    old = topo.kill_primary()
+    new = topo.wait_failover(old)
+    return old, new
+
+
+def _heal(topo: LocalSentinel, old: int) -> None:
+    topo.revive(old)
+    topo.wait_healthy()
+
+
+def _replicated(topo: LocalSentinel, key: str) -> None:
+    """Wait until every replica has ``key`` (asynchronous replication, wait_replicas=0)."""
+    primary = topo.primary_port()
+    for node in topo.data_nodes:
+        if node.port == primary or not node.is_running():
+            continue
+        client = redis.Redis(port=node.port)
+        try:
+            for _ in range(200):
+                if client.exists(key):
+                    break
+                client.execute_command("PING")
+            else:
+                raise AssertionError(f"{key} never reached the replica on {node.port}")
+        finally:
+            client.close()
+
+
+async def test_sentinel_url_reaches_the_primary(store: Store, topo: LocalSentinel) -> None:
+    await store.sessions.save(Session(id="s1", backend="flowise", user_id="u"))
+    assert (await store.sessions.get("s1")).user_id == "u"
+    assert await store.sessions.count(user_id="u") == 1
+    info = await store.client.info("server")
+    assert int(info["tcp_port"]) == topo.primary_port()
+    assert "redis+sentinel://" in repr(store)
+
+
+@dataclass
+class _Run:
+    acked: dict[str, float] = field(default_factory=dict)
+    maybe: set[str] = field(default_factory=set)
+    errors: dict[str, int] = field(default_factory=dict)
+    killed_at: float | None = None
+    recovered_at: float | None = None
+
+
+async def _workload(store: Store, topo: LocalSentinel, *, writers: int = 6) -> _Run:
+    """Concurrent writers; kill -9 of the primary mid-run; stop a little after recovery."""
+    run = _Run()
+    tag = uuid.uuid4().hex[:6]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    recovered = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        i = 0
+        while not stop.is_set():
+            sid = f"{tag}-w{w}-{i}"
+            i += 1
+            try:
+                await store.sessions.save(
+                    Session(id=sid, backend="flowise", user_id=f"u{w}"), ttl=3600
+                )
+            except StoreUnavailableError as exc:  # OutcomeUnknownError included
+                run.maybe.add(sid)  # may or may not have been written
+                name = type(exc).__name__
+                run.errors[name] = run.errors.get(name, 0) + 1
+                await asyncio.sleep(0.02)
+                continue
+            run.acked[sid] = loop.time()
+            if run.killed_at is not None and run.recovered_at is None:
+                run.recovered_at = loop.time()
+                recovered.set()
+
+    tasks = [asyncio.create_task(writer(w)) for w in range(writers)]
+    await asyncio.sleep(0.4)
+    old = await asyncio.to_thread(topo.kill_primary)
+    run.killed_at = loop.time()
+    await asyncio.wait_for(recovered.wait(), timeout=60)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+    await asyncio.to_thread(topo.wait_failover, old)
+    await asyncio.to_thread(_heal, topo, old)
+    return run
+
+
+async def _check_after(store: Store, run: _Run, mode: str) -> int:
+    """Every acknowledged write that survived validates, has its TTL; count() == keys."""
+    ids = sorted(run.acked)
+    found = await store.sessions.get_many(ids)
+    lost = [sid for sid, doc in zip(ids, found, strict=True) if doc is None]
+    for doc in found:
+        if doc is not None:
+            assert doc.backend.value == "flowise"
+    for sid in ids[:: max(1, len(ids) // 200)]:
+        if sid not in lost:
+            ttl = await store.sessions.ttl(sid)
+            assert ttl is not None and ttl.total_seconds() > 3000
+    keys = [k async for k in store.client.scan_iter(match=f"{store.namespace}:session:*")]
+    assert await store.sessions.count() == len(keys)
+    # Of this run's ids, nothing but acknowledged or maybe-written ones exists.
+    tag = ids[0].split("-", 1)[0]
+    stored = {k.decode().rsplit(":", 1)[1] for k in keys}
+    assert {s for s in stored if s.startswith(f"{tag}-")} <= set(run.acked) | run.maybe
+    LOSS.setdefault(mode, []).append(len(lost))
+    return len(lost)
+
+
+async def test_wait_replicas_1_loses_no_acknowledged_write(topo: LocalSentinel, ns: str) -> None:
+    async with Store(_settings(topo, ns, wait_replicas=1), auto_migrate=True) as store:
+        for _ in range(3):
+            run = await _workload(store, topo)
+            assert run.killed_at is not None and run.recovered_at is not None
+            RECOVERY.setdefault("wait_replicas=1", []).append(run.recovered_at - run.killed_at)
+            assert len(run.acked) > 50 and run.errors  # the switch was seen, and typed
+            assert await _check_after(store, run, "wait_replicas=1") == 0
+
+
+async def test_wait_replicas_0_recovers_and_its_loss_is_measured(
+    topo: LocalSentinel, ns: str
+) -> None:
+    async with Store(_settings(topo, ns), auto_migrate=True) as store:
+        run = await _workload(store, topo)
+        assert run.killed_at is not None and run.recovered_at is not None
+        RECOVERY.setdefault("wait_replicas=0", []).append(run.recovered_at - run.killed_at)
+        lost = await _check_after(store, run, "wait_replicas=0")
+        assert 0 <= lost < len(run.acked)
+
+
+async def test_wait_replicas_times_out_as_outcome_unknown(topo: LocalSentinel, ns: str) -> None:
+    # More replicas than exist: the primary has the write, the WAIT can't be satisfied.
+    async with Store(_settings(topo, ns), auto_migrate=True):
+        pass  # indexes and migration records, written without waiting
+    settings = _settings(topo, ns, wait_replicas=5, command_timeout=0.5)
+    async with Store(settings) as store:
+        with pytest.raises(OutcomeUnknownError, match="replica"):
+            await store.sessions.save(Session(id="x", backend="flowise"))
+        assert await store.sessions.exists("x")  # applied on the primary, as the error says
+        with pytest.raises(OutcomeUnknownError):
+            await store.sessions.save_many(
+                [Session(id=f"m{i}", backend="flowise") for i in range(3)]
+            )
+        with pytest.raises(OutcomeUnknownError):
+            await store.sessions.delete("x")
+        assert await store.sessions.get_or_none("m1") is not None  # reads don't wait
+
+
+async def test_compat_manager_returns_false_during_the_switch_then_works(
+    topo: LocalSentinel, ns: str
+) -> None:
+    manager = RedisSessionManager(url=topo.url, namespace=ns, command_timeout=1.0)
+    try:
+        assert await manager.save_session(Session(id="before", backend="flowise")) is True
+        await asyncio.to_thread(_replicated, topo, f"{ns}:session:before")
+        old = await asyncio.to_thread(topo.kill_primary)
+        results: list[bool] = []
+
+        async def until_true() -> None:
+            while True:
+                ok = await manager.save_session(Session(id="after", backend="flowise"))
+                results.append(ok)
+                if ok:
+                    return
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(until_true(), timeout=60)
+        assert results[0] is False and results[-1] is True
+        loaded = await manager.load_session("after")
+        assert loaded is not None and loaded.id == "after"
+        assert await manager.load_session("before") is not None  # replicated before the kill
+        await asyncio.to_thread(topo.wait_failover, old)
+        await asyncio.to_thread(_heal, topo, old)
+    finally:
+        await manager.close()
+
+
+async def test_migration_rewrites_and_lock_wait_for_the_replicas(
+    topo: LocalSentinel, ns: str
+) -> None:
+    legacy = {
+        f"session:L{i}": {"id": f"L{i}", "backend": "flowise", "status": "active"}
+        for i in range(40)
+    }
+    primary = redis.Redis(port=topo.primary_port())
+    try:
+        for key, value in legacy.items():
+            primary.set(f"{ns}:{key}", json.dumps(value), ex=3600)
+    finally:
+        primary.close()
+    # Unsatisfiable: the lock (the first write of a migration) is not acknowledged.
+    settings = _settings(topo, ns, wait_replicas=5, command_timeout=0.5)
+    store = Store(settings, auto_migrate=True)
+    with pytest.raises(OutcomeUnknownError):
+        await store.connect()
+    await store.close()
+    # As the error says, the primary has the lock: it would expire in 30 s; release it here.
+    primary = redis.Redis(port=topo.primary_port())
+    try:
+        assert primary.delete(f"{ns}:_migrations:lock") == 1
+    finally:
+        primary.close()
+    # Two replicas: every rewrite is on both as soon as the migration returns.
+    settings = _settings(topo, ns, wait_replicas=2)
+    async with Store(settings, auto_migrate=True) as store:
+        assert await store.sessions.count() == 40
+    for node in topo.data_nodes:
+        if node.port == topo.primary_port():
+            continue
+        replica = redis.Redis(port=node.port)
+        try:
+            types = {replica.type(f"{ns}:{key}") for key in legacy}
+            assert types == {b"ReJSON-RL"}, node.port
+        finally:
+            replica.close()

@@ -1,14 +1,30 @@
-"""Private helpers around the redis.asyncio client: the client type and error translation."""
+"""Private helpers around the redis.asyncio client: the client type, error translation, the
+call budget and writes whose outcome is known or said to be unknown.
+
+The waiting budget (:class:`BudgetPool`): every call (one command, or one pipeline round trip)
+finishes within ``Settings.command_timeout`` from its start, counting the wait for a pooled
+connection, connecting, sending and the reply. The driver does not retry on its own
+(``Retry(..., 0)``): a retry would re-send a write that may have been applied, and would make
+callers wait several timeouts.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_exc
+from redis.asyncio import BlockingConnectionPool
 
-from flywheel_state.errors import FlywheelStateError, StoreUnavailableError
+from flywheel_state.errors import FlywheelStateError, OutcomeUnknownError, StoreUnavailableError
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - redis-py depends on async-timeout before 3.11.3
+    from async_timeout import timeout as _deadline  # type: ignore[import-not-found]
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -20,24 +36,157 @@ else:
     Client = Any
     Pipe = Any
 
-__all__ = ["Client", "Pipe", "as_str", "translate_errors"]
+__all__ = [
+    "BudgetPool",
+    "Client",
+    "Pipe",
+    "as_str",
+    "call_budget",
+    "execute_write",
+    "outcome_unknown",
+    "translate_errors",
+]
+
+_UNAVAILABLE = (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError, asyncio.TimeoutError)
 
 
-def _convert(exc: Exception, what: str) -> FlywheelStateError:
-    if isinstance(exc, (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError)):
-        return StoreUnavailableError(f"Redis is unavailable while {what}: {exc}")
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _convert(exc: Exception, what: str, write: bool) -> FlywheelStateError:
+    if isinstance(exc, _UNAVAILABLE):
+        if write:
+            return outcome_unknown(what, exc)
+        return StoreUnavailableError(f"Redis is unavailable while {what}: {_text(exc)}")
     return FlywheelStateError(f"Redis error while {what}: {exc}")
 
 
+def outcome_unknown(what: str, exc: BaseException) -> OutcomeUnknownError:
+    """The error for a write that was sent but got no reply."""
+    return OutcomeUnknownError(
+        f"no reply from Redis while {what} ({_text(exc)}): the write may have been applied. "
+        "Retry only if repeating it is safe (see the method's docstring; append_history takes "
+        "an idempotency_key for this)"
+    )
+
+
 @contextmanager
-def translate_errors(what: str) -> Iterator[None]:
-    """Convert redis-py errors raised inside the block into flywheel-state errors."""
+def translate_errors(what: str, *, write: bool = False) -> Iterator[None]:
+    """Convert redis-py errors raised inside the block into flywheel-state errors.
+
+    Args:
+        what: Says what was being done, for the message.
+        write: The block sends writes through a pipeline, where a lost connection or a timeout
+            can't tell whether they were applied: raise OutcomeUnknownError for those.
+    """
     try:
         yield
     except FlywheelStateError:
         raise
-    except (redis_exc.RedisError, OSError) as exc:
-        raise _convert(exc, what) from exc
+    except (redis_exc.RedisError, OSError, asyncio.TimeoutError) as exc:
+        raise _convert(exc, what, write) from exc
+
+
+def call_budget(client: Any) -> float | None:
+    """Seconds one call may take in all (``Settings.command_timeout``), None for no bound."""
+    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    return None if timeout is None else float(timeout)
+
+
+async def execute_write(client: Any, *args: Any, what: str) -> Any:
+    """Send one write command and return its reply, knowing whether it was sent.
+
+    The command goes out on a pooled connection within the call budget. Failing to get a
+    (connected) connection means nothing was sent: StoreUnavailableError. Once the command
+    is being sent, a timeout or a lost connection leaves its outcome unknown: the connection
+    is dropped (a late reply must never be read by another call) and OutcomeUnknownError says
+    the write may have been applied. An error reply from the server is raised as it is
+    (``redis.exceptions.ResponseError``).
+
+    Raises:
+        StoreUnavailableError: Nothing was sent.
+        OutcomeUnknownError: Sent, but no reply within the budget or the connection was lost.
+    """
+    pool = client.connection_pool
+    conn: Any = None
+    sent = False
+    try:
+        conn = await pool.get_connection()
+        sent = True
+        await conn.send_command(*args)
+        return await conn.read_response()
+    except redis_exc.ResponseError:
+        raise
+    except _UNAVAILABLE as exc:
+        if not sent:
+            raise StoreUnavailableError(
+                f"Redis is unavailable while {what}: {_text(exc)} (nothing was sent)"
+            ) from exc
+        raise outcome_unknown(what, exc) from exc
+    except BaseException:
+        if sent and conn is not None:
+            await conn.disconnect(nowait=True)
+        raise
+    finally:
+        if conn is not None:
+            await pool.release(conn)
+
+
+class BudgetPool(BlockingConnectionPool):  # type: ignore[type-arg]
+    """The Store's connection pool: one budget bounds each call, from its first wait.
+
+    A call's budget is the pool's ``socket_timeout`` (``Settings.command_timeout``), counted
+    from the moment it asks for a connection. The wait for a free connection gets at most
+    ``min(pool_timeout, budget)``; connecting (if needed), sending and reading the reply get
+    what is left: the connection's timeouts are set to the remaining time when it is handed
+    out and again once it is connected. So a stalled server never makes a caller wait for the
+    pool and then for a whole command timeout. Nothing is cancelled inside the driver (which
+    would leave a half-set-up connection in the pool); its own timeouts fire.
+    """
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        """A connected connection, within the call's budget.
+
+        Raises:
+            redis.exceptions.ConnectionError: No connection became free in time, or it can't
+                be set up (nothing was sent).
+        """
+        loop = asyncio.get_running_loop()
+        budget = self.connection_kwargs.get("socket_timeout")
+        deadline = None if budget is None else loop.time() + float(budget)
+        wait: float | None = self.timeout
+        if budget is not None:
+            wait = float(budget) if wait is None else min(float(wait), float(budget))
+        condition: Any = self._condition  # type: ignore[attr-defined]  # stubs lag redis 5+
+        pool: Any = self
+        try:
+            async with condition, _deadline(wait):
+                await condition.wait_for(pool.can_get_connection)
+                connection = pool.get_available_connection()
+        except asyncio.TimeoutError as exc:
+            raise redis_exc.ConnectionError(
+                f"no pooled connection became free within {wait:g} s"
+            ) from exc
+        try:
+            self._limit(connection, deadline, loop)
+            await pool.ensure_connection(connection)
+            self._limit(connection, deadline, loop)
+        except BaseException:
+            await connection.disconnect(nowait=True)  # never hand out a half-set-up one
+            await self.release(connection)
+            raise
+        return connection
+
+    def _limit(self, connection: Any, deadline: float | None, loop: Any) -> None:
+        if deadline is None:
+            return
+        left = deadline - loop.time()
+        if left <= 0:
+            raise redis_exc.TimeoutError("the call's time budget was spent waiting")
+        connection.socket_timeout = left
+        connect = self.connection_kwargs.get("socket_connect_timeout")
+        connection.socket_connect_timeout = left if connect is None else min(connect, left)
 
 
 def as_str(value: Any) -> str:

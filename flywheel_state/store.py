@@ -8,10 +8,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_exc
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from flywheel_state import _topology
-from flywheel_state._redis import Client, as_str, translate_errors
+from flywheel_state._redis import BudgetPool, Client, as_str, translate_errors
 from flywheel_state.config import Settings
 from flywheel_state.errors import ConfigError, ModuleMissingError, StoreUnavailableError
 from flywheel_state.repositories.executions import ExecutionRepository
@@ -95,17 +96,20 @@ class Store:
         # pool_timeout) instead of failing with "Too many connections".
         kwargs = self.settings.client_kwargs()
         kwargs["timeout"] = self.settings.pool_timeout
+        # No driver retries: a retried write may apply twice, and retries stack timeouts. Every
+        # call runs within one budget (see _redis.BudgetPool).
+        kwargs["retry"] = Retry(NoBackoff(), 0)
         kwargs.update(overrides)
         kind = self.settings.endpoint.kind
         if kind == "sentinel":
             return _topology.new_sentinel_client(self.settings, kwargs)
         if kind == "cluster":
             return _topology.new_cluster_client(self.settings, kwargs)  # type: ignore[no-any-return]
-        pool: BlockingConnectionPool[Any]
+        pool: BudgetPool
         if self.settings.url is not None:
-            pool = BlockingConnectionPool.from_url(self.settings.url, **kwargs)
+            pool = BudgetPool.from_url(self.settings.url, **kwargs)
         else:
-            pool = BlockingConnectionPool(**kwargs)
+            pool = BudgetPool(**kwargs)
         client: Client = _topology.client_class(self.settings).from_pool(pool)
         return _topology.configure(client, self.settings)  # type: ignore[no-any-return]
 

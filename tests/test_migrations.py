@@ -906,3 +906,47 @@ def test_legacy_datetime_parser_reads_both_formats_as_utc() -> None:
     assert legacy.parse_datetime(1763460000.5) == 1763460000.5
     for bad in ("yesterday", "2025-13-01T00:00:00", None, True, [2025]):
         assert legacy.parse_datetime(bad) is None
+
+
+# ---------------------------------------------------------------- byte-exact downgrade (0002)
+
+
+async def _legacy_round_trip(bare: Store, originals: dict[str, Any]) -> dict[str, bytes]:
+    await write_legacy(bare, {k: (v, DAY) for k, v in originals.items()})
+    await bare.migrations.upgrade()
+    await bare.migrations.downgrade("0001")
+    return {k: await bare.client.get(f"{bare.namespace}:{k}") for k in originals}
+
+
+async def test_both_legacy_shapes_come_back_byte_for_byte(bare: Store) -> None:
+    await bare.migrations.upgrade("0001")
+    b_reordered = session_b("b2")
+    b_reordered["metadata"] = {
+        "last_active": "2025-11-17 08:00:00.5",
+        "client": "claude",
+        "created_at": "2025-11-17T07:59:00",
+    }
+    originals = {
+        "session:a": session_a("a"),
+        "session:b": session_b("b"),  # its metadata used to come back as client, created_at...
+        "session:b2": b_reordered,
+        "session:a2": {"zz_first": 1, **session_a("a2"), "aa_last": [1, 2]},
+        "session:a3": {**session_a("a3"), "metadata": {"z": 1, "_legacy": {"x": 1}, "a": 2}},
+    }
+    back = await _legacy_round_trip(bare, originals)
+    for key, original in originals.items():
+        assert back[key] == json.dumps(original).encode(), key
+
+
+async def test_import_time_fallbacks_come_back_whatever_the_clock_says(
+    bare: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # created_at / last_active that are not datetimes are stored as the import time and kept
+    # raw in metadata._legacy. An import time with digits below the microsecond (this one, as
+    # RedisJSON parses it, is more than 0.5 us away from what the document stores) made the
+    # downgrade write the import time instead of 1e+20 / "junk": data loss, now and then.
+    await bare.migrations.upgrade("0001")
+    monkeypatch.setattr("time.time", lambda: 1796194465.0000045)
+    original = session_a("far", created_at=1e20, last_active="junk")
+    back = await _legacy_round_trip(bare, {"session:far": original})
+    assert back["session:far"] == json.dumps(original).encode()

@@ -24,7 +24,13 @@ triple each:
   no other operation touches the path. An integer too large for that is added exactly in decimal
   and saturates at the signed 64-bit limits (a counter never wraps; RedisJSON's NUMINCRBY would);
   JSON.NUMINCRBY otherwise (a float, or signs that differ, which can't overflow);
-- ``keeplast``: keep only the last ``value`` elements of the array at ``path``.
+- ``keeplast``: keep only the last ``value`` elements of the array at ``path``;
+- ``once``: ``path`` is a top-level member name (``_idem``) holding the document's window of
+  recent idempotency keys, ``value`` an idempotency key. Checked before anything is written:
+  when the key's digest (the first 16 hex digits of its SHA-1) is in the window, the script
+  writes nothing and replies ``duplicate``. Otherwise the digest joins the window (the newest
+  :data:`IDEMPOTENCY_WINDOW` are kept), written by the same JSON.MERGE. A full write (``save``)
+  keeps the window of the document it replaces, so a retry stays safe across saves.
 
 Every write command on an indexed document makes RediSearch index it again (about 10 us each on
 the embedded server), and every byte passed into Lua costs too: the script reads with one
@@ -32,12 +38,18 @@ command, writes a patch with as few commands as it can, and a full write normall
 
 Reply: ``{status, number}`` where status is ``ok`` (number = new version), ``corrupt`` (number
 unused; a third element names the key's type), ``exists``, ``missing``, ``conflict`` (number =
-stored version) or ``badpath`` (a third element names the path).
+stored version), ``badpath`` (a third element names the path) or ``duplicate`` (number = the
+stored version; nothing was written).
 """
 
 from __future__ import annotations
 
-__all__ = ["WRITE_SCRIPT"]
+__all__ = ["IDEMPOTENCY_MEMBER", "IDEMPOTENCY_WINDOW", "WRITE_SCRIPT"]
+
+IDEMPOTENCY_WINDOW = 32
+"""How many recent idempotency keys a session remembers (as 16-hex-digit digests)."""
+IDEMPOTENCY_MEMBER = "_idem"
+"""The document member holding them (not a model field: reads ignore it, nothing indexes it)."""
 
 WRITE_SCRIPT = r"""
 local key = KEYS[1]
@@ -101,9 +113,13 @@ end
 local new = current + 1
 
 if mode ~= 'patch' then
+  local idem = exists and redis.call('JSON.GET', key, '$._idem') or '[]'
   redis.call('JSON.SET', key, '$', ARGV[4])
   if tonumber(ARGV[5]) ~= new then
     redis.call('JSON.SET', key, '$.version', new)
+  end
+  if idem ~= '[]' then
+    redis.call('JSON.SET', key, '$._idem', string.sub(idem, 2, -2))
   end
 else
   local nops = tonumber(ARGV[4])
@@ -117,11 +133,32 @@ else
   end
   local folded = {}
   local exact = {}
+  local once = {}
   local arrays = {}
   for j = 0, nops - 1 do
     local i = 5 + 3 * j
     local op, path, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-    if (op == 'append' or op == 'keeplast') and not arrays[path] then
+    if op == 'once' then
+      local digest = string.sub(redis.sha1hex(value), 1, 16)
+      local raw = redis.call('JSON.GET', key, '$.' .. path)
+      local window = {}
+      if raw ~= '[]' then
+        local decoded = cjson.decode(raw)[1]
+        if type(decoded) == 'table' then
+          window = decoded
+        end
+      end
+      for _, seen in ipairs(window) do
+        if seen == digest then
+          return {'duplicate', current}
+        end
+      end
+      window[#window + 1] = digest
+      while #window > @WINDOW@ do
+        table.remove(window, 1)
+      end
+      once[i] = cjson.encode(window)
+    elseif (op == 'append' or op == 'keeplast') and not arrays[path] then
       local t = redis.call('JSON.TYPE', key, path)
       if t[1] ~= 'array' then
         return {'badpath', 0, path}
@@ -161,6 +198,8 @@ else
     j = j + 1
     if op == 'merge' then
       patch[#patch + 1] = ',"' .. path .. '":' .. value
+    elseif op == 'once' then
+      patch[#patch + 1] = ',"' .. path .. '":' .. once[i]
     elseif op == 'set' then
       redis.call('JSON.SET', key, path, value)
     elseif op == 'append' then
@@ -201,4 +240,4 @@ elseif ttl_ms == 0 then
   redis.call('PERSIST', key)
 end
 return {'ok', new}
-"""
+""".replace("@WINDOW@", str(IDEMPOTENCY_WINDOW))

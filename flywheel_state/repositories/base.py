@@ -16,7 +16,7 @@ from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from flywheel_state._redis import Client, as_str, translate_errors
+from flywheel_state._redis import Client, as_str, execute_write, translate_errors
 from flywheel_state.config import _NAMESPACE_RE
 from flywheel_state.errors import (
     ConfigError,
@@ -287,8 +287,21 @@ class Repository(QueryMixin[M], Generic[M]):
     def _client(self) -> Client:
         return self._client_source()
 
-    async def _write(self, *, keys: list[str], args: list[Any], client: Any = None) -> Any:
-        return await self._script(keys=keys, args=args, client=client or self._client)
+    async def _write(
+        self, *, keys: list[str], args: list[Any], client: Any = None, what: str = "writing"
+    ) -> Any:
+        if client is not None:  # a pipeline: it loads the script itself
+            return await self._script(keys=keys, args=args, client=client)
+        # One command on one connection, so that a write that got no reply is told apart
+        # (OutcomeUnknownError) from one that was never sent (StoreUnavailableError).
+        client = self._client
+        sha: str = self._script.sha  # type: ignore[attr-defined]
+        try:
+            return await execute_write(client, "EVALSHA", sha, len(keys), *keys, *args, what=what)
+        except redis_exc.NoScriptError:  # not run: the server does not have the script yet
+            return await execute_write(
+                client, "EVAL", WRITE_SCRIPT, len(keys), *keys, *args, what=what
+            )
 
     # ------------------------------------------------------------------ keys and encoding
 
@@ -366,7 +379,7 @@ class Repository(QueryMixin[M], Generic[M]):
     def _check_reply(self, key: str, reply: Any, expected_version: int | None) -> int:
         status = as_str(reply[0])
         number = int(reply[1])
-        if status == "ok":
+        if status == "ok" or status == "duplicate":
             return number
         if status == "corrupt":
             raise self._corrupt_type(key, as_str(reply[2]))
@@ -433,27 +446,39 @@ class Repository(QueryMixin[M], Generic[M]):
         Returns:
             The same model, with ``version`` updated.
 
+        Retrying after an OutcomeUnknownError: a save without ``expected_version`` is
+        naturally idempotent (the same document again; only ``version`` moves on). With
+        ``expected_version`` the retry raises ConflictError if the first attempt was applied:
+        read the record to see whether it holds your write.
+
         Raises:
             ConflictError: The stored version differs from ``expected_version``.
             CorruptRecordError: The key holds a non-document value (a legacy string).
+            InvalidQueryError: A value can't be stored faithfully (see README "Limits and
+                rules"); nothing was written.
+            OutcomeUnknownError: No reply in time: the write may have been applied.
         """
         key = self.key(model.id)  # type: ignore[attr-defined]
         args = self._write_args(model, "save", ttl, expected_version)
         with translate_errors(f"saving {key}"):
-            reply = await self._write(keys=[key], args=args)
+            reply = await self._write(keys=[key], args=args, what=f"saving {key}")
         model.version = self._check_reply(key, reply, expected_version)
         return model
 
     async def insert(self, model: M, *, ttl: TTLArg = DEFAULT) -> M:
         """Like :meth:`save`, but only when no record with this id exists.
 
+        A retry after an OutcomeUnknownError raises ConflictError if the first attempt was
+        applied.
+
         Raises:
             ConflictError: The record exists already.
+            OutcomeUnknownError: No reply in time: the write may have been applied.
         """
         key = self.key(model.id)  # type: ignore[attr-defined]
         args = self._write_args(model, "insert", ttl, None)
         with translate_errors(f"inserting {key}"):
-            reply = await self._write(keys=[key], args=args)
+            reply = await self._write(keys=[key], args=args, what=f"inserting {key}")
         model.version = self._check_reply(key, reply, None)
         return model
 
@@ -503,7 +528,7 @@ class Repository(QueryMixin[M], Generic[M]):
     async def _send_saves(
         self, client: Client, keys: list[str], arglists: list[list[Any]]
     ) -> list[Any]:
-        with translate_errors(f"saving {len(keys)} records"):
+        with translate_errors(f"saving {len(keys)} records", write=True):
             async with client.pipeline(transaction=False) as pipe:
                 for key, args in zip(keys, arglists, strict=True):
                     await self._write(keys=[key], args=args, client=pipe)
@@ -683,7 +708,7 @@ class Repository(QueryMixin[M], Generic[M]):
                     continue
             args.extend((op, path, value))
         with translate_errors(f"updating {key}"):
-            reply = await self._write(keys=[key], args=args)
+            reply = await self._write(keys=[key], args=args, what=f"updating {key}")
         return self._check_reply(key, reply, expected_version)
 
     def _stamp_ops(self, now: datetime) -> list[tuple[str, str, Any]]:
@@ -714,8 +739,13 @@ class Repository(QueryMixin[M], Generic[M]):
         Returns:
             The new version of the record.
 
+        Naturally idempotent: setting the same fields again after an OutcomeUnknownError
+        leaves the same values (``version`` and ``updated_at`` move on). With
+        ``expected_version`` a retry raises ConflictError if the first attempt was applied.
+
         Raises:
-            NotFoundError, ConflictError, InvalidQueryError (unknown field or bad value).
+            NotFoundError, ConflictError, InvalidQueryError (unknown field or bad value),
+            OutcomeUnknownError (no reply in time: the write may have been applied).
         """
         if not fields:
             raise InvalidQueryError("update() needs at least one field to change")
@@ -729,11 +759,14 @@ class Repository(QueryMixin[M], Generic[M]):
     async def touch(self, id: str, *, ttl: TTLArg = DEFAULT) -> int:
         """Mark ``id`` as active now and restart its TTL (never recreates a missing key).
 
+        Naturally idempotent: retrying after an OutcomeUnknownError is safe.
+
         Returns:
             The new version of the record.
 
         Raises:
             NotFoundError: The record does not exist.
+            OutcomeUnknownError: No reply in time: the write may have been applied.
         """
         ops = self._touch_ops(utcnow())
         if isinstance(ttl, _Default):
@@ -746,10 +779,14 @@ class Repository(QueryMixin[M], Generic[M]):
     # ------------------------------------------------------------------ deletes
 
     async def delete(self, id: str) -> bool:
-        """Delete ``id``. Returns True if it existed."""
+        """Delete ``id``. Returns True if it existed.
+
+        Naturally idempotent: after an OutcomeUnknownError, retrying is safe (it then returns
+        False if the first attempt had deleted the record).
+        """
         key = self.key(id)
         with translate_errors(f"deleting {key}"):
-            return bool(await self._client.delete(key))
+            return bool(await execute_write(self._client, "DEL", key, what=f"deleting {key}"))
 
     async def delete_many(self, ids: Iterable[str]) -> int:
         """Delete many records; returns how many existed."""
@@ -758,6 +795,7 @@ class Repository(QueryMixin[M], Generic[M]):
         for start in range(0, len(keys), BATCH_SIZE):
             batch = keys[start : start + BATCH_SIZE]
             if batch:
-                with translate_errors(f"deleting {len(batch)} records"):
-                    deleted += int(await self._client.delete(*batch))
+                what = f"deleting {len(batch)} records"
+                with translate_errors(what):
+                    deleted += int(await execute_write(self._client, "DEL", *batch, what=what))
         return deleted

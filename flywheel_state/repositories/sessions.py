@@ -13,6 +13,7 @@ from flywheel_state.errors import InvalidQueryError
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import utcnow
 from flywheel_state.models.session import HistoryEntry, Session
+from flywheel_state.repositories._scripts import IDEMPOTENCY_MEMBER, IDEMPOTENCY_WINDOW
 from flywheel_state.repositories.base import (
     DEFAULT,
     Repository,
@@ -22,9 +23,10 @@ from flywheel_state.repositories.base import (
     encode_json,
 )
 
-__all__ = ["SessionRepository"]
+__all__ = ["IDEMPOTENCY_WINDOW", "SessionRepository"]
 
 _HISTORY_ENTRY = TypeAdapter(HistoryEntry)
+_MAX_IDEMPOTENCY_KEY = 200
 
 
 def _epoch(value: datetime) -> str:
@@ -77,34 +79,61 @@ class SessionRepository(Repository[Session]):
         *entries: HistoryEntry | Mapping[str, Any],
         max_len: int | None = None,
         ttl: TTLArg = DEFAULT,
+        idempotency_key: str | None = None,
     ) -> int:
         """Append entries to the session's history without rewriting the document.
 
         Uses JSON.ARRAPPEND (and JSON.ARRTRIM when ``max_len`` is given, keeping the newest
-        entries), sets ``last_active`` to now, bumps ``total_queries`` by one, and restarts the
-        TTL, all in one atomic step. A missing session is never recreated.
+        entries), sets ``last_active`` to now, bumps ``total_queries`` by one (saturating at
+        2**63 - 1), and restarts the TTL, all in one atomic step. A missing session is never
+        recreated.
+
+        Not idempotent by itself: repeated, the entries are appended again. To retry safely
+        after an OutcomeUnknownError, pass the same ``idempotency_key`` both times: the session
+        remembers the keys of its last :data:`IDEMPOTENCY_WINDOW` (32) keyed appends, and an
+        append whose key it remembers writes nothing (the keys survive ``update``, ``touch``
+        and ``save``, and go with the session when it is deleted or expires).
 
         Args:
             id: The session.
             *entries: HistoryEntry objects or dicts (free-form keys are kept).
             max_len: Keep at most this many entries (the newest).
             ttl: TTL to restart with (default: the repository's).
+            idempotency_key: Identifies this append (e.g. ``"turn-17"``): 1 to 200 printable
+                characters. A second append with the same key on the same session is not
+                applied again.
 
         Returns:
-            The session's new version.
+            The session's new version; for an append already applied (same key), the current
+            version, and nothing is written.
 
         Raises:
             NotFoundError: The session does not exist.
-            InvalidQueryError: An entry is not a valid history entry, or max_len is negative.
+            InvalidQueryError: An entry is not a valid history entry, max_len is negative, or
+                the idempotency key is not a short printable string.
+            OutcomeUnknownError: No reply in time: the append may have been applied (retry
+                with the same ``idempotency_key``).
         """
         if not entries:
             raise InvalidQueryError("append_history() needs at least one entry")
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str)
+            or not 0 < len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY
+            or not idempotency_key.isprintable()
+        ):
+            raise InvalidQueryError(
+                f"idempotency_key must be 1 to {_MAX_IDEMPOTENCY_KEY} printable characters, "
+                f"got {idempotency_key!r}"
+            )
         if max_len is not None and (
             isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 0
         ):
             raise InvalidQueryError(f"max_len must be a non-negative integer, got {max_len!r}")
         now = utcnow()
         ops: list[tuple[str, str, Any]] = []
+        if idempotency_key is not None:
+            # First, so the script checks it before anything else.
+            ops.append(("once", IDEMPOTENCY_MEMBER, idempotency_key))
         for entry in entries:
             try:
                 model = _HISTORY_ENTRY.validate_python(entry)

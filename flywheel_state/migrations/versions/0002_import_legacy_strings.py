@@ -187,9 +187,49 @@ def render_datetime(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).replace(tzinfo=None).isoformat()
 
 
+def _instant(value: float) -> datetime | None:
+    # The datetime a stored epoch value reads back as (microseconds near the epoch). Comparing
+    # these, not the floats, is immune to the last-bit changes a double can get on its way
+    # through JSON text.
+    try:
+        if -9e9 < value < 9e9:
+            return datetime.fromtimestamp(value, timezone.utc)
+        return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(
+            milliseconds=round(value * 1000)
+        )
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def same_instant(a: Any, b: Any) -> bool:
-    """True when two epoch values denote the same microsecond."""
-    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) < 5e-7
+    """True when two epoch values read back as the same stored datetime."""
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return False
+    if isinstance(a, bool) or isinstance(b, bool):
+        return False
+    if a == b:
+        return True
+    first = _instant(a)
+    return first is not None and first == _instant(b)
+
+
+def stored_now() -> float:
+    """Now, as epoch seconds of a whole microsecond: the value a document stores and reads back
+    exactly. The raw ``time.time()`` has digits below the microsecond: the document rounds them
+    away, but ``_legacy.raw`` kept them (and RedisJSON may change a 17-digit number's last
+    bit), so the downgrade failed to recognise the import-time fallback now and then and wrote
+    the import time instead of the original value."""
+    now = datetime.fromtimestamp(time.time(), timezone.utc).replace(tzinfo=None)
+    return (now - _EPOCH) / timedelta(seconds=1)
+
+
+def ordered(value: dict[str, Any], order: Any) -> dict[str, Any]:
+    """``value`` with the keys listed in ``order`` first, in that order, then the others."""
+    if not isinstance(order, list):
+        return value
+    out = {k: value[k] for k in order if isinstance(k, str) and k in value}
+    out.update((k, v) for k, v in value.items() if k not in out)
+    return out
 
 
 def enum_value(value: Any, allowed: tuple[str, ...]) -> str | None:
@@ -337,6 +377,21 @@ def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> R
         imp.legacy["schema_version"] = src.pop("_schema_version")
     imp.legacy["absent"] = [f for f in SESSION_SHAPE if f not in data]
     imp.legacy["kept"] = [f for f in SESSION_OPTIONAL if f in data]
+    # The downgrade writes fields in the original code's order; remember any other order, so
+    # the string it writes back is the original, byte for byte.
+    order = list(data)
+    if order != _session_order(data):
+        imp.legacy["order"] = order
+    if isinstance(data.get("metadata"), dict):
+        meta_order = list(data["metadata"])
+        # A "_legacy" of its own comes back after the other keys, then shape B's datetimes (which
+        # leave metadata) in field order.
+        moved = [k for k in (*SESSION_SHAPE, *SESSION_OPTIONAL) if shape_b and k in meta_order]
+        moved = [k for k in moved if k in SESSION_DATETIMES]
+        tail = [LEGACY] if LEGACY in meta_order else []
+        rest = [k for k in meta_order if k not in moved and k != LEGACY]
+        if meta_order != rest + tail + moved:
+            imp.legacy["metadata_order"] = meta_order
     metadata = _metadata(imp, src.pop("metadata", {}))
 
     if "id" in src and src.pop("id") != key_id:
@@ -417,6 +472,12 @@ def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> R
             doc[field] = src.pop(field)
     _extras(imp, src, metadata)
     return imp.result(imp.encode(Session, doc, SESSION_DEFAULTS))
+
+
+def _session_order(data: dict[str, Any]) -> list[str]:
+    """The order the downgrade writes ``data``'s top-level fields in, without a recorded one."""
+    known = ("_schema_version", *SESSION_SHAPE, *SESSION_OPTIONAL)
+    return [k for k in known if k in data] + [k for k in data if k not in known]
 
 
 def _history_entry(imp: _Import, index: int, item: Any) -> dict[str, Any]:
@@ -659,7 +720,9 @@ def export_session(doc: dict[str, Any]) -> str:
         else:
             out[field] = value
     out.update(extras)
-    return json.dumps(out)
+    if isinstance(out.get("metadata"), dict):
+        out["metadata"] = ordered(out["metadata"], legacy.get("metadata_order"))
+    return json.dumps(ordered(out, legacy.get("order")))
 
 
 def export_execution(doc: dict[str, Any]) -> str:
@@ -730,7 +793,7 @@ def _dispatch(
 
 async def upgrade(ctx: MigrationContext) -> None:
     """Rewrite every legacy string of the namespace as a document, keeping its TTL."""
-    now = time.time()
+    now = stored_now()
 
     def session(key: str, key_id: str, data: Any) -> Rewrite:
         if not isinstance(data, dict):

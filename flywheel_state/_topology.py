@@ -9,6 +9,7 @@ write command (and every pipeline holding one) is followed, on the same connecti
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_exc
@@ -29,9 +30,12 @@ __all__ = [
     "DurablePipeline",
     "DurableRedis",
     "client_class",
+    "forget_scripts",
+    "is_cluster_pipeline",
     "is_write",
     "new_cluster_client",
     "new_sentinel_client",
+    "queue_script",
     "wait_timeout_ms",
 ]
 
@@ -147,6 +151,36 @@ class DurablePipeline(Pipeline):  # type: ignore[type-arg]
             raise
         await self._after(connection, commands)
         return response
+
+
+_loaded_scripts: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def is_cluster_pipeline(client: Any) -> bool:
+    """True for a pipeline of ``RedisCluster`` (it refuses ``evalsha``/``Script`` calls)."""
+    from redis.asyncio.cluster import ClusterPipeline
+
+    return isinstance(client, ClusterPipeline)
+
+
+async def queue_script(script: Any, pipe: Any, keys: list[str], args: list[Any]) -> Any:
+    """Queue ``script`` (an ``AsyncScript``) on a cluster pipeline as a raw EVALSHA.
+
+    The script is loaded on every primary first (once per cluster client); the pipeline then
+    sends each call to the node of its key's slot, one round trip per node.
+    """
+    cluster = pipe.cluster_client
+    loaded = _loaded_scripts.setdefault(cluster, set())
+    if script.sha not in loaded:
+        await cluster.script_load(script.script)
+        loaded.add(script.sha)
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    return pipe
+
+
+def forget_scripts(cluster: Any) -> None:
+    """Load scripts again on the next cluster pipeline (a node lost them: NOSCRIPT)."""
+    _loaded_scripts.pop(cluster, None)
 
 
 def client_class(settings: Settings) -> type[Any]:

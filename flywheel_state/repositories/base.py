@@ -15,6 +15,7 @@ from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from flywheel_state import _topology
 from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.errors import (
     ConflictError,
@@ -173,7 +174,10 @@ class Repository(QueryMixin[M], Generic[M]):
         return self._client_source()
 
     async def _write(self, *, keys: list[str], args: list[Any], client: Any = None) -> Any:
-        return await self._script(keys=keys, args=args, client=client or self._client)
+        target = client or self._client
+        if _topology.is_cluster_pipeline(target):  # Redis Cluster refuses Script in pipelines
+            return await _topology.queue_script(self._script, target, keys, args)
+        return await self._script(keys=keys, args=args, client=target)
 
     # ------------------------------------------------------------------ keys and encoding
 

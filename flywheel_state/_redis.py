@@ -24,7 +24,15 @@ __all__ = ["Client", "Pipe", "as_str", "translate_errors"]
 
 
 def _convert(exc: Exception, what: str) -> FlywheelStateError:
-    if isinstance(exc, (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError)):
+    if isinstance(
+        exc,
+        (
+            redis_exc.ConnectionError,
+            redis_exc.TimeoutError,
+            OSError,
+            redis_exc.RedisClusterException,  # no reachable node, no slot coverage
+        ),
+    ):
         return StoreUnavailableError(f"Redis is unavailable while {what}: {exc}")
     return FlywheelStateError(f"Redis error while {what}: {exc}")
 
@@ -36,7 +44,7 @@ def translate_errors(what: str) -> Iterator[None]:
         yield
     except FlywheelStateError:
         raise
-    except (redis_exc.RedisError, OSError) as exc:
+    except (redis_exc.RedisError, redis_exc.RedisClusterException, OSError) as exc:
         raise _convert(exc, what) from exc
 
 

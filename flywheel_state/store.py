@@ -160,7 +160,12 @@ class Store:
         budget = self.settings.connect_timeout + self.settings.command_timeout
         try:
             await asyncio.wait_for(client.ping(), timeout=budget)
-        except (redis_exc.RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (
+            redis_exc.RedisError,
+            redis_exc.RedisClusterException,
+            OSError,
+            asyncio.TimeoutError,
+        ) as exc:
             reason = self.settings.redact(str(exc) or type(exc).__name__)
             raise StoreUnavailableError(
                 f"cannot reach Redis at {self.settings.safe_url}: {reason}"
@@ -233,6 +238,22 @@ class Store:
                 await pool.release(conn)
         return replies
 
+    async def shards(self) -> list[dict[str, Any]]:
+        """Each primary (one for a single node or Sentinel): ``address`` and ``keys`` (DBSIZE)
+        (for ``doctor``)."""
+        client = self._client_for_loop()
+        out: list[dict[str, Any]] = []
+        with translate_errors("reading the shards"):
+            if self.is_cluster:
+                cluster: Any = client
+                await cluster.initialize()
+                for node in cluster.get_primaries():
+                    size = await cluster.dbsize(target_nodes=node)
+                    out.append({"address": f"{node.host}:{node.port}", "keys": int(size)})
+            else:
+                out.append({"address": self.settings.safe_url, "keys": int(await client.dbsize())})
+        return out
+
     async def has_distributed_search(self) -> bool:
         """On a cluster: whether every primary runs the query engine's cluster coordinator
         (Redis 8 in cluster mode, Redis Software/Cloud). A search module without it (such as
@@ -259,10 +280,15 @@ class Store:
     async def server_info(self) -> dict[str, Any]:
         """Server version and loaded modules (for ``doctor``)."""
         client = self._client_for_loop()
+        target: dict[str, Any] = {}
         with translate_errors("reading server info"):
-            info = await client.info("server")
+            if self.is_cluster:  # the first primary speaks for all (doctor lists the shards)
+                cluster: Any = client
+                await cluster.initialize()
+                target["target_nodes"] = cluster.get_primaries()[0]
+            info = await client.info("server", **target)
             try:
-                modules = await client.execute_command("MODULE", "LIST")
+                modules = await client.execute_command("MODULE", "LIST", **target)
             except redis_exc.ResponseError:
                 modules = []
         names: list[str] = []

@@ -28,6 +28,7 @@ from flywheel_state.errors import (
     NotFoundError,
     OutcomeUnknownError,
     SchemaOutOfDateError,
+    SearchUnavailableError,
     StoreUnavailableError,
 )
 
@@ -91,6 +92,7 @@ __all__ = [
     "RedisExecutionCache",
     "RedisSessionManager",
     "SchemaOutOfDateError",
+    "SearchUnavailableError",
     "Session",
     "SessionStatus",
     "Settings",

@@ -59,6 +59,8 @@ def _convert(exc: Exception, what: str, write: bool) -> FlywheelStateError:
         if write:
             return outcome_unknown(what, exc)
         return StoreUnavailableError(f"Redis is unavailable while {what}: {_text(exc)}")
+    if isinstance(exc, redis_exc.RedisClusterException):  # no reachable node, no slot coverage
+        return StoreUnavailableError(f"Redis is unavailable while {what}: {_text(exc)}")
     return FlywheelStateError(f"Redis error while {what}: {exc}")
 
 
@@ -84,7 +86,12 @@ def translate_errors(what: str, *, write: bool = False) -> Iterator[None]:
         yield
     except FlywheelStateError:
         raise
-    except (redis_exc.RedisError, OSError, asyncio.TimeoutError) as exc:
+    except (
+        redis_exc.RedisError,
+        redis_exc.RedisClusterException,
+        OSError,
+        asyncio.TimeoutError,
+    ) as exc:
         raise _convert(exc, what, write) from exc
 
 
@@ -115,7 +122,13 @@ async def execute_write(client: Any, *args: Any, what: str) -> Any:
         conn = await pool.get_connection()
         sent = True
         await conn.send_command(*args)
-        return await conn.read_response()
+        reply = await conn.read_response()
+        replicas = getattr(client, "wait_replicas", 0)
+        if replicas > 0:  # Settings.wait_replicas: acknowledged by replicas, on this connection
+            from flywheel_state._topology import wait_acknowledged
+
+            await wait_acknowledged(conn, replicas, client.wait_ms, what)
+        return reply
     except redis_exc.ResponseError:
         raise
     except _UNAVAILABLE as exc:

@@ -9,6 +9,7 @@ write command (and every pipeline holding one) is followed, on the same connecti
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_exc
@@ -29,9 +30,13 @@ __all__ = [
     "DurablePipeline",
     "DurableRedis",
     "client_class",
+    "forget_scripts",
+    "is_cluster_client",
+    "is_cluster_pipeline",
     "is_write",
     "new_cluster_client",
     "new_sentinel_client",
+    "queue_script",
     "wait_timeout_ms",
 ]
 
@@ -66,7 +71,12 @@ def wait_timeout_ms(command_timeout: float) -> int:
     return max(1, int(command_timeout * 1000 * 0.8))
 
 
-async def _wait(conn: Any, replicas: int, timeout_ms: int, what: str) -> None:
+async def wait_acknowledged(conn: Any, replicas: int, timeout_ms: int, what: str) -> None:
+    """``WAIT replicas timeout_ms`` on ``conn`` right after a write on it.
+
+    Raises:
+        OutcomeUnknownError: Fewer replicas acknowledged in time, or the WAIT failed.
+    """
     try:
         await conn.send_command("WAIT", replicas, timeout_ms)
         acked = int(await conn.read_response())
@@ -98,7 +108,9 @@ class DurableRedis(Redis):  # type: ignore[type-arg]
             conn, command_name, *args, **options
         )
         if self.wait_replicas > 0 and is_write(command_name):
-            await _wait(conn, self.wait_replicas, self.wait_ms, f"the write {command_name}")
+            await wait_acknowledged(
+                conn, self.wait_replicas, self.wait_ms, f"the write {command_name}"
+            )
         return result
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
@@ -122,7 +134,9 @@ class DurablePipeline(Pipeline):  # type: ignore[type-arg]
 
     async def _after(self, connection: Any, commands: Any) -> None:
         if self.wait_replicas > 0 and any(is_write(args[0]) for args, _ in commands):
-            await _wait(connection, self.wait_replicas, self.wait_ms, "a pipelined write")
+            await wait_acknowledged(
+                connection, self.wait_replicas, self.wait_ms, "a pipelined write"
+            )
 
     async def _execute_pipeline(self, connection: Any, commands: Any, raise_on_error: bool) -> Any:
         try:
@@ -147,6 +161,43 @@ class DurablePipeline(Pipeline):  # type: ignore[type-arg]
             raise
         await self._after(connection, commands)
         return response
+
+
+_loaded_scripts: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def is_cluster_client(client: Any) -> bool:
+    """True for a ``RedisCluster`` client (it has no single connection pool)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def is_cluster_pipeline(client: Any) -> bool:
+    """True for a pipeline of ``RedisCluster`` (it refuses ``evalsha``/``Script`` calls)."""
+    from redis.asyncio.cluster import ClusterPipeline
+
+    return isinstance(client, ClusterPipeline)
+
+
+async def queue_script(script: Any, pipe: Any, keys: list[str], args: list[Any]) -> Any:
+    """Queue ``script`` (an ``AsyncScript``) on a cluster pipeline as a raw EVALSHA.
+
+    The script is loaded on every primary first (once per cluster client); the pipeline then
+    sends each call to the node of its key's slot, one round trip per node.
+    """
+    cluster = pipe.cluster_client
+    loaded = _loaded_scripts.setdefault(cluster, set())
+    if script.sha not in loaded:
+        await cluster.script_load(script.script)
+        loaded.add(script.sha)
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    return pipe
+
+
+def forget_scripts(cluster: Any) -> None:
+    """Load scripts again on the next cluster pipeline (a node lost them: NOSCRIPT)."""
+    _loaded_scripts.pop(cluster, None)
 
 
 def client_class(settings: Settings) -> type[Any]:

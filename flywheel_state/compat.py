@@ -286,7 +286,9 @@ class _FailSafe:
         connect_timeout: float = 2.0,
         command_timeout: float = 2.0,
         auto_migrate: bool = True,
+        search: bool = True,
     ) -> None:
+        self.search = search
         if key_prefix is not None:
             namespace = key_prefix.rstrip(":")
         # Settings converts seconds to a timedelta and checks the value; its defaults are the
@@ -354,7 +356,9 @@ class _FailSafe:
         if self._store is None:
             if not self.enabled or self._store_class is None:
                 raise ConfigError(f"{type(self).__name__} is disabled: it has no Store")
-            self._store = self._store_class(self.settings, auto_migrate=self.auto_migrate)
+            self._store = self._store_class(
+                self.settings, auto_migrate=self.auto_migrate, search=self.search
+            )
         return self._store
 
     # ------------------------------------------------------------------ calls
@@ -497,6 +501,8 @@ class RedisSessionManager(_FailSafe):
             :data:`CALL_MARGIN`.
         auto_migrate: Create indexes and run pending migrations on the first call (default
             True, because the original worked on an empty Redis).
+        search: False for a server or cluster without (distributed) search: saves, loads and
+            deletes work; ``list_sessions`` returns [] (logged).
 
     Raises:
         ConfigError: An argument can't be used (a bad port, namespace, TTL...).

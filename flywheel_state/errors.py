@@ -20,6 +20,7 @@ __all__ = [
     "NotFoundError",
     "OutcomeUnknownError",
     "SchemaOutOfDateError",
+    "SearchUnavailableError",
     "StoreUnavailableError",
 ]
 
@@ -98,6 +99,12 @@ class OutcomeUnknownError(StoreUnavailableError):
 
 class ModuleMissingError(FlywheelStateError):
     """The server lacks JSON or search commands (RedisJSON / RediSearch, built in from Redis 8)."""
+
+
+class SearchUnavailableError(ModuleMissingError):
+    """A query (find/count/ids/iterate/stats) or a migration that needs the query engine, on a
+    Store opened with ``search=False`` (a server or cluster with JSON but no distributed search).
+    """
 
 
 class SchemaOutOfDateError(FlywheelStateError):

@@ -41,6 +41,10 @@ class Store:
         auto_migrate: Run pending migrations on :meth:`connect` instead of raising
             SchemaOutOfDateError (for development, the demo and tests).
         refresh_on_read: Session reads restart the session TTL too.
+        search: False opens a key-value store: only RedisJSON is needed (a server or cluster
+            without a (distributed) query engine, or a JSON-only managed service). ``find`` /
+            ``count`` / ``ids`` / ``iterate`` / ``stats`` and index migrations then raise
+            SearchUnavailableError; ``connect`` creates no index on a fresh namespace.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class Store:
         namespace: str | None = None,
         auto_migrate: bool = False,
         refresh_on_read: bool = False,
+        search: bool = True,
     ) -> None:
         base = settings or Settings()
         changes: dict[str, Any] = {}
@@ -76,6 +81,10 @@ class Store:
             default_ttl=self.settings.execution_ttl,
         )
         self._migrations: MigrationRunner | None = None
+        self.search = search
+        if not search:
+            self.sessions._search_enabled = False
+            self.executions._search_enabled = False
 
     def __repr__(self) -> str:
         return (
@@ -155,12 +164,19 @@ class Store:
         budget = self.settings.connect_timeout + self.settings.command_timeout
         try:
             await asyncio.wait_for(client.ping(), timeout=budget)
-        except (redis_exc.RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (
+            redis_exc.RedisError,
+            redis_exc.RedisClusterException,
+            OSError,
+            asyncio.TimeoutError,
+        ) as exc:
             reason = self.settings.redact(str(exc) or type(exc).__name__)
             raise StoreUnavailableError(
                 f"cannot reach Redis at {self.settings.safe_url}: {reason}"
             ) from exc
         missing = await self.missing_commands()
+        if not self.search:
+            missing = [name for name in missing if name.startswith("JSON.")]
         if missing:
             raise ModuleMissingError(
                 f"Redis at {self.settings.safe_url} lacks {', '.join(missing)}: flywheel-state "
@@ -168,31 +184,115 @@ class Store:
                 "Redis Cloud/Software with both modules; for development run "
                 "`flywheel-state server start` (pip install 'flywheel-state[server]')."
             )
+        if self.search and self.is_cluster and not await self.has_distributed_search():
+            raise ModuleMissingError(
+                f"the Redis Cluster at {self.settings.safe_url} has no distributed query engine: "
+                "its search module indexes each shard's own keys (no coordinator), so queries "
+                "would miss most records. Use Redis 8 in cluster mode (its query engine is "
+                "distributed), Redis Software or Redis Cloud; or open the Store with "
+                "search=False for the key-value API only."
+            )
         self._connected = True
-        await self.migrations.check_on_connect(auto_migrate=self.auto_migrate)
+        if self.search:
+            await self.migrations.check_on_connect(auto_migrate=self.auto_migrate)
+        else:
+            await self._check_without_search()
         return self
+
+    @property
+    def is_cluster(self) -> bool:
+        """True when the settings name a Redis Cluster (``redis+cluster://``)."""
+        return self.settings.endpoint.kind == "cluster"
+
+    async def _check_without_search(self) -> None:
+        """``connect`` with search=False: a never-migrated namespace opens as it is (no index
+        is created); otherwise the usual check (an interrupted migration, data newer than the
+        code or a schema behind head still raise)."""
+        runner = self.migrations
+        client = self._client_for_loop()
+        with translate_errors("reading the applied revision"):
+            current = await client.get(runner._key("revision"))
+            running = await client.get(runner._key("running"))
+        if current is None and running is None:
+            return
+        await runner.check_on_connect(auto_migrate=False)
+
+    async def _raw_on_each_primary(self, *command: Any) -> list[Any]:
+        """A raw reply of ``command`` from every primary (one node when not a cluster)."""
+        client = self._client_for_loop()
+        replies: list[Any] = []
+        with translate_errors(f"running {command[0]} on every primary"):
+            if self.is_cluster:
+                cluster: Any = client
+                await cluster.initialize()
+                for node in cluster.get_primaries():
+                    conn = node.acquire_connection()
+                    try:
+                        await conn.send_command(*command)
+                        replies.append(await conn.read_response())
+                    finally:
+                        node.release(conn)
+                return replies
+            pool = client.connection_pool
+            conn = await pool.get_connection()
+            try:
+                await conn.send_command(*command)
+                replies.append(await conn.read_response())
+            finally:
+                await pool.release(conn)
+        return replies
+
+    async def shards(self) -> list[dict[str, Any]]:
+        """Each primary (one for a single node or Sentinel): ``address`` and ``keys`` (DBSIZE)
+        (for ``doctor``)."""
+        client = self._client_for_loop()
+        out: list[dict[str, Any]] = []
+        with translate_errors("reading the shards"):
+            if self.is_cluster:
+                cluster: Any = client
+                await cluster.initialize()
+                for node in cluster.get_primaries():
+                    size = await cluster.dbsize(target_nodes=node)
+                    out.append({"address": f"{node.host}:{node.port}", "keys": int(size)})
+            else:
+                out.append({"address": self.settings.safe_url, "keys": int(await client.dbsize())})
+        return out
+
+    async def has_distributed_search(self) -> bool:
+        """On a cluster: whether every primary runs the query engine's cluster coordinator
+        (Redis 8 in cluster mode, Redis Software/Cloud). A search module without it (such as
+        the embedded server's RediSearch 2.10) indexes each shard's keys only. True when not a
+        cluster."""
+        if not self.is_cluster:
+            return True
+        replies = await self._raw_on_each_primary(
+            "COMMAND", "INFO", "SEARCH.CLUSTERINFO", "FT.CLUSTERINFO"
+        )
+        return bool(replies) and all(any(entry for entry in reply) for reply in replies)
 
     async def missing_commands(self) -> list[str]:
         """The required commands (JSON.*, FT.*) this server does not have."""
-        pool = self._client_for_loop().connection_pool
-        with translate_errors("checking server commands"):
-            # Raw reply on a pooled connection: redis-py's COMMAND parser can't read the nil
-            # entries a server returns for commands it lacks.
-            conn = await pool.get_connection()
-            try:
-                await conn.send_command("COMMAND", "INFO", *REQUIRED_COMMANDS)
-                info = await conn.read_response()
-            finally:
-                await pool.release(conn)
-        return [name for name, entry in zip(REQUIRED_COMMANDS, info, strict=False) if not entry]
+        # Raw replies on a pooled connection: redis-py's COMMAND parser can't read the nil
+        # entries a server returns for commands it lacks. On a cluster, every primary.
+        replies = await self._raw_on_each_primary("COMMAND", "INFO", *REQUIRED_COMMANDS)
+        return [
+            name
+            for i, name in enumerate(REQUIRED_COMMANDS)
+            if not all(i < len(info) and info[i] for info in replies)
+        ]
 
     async def server_info(self) -> dict[str, Any]:
         """Server version and loaded modules (for ``doctor``)."""
         client = self._client_for_loop()
+        target: dict[str, Any] = {}
         with translate_errors("reading server info"):
-            info = await client.info("server")
+            if self.is_cluster:  # the first primary speaks for all (doctor lists the shards)
+                cluster: Any = client
+                await cluster.initialize()
+                target["target_nodes"] = cluster.get_primaries()[0]
+            info = await client.info("server", **target)
             try:
-                modules = await client.execute_command("MODULE", "LIST")
+                modules = await client.execute_command("MODULE", "LIST", **target)
             except redis_exc.ResponseError:
                 modules = []
         names: list[str] = []

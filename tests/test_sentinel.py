@@ -284,3 +284,10 @@ async def test_migration_rewrites_and_lock_wait_for_the_replicas(
             assert types == {b"ReJSON-RL"}, node.port
         finally:
             replica.close()
+
+
+async def test_unknown_service_name_is_unavailable_not_a_hang(topo: LocalSentinel) -> None:
+    url = topo.url.rsplit("/", 1)[0] + "/no-such-service"
+    settings = Settings(url=url, connect_timeout=0.5, command_timeout=0.5)
+    with pytest.raises(StoreUnavailableError, match="no-such-service"):
+        await asyncio.wait_for(Store(settings).connect(), timeout=20)

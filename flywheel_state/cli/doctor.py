@@ -54,6 +54,16 @@ async def _diagnose(store: Store) -> dict[str, Any]:
                 f"missing commands {', '.join(missing)}: use Redis 8 or Redis Stack 7.2+"
             )
             return report
+        if store.is_cluster:
+            report["shards"] = await store.shards()
+            report["distributed_search"] = await store.has_distributed_search()
+            if not report["distributed_search"]:
+                problems.append(
+                    "this cluster has no distributed query engine (each shard's search module "
+                    "indexes its own keys only): queries and migrations are unavailable; the "
+                    "key-value API works with Store(..., search=False)"
+                )
+                return report
         indexes: dict[str, Any] = {}
         keys: dict[str, int] = {}
         for kind in _KINDS:
@@ -124,6 +134,11 @@ def _print_report(report: dict[str, Any]) -> None:
             table.add_row(f"{kind} index", shown)
         for kind, count in (report.get("keys") or {}).items():
             table.add_row(f"{kind} keys", str(count))
+        for shard in report.get("shards") or []:
+            table.add_row("shard", f"{shard['address']} ({shard['keys']} keys)")
+        if "distributed_search" in report:
+            shown = "yes" if report["distributed_search"] else "NO (per-shard modules)"
+            table.add_row("distributed search", shown)
         migrations = report.get("migrations")
         if migrations:
             shown = f"{migrations['current'] or 'base'} (head {migrations['head']})"

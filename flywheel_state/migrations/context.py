@@ -75,6 +75,8 @@ class MigrationContext:
         self._lock = lock
         self._progress = progress
         self._op_count = 0
+        self.search = True
+        """False when the Store was opened with ``search=False``: index operations refuse."""
         self.ops: Operations = Operations(self)
 
     def key(self, *parts: str) -> str:

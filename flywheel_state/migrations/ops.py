@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from redis import exceptions as redis_exc
 
 from flywheel_state._redis import as_str, translate_errors
-from flywheel_state.errors import FlywheelStateError, MigrationError
+from flywheel_state.errors import FlywheelStateError, MigrationError, SearchUnavailableError
 from flywheel_state.indexes import (
     IndexSpec,
     alias_name,
@@ -108,6 +108,14 @@ class Operations:
         self._ctx = ctx
         self._rewrite_sha: str | None = None
 
+    def _need_search(self, what: str) -> None:
+        """Refuse an index operation on a Store opened with ``search=False``."""
+        if not getattr(self._ctx, "search", True):
+            raise SearchUnavailableError(
+                f"migration {self._ctx.revision} {what}: it needs the query engine, and this "
+                "Store was opened with search=False. Run it where search is available."
+            )
+
     # ------------------------------------------------------------------ indexes
 
     async def swap_index(self, spec: IndexSpec, *, timeout: float = 600.0) -> str:
@@ -129,6 +137,7 @@ class Operations:
             MigrationError: Indexing did not finish in time, or the new index holds a different
                 number of documents than the old one (the alias is left where it was).
         """
+        self._need_search("creates an index")
         ctx = self._ctx
         client = ctx.client
         ns = ctx.namespace
@@ -196,6 +205,7 @@ class Operations:
 
         Safe to run again: an absent index or alias is not an error.
         """
+        self._need_search("drops an index")
         ctx = self._ctx
         name = index_name(ctx.namespace, spec.kind, spec.version)
         alias = alias_name(ctx.namespace, spec.kind)

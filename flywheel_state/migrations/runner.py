@@ -27,7 +27,12 @@ from typing import TYPE_CHECKING, Any
 from redis.commands.core import AsyncScript
 
 from flywheel_state._redis import Client, as_str, translate_errors
-from flywheel_state.errors import FlywheelStateError, MigrationError, SchemaOutOfDateError
+from flywheel_state.errors import (
+    FlywheelStateError,
+    MigrationError,
+    SchemaOutOfDateError,
+    SearchUnavailableError,
+)
 from flywheel_state.migrations._lock import MigrationLock, parse_holder, parse_json_object
 from flywheel_state.migrations._scripts import COMMIT_SCRIPT
 from flywheel_state.migrations.context import (
@@ -320,6 +325,13 @@ class MigrationRunner:
         dry_run: bool,
         progress: ProgressCallback | None,
     ) -> MigrationReport:
+        if plan and not dry_run and not getattr(self._store, "search", True):
+            revisions = ", ".join(s.revision for s in plan)
+            raise SearchUnavailableError(
+                f"this Store was opened with search=False: migrations ({revisions}) "
+                "create indexes or rely on the query engine, so none is run. Run them with a "
+                "Store on a server with search (Redis 8, Redis Stack, Redis Software/Cloud)."
+            )
         report = MigrationReport(
             direction=direction, from_revision=current, to_revision=current, dry_run=dry_run
         )
@@ -343,6 +355,7 @@ class MigrationRunner:
                 progress=progress,
                 batch_size=self.batch_size,
             )
+            ctx.search = getattr(self._store, "search", True)  # index ops refuse without it
             after = script.revision if direction == "upgrade" else script.down_revision
             started = datetime.now(timezone.utc)
             t0 = time.perf_counter()

@@ -16,6 +16,7 @@ from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from flywheel_state import _topology
 from flywheel_state._redis import Client, as_str, execute_write, translate_errors
 from flywheel_state.config import _NAMESPACE_RE
 from flywheel_state.errors import (
@@ -291,10 +292,17 @@ class Repository(QueryMixin[M], Generic[M]):
         self, *, keys: list[str], args: list[Any], client: Any = None, what: str = "writing"
     ) -> Any:
         if client is not None:  # a pipeline: it loads the script itself
+            if _topology.is_cluster_pipeline(client):  # Redis Cluster refuses Script there
+                return await _topology.queue_script(self._script, client, keys, args)
             return await self._script(keys=keys, args=args, client=client)
+        client = self._client
+        if _topology.is_cluster_client(client):
+            # The cluster client routes by slot over per-node pools; a timeout after sending
+            # still leaves the outcome unknown.
+            with translate_errors(what, write=True):
+                return await self._script(keys=keys, args=args, client=client)
         # One command on one connection, so that a write that got no reply is told apart
         # (OutcomeUnknownError) from one that was never sent (StoreUnavailableError).
-        client = self._client
         sha: str = self._script.sha  # type: ignore[attr-defined]
         try:
             return await execute_write(client, "EVALSHA", sha, len(keys), *keys, *args, what=what)
@@ -302,6 +310,14 @@ class Repository(QueryMixin[M], Generic[M]):
             return await execute_write(
                 client, "EVAL", WRITE_SCRIPT, len(keys), *keys, *args, what=what
             )
+
+    async def _delete_keys(self, keys: list[str], what: str) -> int:
+        """DEL ``keys``: one command on one connection, or split by slot on a cluster."""
+        client = self._client
+        if _topology.is_cluster_client(client):
+            with translate_errors(what, write=True):
+                return int(await client.delete(*keys))
+        return int(await execute_write(client, "DEL", *keys, what=what))
 
     # ------------------------------------------------------------------ keys and encoding
 
@@ -786,7 +802,7 @@ class Repository(QueryMixin[M], Generic[M]):
         """
         key = self.key(id)
         with translate_errors(f"deleting {key}"):
-            return bool(await execute_write(self._client, "DEL", key, what=f"deleting {key}"))
+            return bool(await self._delete_keys([key], f"deleting {key}"))
 
     async def delete_many(self, ids: Iterable[str]) -> int:
         """Delete many records; returns how many existed."""
@@ -797,5 +813,5 @@ class Repository(QueryMixin[M], Generic[M]):
             if batch:
                 what = f"deleting {len(batch)} records"
                 with translate_errors(what):
-                    deleted += int(await execute_write(self._client, "DEL", *batch, what=what))
+                    deleted += await self._delete_keys(batch, what)
         return deleted

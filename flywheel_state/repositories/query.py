@@ -46,7 +46,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 from redis import exceptions as redis_exc
 
 from flywheel_state._redis import as_str, translate_errors
-from flywheel_state.errors import CorruptRecordError, FlywheelStateError, InvalidQueryError
+from flywheel_state.errors import (
+    CorruptRecordError,
+    FlywheelStateError,
+    InvalidQueryError,
+    SearchUnavailableError,
+)
 from flywheel_state.indexes import alias_name
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import epoch_seconds
@@ -453,10 +458,18 @@ class QueryMixin(Generic[M]):
         )
         return error.key or "?"
 
+    #: False on a Store opened with ``search=False``: every query raises SearchUnavailableError.
+    _search_enabled: bool = True
+
     # ------------------------------------------------------------------ helpers
 
     @property
     def _schema(self) -> QuerySchema:
+        if not self._search_enabled:
+            raise SearchUnavailableError(
+                f"{self.model.__name__} queries (find/count/ids/iterate/stats) need the query "
+                "engine, and this Store was opened with search=False (key-value API only)"
+            )
         schema = type(self).query_schema or QUERY_SCHEMAS.get(self.model.KIND)
         if schema is None:
             raise FlywheelStateError(f"{self.model.__name__} records have no query schema")

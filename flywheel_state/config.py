@@ -21,6 +21,8 @@ DEFAULT_NAMESPACE = "agentic_flywheel"
 DEFAULT_SESSION_TTL = timedelta(days=7)
 DEFAULT_EXECUTION_TTL = timedelta(hours=1)
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,64}$")
 
 
@@ -93,6 +95,14 @@ class Settings:
     """Size of the client's connection pool (per event loop)."""
     pool_timeout: float = 10.0
     """Seconds a call waits for a free pooled connection before StoreUnavailableError."""
+    events: bool = False
+    """Append a change event to the stream ``{namespace}:events`` with every write, in the
+    same atomic step (see :mod:`flywheel_state.events`). Not on Redis Cluster."""
+    events_maxlen: int = 100_000
+    """Approximate cap of the event stream's length (older events are trimmed)."""
+    trace_ids: bool = False
+    """Put record ids into OpenTelemetry spans (attribute ``flywheel_state.record.id``). Off
+    by default: ids may identify users."""
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -119,6 +129,12 @@ class Settings:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.max_connections < 1:
             raise ConfigError(f"max_connections must be >= 1, got {self.max_connections!r}")
+        for name in ("events", "trace_ids"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        maxlen = self.events_maxlen
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
+            raise ConfigError(f"events_maxlen must be an int >= 1, got {maxlen!r}")
 
     def __repr__(self) -> str:
         shown = []
@@ -183,7 +199,9 @@ class Settings:
         Reads ``REDIS_URL``, or ``REDIS_HOST`` / ``REDIS_PORT`` / ``REDIS_DB`` /
         ``REDIS_USERNAME`` / ``REDIS_PASSWORD``; ``REDIS_NAMESPACE`` (or ``REDIS_KEY_PREFIX``);
         ``REDIS_SESSION_TTL_SECONDS`` (or ``REDIS_TTL_SECONDS``); ``REDIS_EXECUTION_TTL_SECONDS``;
-        ``REDIS_CONNECT_TIMEOUT`` and ``REDIS_COMMAND_TIMEOUT`` (seconds).
+        ``REDIS_CONNECT_TIMEOUT`` and ``REDIS_COMMAND_TIMEOUT`` (seconds); ``REDIS_EVENTS``
+        (``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``) and
+        ``REDIS_EVENTS_MAXLEN``.
 
         Args:
             environ: The mapping to read (default ``os.environ``).
@@ -226,11 +244,20 @@ class Settings:
             ("execution_ttl", ("REDIS_EXECUTION_TTL_SECONDS",), int),
             ("connect_timeout", ("REDIS_CONNECT_TIMEOUT",), float),
             ("command_timeout", ("REDIS_COMMAND_TIMEOUT",), float),
+            ("events_maxlen", ("REDIS_EVENTS_MAXLEN",), int),
         ):
             value = number(names, kind)
             if value is not None:
                 values[field_name] = value
                 values.setdefault("_source", {})[field_name] = get(*names)
+        if (found := get("REDIS_EVENTS")) is not None:
+            flag = found[1].lower()
+            if flag not in _TRUE | _FALSE:
+                raise ConfigError(
+                    f"REDIS_EVENTS must be one of {', '.join(sorted(_TRUE | _FALSE))}, "
+                    f"got {found[1]!r}"
+                )
+            values["events"] = flag in _TRUE
         if (found := get("REDIS_USERNAME")) is not None:
             values["username"] = found[1]
         if (found := get("REDIS_PASSWORD")) is not None:

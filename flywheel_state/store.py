@@ -13,6 +13,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.config import Settings
 from flywheel_state.errors import ModuleMissingError, StoreUnavailableError
+from flywheel_state.events import EventFeed, EventSink
 from flywheel_state.repositories.executions import ExecutionRepository
 from flywheel_state.repositories.sessions import SessionRepository
 
@@ -39,6 +40,8 @@ class Store:
         auto_migrate: Run pending migrations on :meth:`connect` instead of raising
             SchemaOutOfDateError (for development, the demo and tests).
         refresh_on_read: Session reads restart the session TTL too.
+        events: Shortcut for ``settings.events``: write a change event with every write
+            (read them with :attr:`events`).
     """
 
     def __init__(
@@ -49,9 +52,12 @@ class Store:
         namespace: str | None = None,
         auto_migrate: bool = False,
         refresh_on_read: bool = False,
+        events: bool | None = None,
     ) -> None:
         base = settings or Settings()
         changes: dict[str, Any] = {}
+        if events is not None:
+            changes["events"] = events
         if url is not None:
             changes["url"] = url
         if namespace is not None:
@@ -74,6 +80,16 @@ class Store:
             default_ttl=self.settings.execution_ttl,
         )
         self._migrations: MigrationRunner | None = None
+        self.events = EventFeed(
+            client=self._client_for_loop,
+            namespace=self.settings.namespace,
+            block=self.settings.command_timeout / 2,
+        )
+        """The change feed of this namespace (:class:`~flywheel_state.events.EventFeed`)."""
+        if self.settings.events:
+            sink = EventSink(namespace=self.settings.namespace, maxlen=self.settings.events_maxlen)
+            self.sessions.emit_events(sink)
+            self.executions.emit_events(sink)
 
     def __repr__(self) -> str:
         return (

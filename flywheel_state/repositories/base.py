@@ -8,7 +8,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from redis import exceptions as redis_exc
@@ -27,6 +27,9 @@ from flywheel_state.models._base import Document
 from flywheel_state.models._types import utcnow, validate_id
 from flywheel_state.repositories._scripts import WRITE_SCRIPT
 from flywheel_state.repositories.query import QueryMixin
+
+if TYPE_CHECKING:
+    from flywheel_state.events import EventSink
 
 __all__ = ["BATCH_SIZE", "DEFAULT", "Repository", "TTLArg", "check_nesting", "encode_json"]
 
@@ -167,12 +170,30 @@ class Repository(QueryMixin[M], Generic[M]):
         self._prefix = f"{namespace}:{self.model.KIND}:"
         self._script = AsyncScript(None, WRITE_SCRIPT.encode())  # type: ignore[arg-type]
         self._adapters: dict[str, TypeAdapter[Any]] = {}
+        self._events: EventSink | None = None
 
     @property
     def _client(self) -> Client:
         return self._client_source()
 
-    async def _write(self, *, keys: list[str], args: list[Any], client: Any = None) -> Any:
+    def emit_events(self, sink: EventSink | None) -> None:
+        """Write a change event with every write from now on (None: stop); the Store calls it."""
+        self._events = sink
+
+    async def _write(
+        self,
+        *,
+        keys: list[str],
+        args: list[Any],
+        client: Any = None,
+        event: str = "",
+        fields: Sequence[str] = (),
+    ) -> Any:
+        if self._events is not None:
+            # The event rides in the same script call (see repositories/_scripts.py).
+            id = keys[0][len(self._prefix) :]
+            keys = [keys[0], self._events.key]
+            args = [*args, *self._events.write_args(self.model.KIND, id, event, fields)]
         return await self._script(keys=keys, args=args, client=client or self._client)
 
     # ------------------------------------------------------------------ keys and encoding
@@ -525,6 +546,7 @@ class Repository(QueryMixin[M], Generic[M]):
         *,
         ttl: TTLArg,
         expected_version: int | None,
+        event: str = "updated",
     ) -> int:
         key = self.key(id)
         args: list[Any] = [
@@ -546,8 +568,14 @@ class Repository(QueryMixin[M], Generic[M]):
                     args.extend(("merge", member.group(1), value))
                     continue
             args.extend((op, path, value))
+        fields: list[str] = []
+        if self._events is not None:
+            for _, path, _ in ops:
+                name = path[2:].split(".", 1)[0].split("[", 1)[0]
+                if name not in fields:
+                    fields.append(name)
         with translate_errors(f"updating {key}"):
-            reply = await self._write(keys=[key], args=args)
+            reply = await self._write(keys=[key], args=args, event=event, fields=fields)
         return self._check_reply(key, reply, expected_version)
 
     def _stamp_ops(self, now: datetime) -> list[tuple[str, str, Any]]:
@@ -602,7 +630,7 @@ class Repository(QueryMixin[M], Generic[M]):
         ops = self._touch_ops(utcnow())
         if isinstance(ttl, _Default):
             ttl = self.default_ttl
-        return await self._patch(id, ops, ttl=ttl, expected_version=None)
+        return await self._patch(id, ops, ttl=ttl, expected_version=None, event="touched")
 
     def _touch_ops(self, now: datetime) -> list[tuple[str, str, Any]]:
         return self._stamp_ops(now)
@@ -613,6 +641,8 @@ class Repository(QueryMixin[M], Generic[M]):
         """Delete ``id``. Returns True if it existed."""
         key = self.key(id)
         with translate_errors(f"deleting {key}"):
+            if self._events is not None:
+                return bool(await self._events.delete(self._client, key, self.model.KIND, id))
             return bool(await self._client.delete(key))
 
     async def delete_many(self, ids: Iterable[str]) -> int:
@@ -621,7 +651,19 @@ class Repository(QueryMixin[M], Generic[M]):
         deleted = 0
         for start in range(0, len(keys), BATCH_SIZE):
             batch = keys[start : start + BATCH_SIZE]
-            if batch:
+            if batch and self._events is not None:
+                deleted += await self._delete_with_events(batch)
+            elif batch:
                 with translate_errors(f"deleting {len(batch)} records"):
                     deleted += int(await self._client.delete(*batch))
         return deleted
+
+    async def _delete_with_events(self, keys: list[str]) -> int:
+        assert self._events is not None
+        with translate_errors(f"deleting {len(keys)} records"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    id = key[len(self._prefix) :]
+                    await self._events.delete(pipe, key, self.model.KIND, id)
+                replies = await pipe.execute()
+        return sum(int(r) for r in replies)

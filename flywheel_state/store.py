@@ -14,6 +14,7 @@ from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.config import Settings
 from flywheel_state.errors import ModuleMissingError, StoreUnavailableError
 from flywheel_state.events import EventFeed, EventSink
+from flywheel_state.observability import instrument_library, register_store
 from flywheel_state.repositories.executions import ExecutionRepository
 from flywheel_state.repositories.sessions import SessionRepository
 
@@ -86,6 +87,8 @@ class Store:
             block=self.settings.command_timeout / 2,
         )
         """The change feed of this namespace (:class:`~flywheel_state.events.EventFeed`)."""
+        self.sessions.trace_ids = self.executions.trace_ids = self.settings.trace_ids
+        register_store(self)
         if self.settings.events:
             sink = EventSink(namespace=self.settings.namespace, maxlen=self.settings.events_maxlen)
             self.sessions.emit_events(sink)
@@ -235,3 +238,6 @@ class Store:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+instrument_library()  # spans and metrics when opentelemetry-api is installed (observability.py)

@@ -152,6 +152,8 @@ class Repository(QueryMixin[M], Generic[M]):
     model: ClassVar[type[Document]]
     #: When True every write restarts the TTL (sessions); otherwise partial writes keep it.
     sliding: ClassVar[bool] = False
+    #: Put record ids into OpenTelemetry spans (``Settings.trace_ids``; the Store sets it).
+    trace_ids: bool = False
 
     def __init__(
         self,

@@ -233,63 +233,79 @@ _INSTRUMENTS: _Instruments | None = _Instruments() if AVAILABLE else None
 # ---------------------------------------------------------------------------------- spans
 
 
+_seen_provider: list[Any] = [None, False]  # the last provider checked, and whether it traces
+
+
 def _tracing() -> bool:
-    """False while no tracer provider is set (the API's proxy) or a no-op one is."""
+    """False while no tracer provider is set (the API's proxy) or a no-op one is.
+
+    ``get_tracer_provider()`` costs microseconds per call (it looks at the environment while
+    nothing is set): the API's module global it returns is read directly, and the check is
+    cached per provider object. A provider named only by ``OTEL_PYTHON_TRACER_PROVIDER`` is
+    seen once something calls ``get_tracer_provider()`` (any tracer does, on first use).
+    """
     assert _trace is not None
-    return not isinstance(
-        _trace.get_tracer_provider(), (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)
-    )
+    provider = getattr(_trace, "_TRACER_PROVIDER", _MISSING)
+    if provider is _MISSING:  # a future API without that global: ask the public way
+        provider = _trace.get_tracer_provider()
+    if provider is None:
+        return False
+    if provider is not _seen_provider[0]:
+        _seen_provider[0] = provider
+        _seen_provider[1] = not isinstance(
+            provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)
+        )
+    return bool(_seen_provider[1])
+
+
+_MISSING = object()
 
 
 def _error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
-class _Call:
-    """One instrumented call: its names, span and metric bookkeeping."""
+def _span_attributes(
+    name: str, spec: OpSpec, scope: Scope, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
+    attrs = dict(scope.attributes)
+    attrs.update(_METRIC_ATTRS.get(name) or _metric_attrs(name))
+    if spec.shape in ("query", "iter"):
+        attrs["flywheel_state.query.filters"] = sorted(k for k in kwargs if k not in _QUERY_PARAMS)
+    if scope.include_ids and args:
+        first = args[0]
+        if spec.id_from == "arg" and isinstance(first, str):
+            attrs["flywheel_state.record.id"] = first
+        elif spec.id_from == "model" and isinstance(getattr(first, "id", None), str):
+            attrs["flywheel_state.record.id"] = first.id
+    return attrs
 
-    __slots__ = ("attrs", "name", "owner", "spec")
 
-    def __init__(self, owner: Any, name: str, spec: OpSpec) -> None:
-        self.owner = owner
-        self.name = name
-        self.spec = spec
-        self.attrs = _METRIC_ATTRS.get(name) or _metric_attrs(name)
-
-    def span_attributes(
-        self, scope: Scope, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        attrs = dict(scope.attributes)
-        attrs.update(self.attrs)
-        if self.spec.shape in ("query", "iter"):
-            attrs["flywheel_state.query.filters"] = sorted(
-                k for k in kwargs if k not in _QUERY_PARAMS
-            )
-        if scope.include_ids and args:
-            first = args[0]
-            if self.spec.id_from == "arg" and isinstance(first, str):
-                attrs["flywheel_state.record.id"] = first
-            elif self.spec.id_from == "model" and isinstance(getattr(first, "id", None), str):
-                attrs["flywheel_state.record.id"] = first.id
-        return attrs
-
-    def finished(
-        self, start: float, result: Any, exc: BaseException | None, kwargs: Mapping[str, Any]
-    ) -> None:
-        assert _INSTRUMENTS is not None
-        elapsed = time.perf_counter() - start
-        if exc is None or (self.spec.read and isinstance(exc, NotFoundError)):
-            _INSTRUMENTS.duration.record(elapsed, self.attrs)
-            if exc is None and self.spec.count is not None:
-                for counter, amount in self.spec.count(self.owner, result, kwargs).items():
-                    if amount:
-                        _INSTRUMENTS.counters[counter].add(amount, self.attrs)
-            return
-        _INSTRUMENTS.duration.record(elapsed, {**self.attrs, "error.type": _error_type(exc)})
-        if isinstance(exc, ConflictError):
-            _INSTRUMENTS.counters["conflicts"].add(1, self.attrs)
-        elif isinstance(exc, CorruptRecordError):
-            _INSTRUMENTS.counters["corrupt"].add(1, self.attrs)
+def _finished(
+    owner: Any,
+    name: str,
+    spec: OpSpec,
+    start: float,
+    result: Any,
+    exc: BaseException | None,
+    kwargs: Mapping[str, Any],
+) -> None:
+    """Record the call's duration and counters."""
+    elapsed = time.perf_counter() - start
+    assert _INSTRUMENTS is not None
+    attrs = _METRIC_ATTRS.get(name) or _metric_attrs(name)
+    if exc is None or (spec.read and isinstance(exc, NotFoundError)):
+        _INSTRUMENTS.duration.record(elapsed, attrs)
+        if exc is None and spec.count is not None:
+            for counter, amount in spec.count(owner, result, kwargs).items():
+                if amount:
+                    _INSTRUMENTS.counters[counter].add(amount, attrs)
+        return
+    _INSTRUMENTS.duration.record(elapsed, {**attrs, "error.type": _error_type(exc)})
+    if isinstance(exc, ConflictError):
+        _INSTRUMENTS.counters["conflicts"].add(1, attrs)
+    elif isinstance(exc, CorruptRecordError):
+        _INSTRUMENTS.counters["corrupt"].add(1, attrs)
 
 
 _METRIC_ATTRS: dict[str, dict[str, str]] = {}
@@ -301,14 +317,14 @@ def _metric_attrs(name: str) -> dict[str, str]:
     return attrs
 
 
-def _end_span(span: Any, call: _Call, result: Any, exc: BaseException | None) -> None:
+def _end_span(span: Any, spec: OpSpec, result: Any, exc: BaseException | None) -> None:
     assert _trace is not None
     if exc is None:
-        if call.spec.read:
-            span.set_attribute("flywheel_state.found", result is not None)
-        if call.spec.outcome is not None:
-            span.set_attributes(dict(call.spec.outcome(result)))
-    elif call.spec.read and isinstance(exc, NotFoundError):
+        if spec.read:
+            span.set_attribute("flywheel_state.found", True)
+        if spec.outcome is not None:
+            span.set_attributes(dict(spec.outcome(result)))
+    elif spec.read and isinstance(exc, NotFoundError):
         span.set_attribute("flywheel_state.found", False)
     else:
         kind = _error_type(exc)
@@ -332,7 +348,6 @@ def _wrap_coroutine(
         name = names.get(type(self))
         if name is None:
             name = names[type(self)] = f"{prefix(self)}.{op}"
-        call = _Call(self, name, spec)
         token = _current.set(self)
         start = time.perf_counter()
         try:
@@ -340,14 +355,14 @@ def _wrap_coroutine(
                 try:
                     result = await fn(self, *args, **kwargs)
                 except BaseException as exc:
-                    call.finished(start, None, exc, kwargs)
+                    _finished(self, name, spec, start, None, exc, kwargs)
                     raise
-                call.finished(start, result, None, kwargs)
+                _finished(self, name, spec, start, result, None, kwargs)
                 return result
             span = tracer.start_span(
                 name,
                 kind=_trace.SpanKind.CLIENT,
-                attributes=call.span_attributes(scope(self), args, kwargs),
+                attributes=_span_attributes(name, spec, scope(self), args, kwargs),
             )
             try:
                 with _trace.use_span(
@@ -355,11 +370,11 @@ def _wrap_coroutine(
                 ):
                     result = await fn(self, *args, **kwargs)
             except BaseException as exc:
-                call.finished(start, None, exc, kwargs)
-                _end_span(span, call, None, exc)
+                _finished(self, name, spec, start, None, exc, kwargs)
+                _end_span(span, spec, None, exc)
                 raise
-            call.finished(start, result, None, kwargs)
-            _end_span(span, call, result, None)
+            _finished(self, name, spec, start, result, None, kwargs)
+            _end_span(span, spec, result, None)
             return result
         finally:
             _current.reset(token)
@@ -386,14 +401,13 @@ def _wrap_iterator(
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
     ) -> AsyncIterator[Any]:
-        call = _Call(self, name, spec)
         start = time.perf_counter()
         # The span is not made current: the consumer's own code runs between the items.
         span = (
             tracer.start_span(
                 name,
                 kind=_trace.SpanKind.CLIENT,
-                attributes=call.span_attributes(scope(self), args, kwargs),
+                attributes=_span_attributes(name, spec, scope(self), args, kwargs),
             )
             if _tracing()
             else None
@@ -406,19 +420,19 @@ def _wrap_iterator(
         except BaseException as exc:
             if isinstance(exc, GeneratorExit):  # closed early by the consumer: not an error
                 exc = None  # type: ignore[assignment]
-            call.finished(start, None, exc, kwargs)
+            _finished(self, name, spec, start, None, exc, kwargs)
             if span is not None:
                 span.set_attribute("flywheel_state.query.match_count", count)
-                _end_span(span, call, None, exc)
+                _end_span(span, spec, None, exc)
             raise
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
-        call.finished(start, None, None, kwargs)
+        _finished(self, name, spec, start, None, None, kwargs)
         if span is not None:
             span.set_attribute("flywheel_state.query.match_count", count)
-            _end_span(span, call, None, None)
+            _end_span(span, spec, None, None)
 
     return wrapper
 

@@ -26,12 +26,13 @@ uses ``get_or_none``) is part of the outer span, not a span of its own.
   ``db.operation.name``, and ``error.type`` on failure;
 - ``flywheel_state.session.ttl_refreshes`` (counter): session TTLs restarted by sliding writes
   and ``refresh_on_read`` reads;
-- ``flywheel_state.conflicts`` (counter): optimistic-concurrency conflicts (ConflictError),
-  by ``db.operation.name``;
+- ``flywheel_state.conflicts`` (counter): optimistic-concurrency conflicts (ConflictError);
 - ``flywheel_state.corrupt_records`` (counter): calls that met a record that is not a valid
-  document (CorruptRecordError), by ``db.operation.name``;
+  document (CorruptRecordError);
 - ``flywheel_state.migration.documents_rewritten`` (counter): documents written by migration
-  runs, by ``flywheel_state.migration.direction``;
+  runs (``migrations.upgrade`` / ``migrations.downgrade``);
+
+  (these counters carry ``db.system.name`` and ``db.operation.name``, the call that counted);
 - ``db.client.connection.count`` (observable up-down counter): connections of each Store's
   pools, by ``db.client.connection.state`` (``idle`` / ``used``) and
   ``db.client.connection.pool.name`` (the namespace).

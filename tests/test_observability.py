@@ -9,10 +9,14 @@ subprocess that blocks the import.
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -300,6 +304,21 @@ async def test_failures_are_recorded_and_not_found_on_get_is_an_outcome(
     assert "missing" not in all_values([failed, got, updated])
 
 
+async def test_an_iteration_stopped_early_ends_its_span_without_error(
+    store: Store, spans: InMemorySpanExporter
+) -> None:
+    await store.sessions.save_many([session(f"i{n}") for n in range(3)])
+    spans.clear()
+    walk = store.sessions.iterate(flow_id="flow-a", batch_size=1)
+    async for _ in walk:
+        break
+    await walk.aclose()  # type: ignore[attr-defined]
+    (span,) = spans.get_finished_spans()
+    assert span.name == "sessions.iterate"
+    assert span.status.status_code is StatusCode.UNSET
+    assert (span.attributes or {})["flywheel_state.query.match_count"] == 1
+
+
 async def test_migration_and_compat_calls_have_spans(
     settings: Settings, spans: InMemorySpanExporter
 ) -> None:
@@ -444,3 +463,50 @@ def test_without_opentelemetry_nothing_is_imported_and_calls_work(redis_url: str
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["('x', 1)", "False", "False", "[]"]
+
+
+# ----------------------------------------------------------------------------- README recipe
+
+
+def test_the_readme_prometheus_recipe_serves_the_metrics(redis_url: str, namespace: str) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("<!-- prometheus-recipe -->", 1)[1].split("```python\n", 1)[1]
+    recipe = block.split("```", 1)[0]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert "start_http_server(9464)" in recipe
+    script = recipe.replace("start_http_server(9464)", f"start_http_server({port})")
+    script += textwrap.dedent(
+        f"""
+        import urllib.request
+        print(urllib.request.urlopen("http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+        """
+    )
+    env = {**os.environ, "REDIS_URL": redis_url, "REDIS_NAMESPACE": namespace}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    scrape = out.stdout
+    for op in ("sessions.save", "sessions.get"):
+        count = re.search(
+            rf'^db_client_operation_duration_seconds_count\{{db_operation_name="{op}",'
+            rf'db_system_name="redis"[^}}]*\}} (\S+)$',
+            scrape,
+            re.MULTILINE,
+        )
+        assert count is not None and float(count.group(1)) == 1.0, scrape
+    assert re.search(
+        r"^flywheel_state_session_ttl_refreshes_total"
+        r'\{db_operation_name="sessions.save"[^}]*\} 1.0$',
+        scrape,
+        re.MULTILINE,
+    )
+    assert f'db_client_connection_pool_name="{namespace}"' in scrape
+    assert '"s1"' not in scrape and "=s1" not in scrape

@@ -316,7 +316,8 @@ class EventFeed:
         is skipped or repeated. Stop it with ``break`` or by cancelling the task.
 
         Args:
-            after: ``"$"``: events written from now on; a stream id: events after it.
+            after: ``"$"``: events written from the first step of the iteration on (the
+                newest id is read then); a stream id: events after it.
             kinds: Only events of these record kinds.
             count: Events fetched per round trip (1 to :data:`MAX_READ_COUNT`).
 
@@ -577,6 +578,8 @@ class EventConsumer:
             return
         unwanted: list[str] = []
         for entry_id, raw in entries:
+            if entry_id is None:
+                continue
             event = _event(entry_id, raw)
             if event is None:
                 unwanted.append(as_str(entry_id))  # trimmed while pending: nothing to deliver
@@ -595,10 +598,10 @@ class EventConsumer:
                 reply = await client.xreadgroup(
                     self.group, self.consumer, {key: self._own_cursor}, count=self._count
                 )
-                entries = reply[0][1] if reply else []
+                entries = [e for e in (reply[0][1] if reply else []) if e[0] is not None]
                 if entries:
                     self._own_cursor = as_str(entries[-1][0])
-                    return list(entries)
+                    return entries
                 self._own_cursor = None
             if self._claim_idle is not None:
                 claimed = await client.xautoclaim(

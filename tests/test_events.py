@@ -261,7 +261,7 @@ async def test_watch_gives_new_events_in_order(estore: Store) -> None:
     await estore.sessions.save(session("old"))
     stream = estore.events.watch(kinds="session")
     first = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0.2)  # let the watch pin "$" (an earlier write would be seen too)
+    await asyncio.sleep(0.5)  # let the watch pin "$" (one round trip; "old" is before it)
     await estore.executions.save(
         ExecutionResult(
             id="x", session_id="n1", flow_id="f", backend=Backend.FLOWISE, status="completed"

@@ -31,8 +31,18 @@ collector's reach (``gc.freeze()``): what each implementation allocates is still
 Then it times ``append_history`` on sessions holding 1,000 entries against sessions holding 10:
 the time per append must not grow with the history (the document is never rewritten).
 
+Last, the cost of observability and of the change feed, as ratios against the plain library
+in the same run (sequential calls on one connection, alternating every 250 calls): ``plain``
+calls the repository methods without the OpenTelemetry wrapper (what runs when
+opentelemetry-api is not installed); ``otel no-op`` the instrumented methods with no tracer
+or meter provider set (the API's no-op); ``events=True`` the plain methods of a Store that
+writes change events; then, once the SDK's providers are set (with an in-memory span exporter
+and metric reader: every span and point is really recorded), ``otel SDK`` against ``plain``
+again. Targets: no-op >= 0.97 of plain, events >= 0.85.
+
 With ``--check`` the exit status is 1 when a target is missed: (a)/(b) >= 0.8 for the single
-operations and for save_many / get_many, and append at 1,000 entries <= 1.5x the time at 10.
+operations and for save_many / get_many, append at 1,000 entries <= 1.5x the time at 10, and
+the two overhead targets above.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ from _harness import (
     console,
     drop_namespace,
     fresh_namespace,
+    print_cells,
     print_table,
     server_url,
 )
@@ -62,7 +73,8 @@ from redis.asyncio import Redis
 
 from flywheel_state import Settings, Store
 from flywheel_state.models import Session, SessionStatus
-from flywheel_state.repositories.base import BATCH_SIZE
+from flywheel_state.repositories.base import BATCH_SIZE, Repository
+from flywheel_state.repositories.sessions import SessionRepository
 
 TTL = timedelta(days=7)
 TTL_MS = int(TTL.total_seconds() * 1000)
@@ -467,6 +479,220 @@ async def no_op() -> None:
     return None
 
 
+# ---------------------------------------------------------------------- observability and events
+
+PLAIN, NOOP, SDK, EVENTS = "plain", "otel no-op", "otel SDK", "events=True"
+OVERHEAD_OPS = ("save", "update1", "append")
+NOOP_TARGET, EVENTS_TARGET = 0.97, 0.85
+PAIR_CHUNK = 50  # calls per implementation before the next one (finer than CHUNK: the ratios
+# wanted here are within a few percent, so load bursts must hit every implementation alike)
+
+
+async def paired(
+    ops: dict[str, Op], n: int, repeat: int, before_run: Callable[[], Any]
+) -> dict[str, float]:
+    """Ops/s per implementation: ``n`` calls each, in chunks whose order rotates.
+
+    Each implementation takes every position in the rotation equally often. The figure kept
+    per implementation is from the run whose ratio to the first implementation is the median.
+    """
+    impls = list(ops)
+    runs: list[dict[str, float]] = []
+    for _ in range(repeat):
+        await before_run()
+        spent = dict.fromkeys(impls, 0.0)
+        done = 0
+        turn = 0
+        while done < n:
+            size = min(PAIR_CHUNK, n - done)
+            order = impls[turn % len(impls) :] + impls[: turn % len(impls)]
+            for impl in order:
+                spent[impl] += await spend(ops[impl], done, size, 1)
+            done += size
+            turn += 1
+        runs.append({impl: n / spent[impl] for impl in impls})
+    base = impls[0]
+    out: dict[str, float] = {base: sorted(r[base] for r in runs)[len(runs) // 2]}
+    for impl in impls[1:]:
+        ratios = sorted(r[impl] / r[base] for r in runs)
+        out[impl] = out[base] * ratios[len(ratios) // 2]
+    return out
+
+
+def _plain(method: Any) -> Any:
+    """The method without the OpenTelemetry wrapper (itself when the API is not installed)."""
+    return getattr(method, "__wrapped__", method)
+
+
+class Overhead:
+    """Sessions per implementation of the overhead table, and their operations."""
+
+    def __init__(self, plain: Store, events: Store) -> None:
+        self.stores = {PLAIN: plain, NOOP: plain, SDK: plain, EVENTS: events}
+        self.ids = {
+            impl: [f"ovh-{n}-{k}" for k in range(KEYS)] for n, impl in enumerate(self.stores)
+        }
+
+    async def reset(self) -> None:
+        for impl, store in self.stores.items():
+            models = [make_session(sid, k) for k, sid in enumerate(self.ids[impl])]
+            await store.sessions.save_many(models)
+
+    def ops(self, impl: str) -> dict[str, Op]:
+        repo = self.stores[impl].sessions
+        ids = self.ids[impl]
+        models = [make_session(sid, k) for k, sid in enumerate(ids)]
+        wrapped = impl in (NOOP, SDK)
+        save = Repository.save if wrapped else _plain(Repository.save)
+        update = Repository.update if wrapped else _plain(Repository.update)
+        append = (
+            SessionRepository.append_history
+            if wrapped
+            else _plain(SessionRepository.append_history)
+        )
+        statuses = [SessionStatus.RUNNING, SessionStatus.IDLE]
+
+        async def save_op(i: int) -> object:
+            return await save(repo, models[i % KEYS])
+
+        async def update_op(i: int) -> object:
+            return await update(repo, ids[i % KEYS], status=statuses[i & 1])
+
+        async def append_op(i: int) -> object:
+            return await append(repo, ids[i % KEYS], make_entry(i))
+
+        return {"save": save_op, "update1": update_op, "append": append_op}
+
+
+async def wrapper_cost_us(calls: int = 100_000) -> float | None:
+    """Microseconds the no-op wrapper adds to one call (around an empty coroutine), or None.
+
+    The ratio rows carry the machine's noise (a few percent between runs on a loaded machine);
+    this figure is the wrapper's cost itself, to set against a call's time.
+    """
+    from flywheel_state import observability
+
+    if not observability.AVAILABLE:
+        return None
+
+    class Probe:
+        namespace = "probe"
+
+        async def save(self, value: int) -> int:
+            return value
+
+    observability.instrument(
+        Probe,
+        prefix=lambda _: "probe",
+        scope=lambda _: observability.Scope({}),
+        operations={"save": observability.OpSpec(id_from="model")},
+    )
+    probe = Probe()
+    best = {"plain": float("inf"), "wrapped": float("inf")}
+    for _ in range(5):
+        for name, method in (("plain", _plain(Probe.save)), ("wrapped", Probe.save)):
+            began = time.perf_counter()
+            for i in range(calls // 5):
+                await method(probe, i)
+            best[name] = min(best[name], (time.perf_counter() - began) / (calls // 5))
+    return (best["wrapped"] - best["plain"]) * 1e6
+
+
+def _install_sdk() -> bool:
+    """Set the SDK's global providers (in-memory exporter and reader); False without the SDK."""
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+    except ImportError:
+        return False
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    _SDK_EXPORTER.append(exporter)
+    return True
+
+
+_SDK_EXPORTER: list[Any] = []
+
+
+async def overhead_rows(url: str, args: argparse.Namespace) -> tuple[list[Row], list[str]]:
+    """The overhead table's rows (ops/s per implementation) and the columns measured."""
+    namespace = fresh_namespace("bench-ovh")
+    settings = Settings(url=url, namespace=namespace)
+    plain = await Store(settings, auto_migrate=True).connect()
+    events = await Store(settings.replace(events=True)).connect()
+    raw = Redis.from_url(url, **settings.client_kwargs())
+    rows: dict[str, Row] = {}
+    columns = [PLAIN, NOOP, EVENTS]
+    cost = await wrapper_cost_us(20_000 if args.quick else 200_000)
+    try:
+        bench = Overhead(plain, events)
+        await bench.reset()
+        for phase in ((PLAIN, NOOP, EVENTS), (PLAIN, SDK)):
+            if SDK in phase:
+                # Set only now: the global providers can't be unset, and until here the
+                # instrumented calls must meet the API's no-op.
+                if not _install_sdk():
+                    break
+                columns.append(SDK)
+            for op in OVERHEAD_OPS:
+                ops = {impl: bench.ops(impl)[op] for impl in phase}
+                before_run = bench.reset if op == "append" else no_op
+                best = await paired(ops, args.n, args.repeat, before_run)
+                row = rows.setdefault(op, Row(LABELS[op], {}))
+                if PLAIN in row.values:  # the SDK phase: its own plain figure is the base
+                    best[SDK] = best[SDK] * row.values[PLAIN] / best[PLAIN]
+                    del best[PLAIN]
+                row.values.update(best)
+                progress(row)
+                for exporter in _SDK_EXPORTER:
+                    exporter.clear()
+            await bench.reset()
+    finally:
+        await drop_namespace(raw, namespace)
+        await raw.aclose()
+        await events.close()
+        await plain.close()
+    if cost is not None and "save" in rows:
+        share = cost * rows["save"].values[PLAIN] / 1e6
+        console.print(
+            f"otel no-op wrapper: {cost:.2f} us a call, {share:.2%} of a plain save here "
+            "(measured around an empty coroutine, best of 5)"
+        )
+    return list(rows.values()), columns
+
+
+def print_overhead(rows: list[Row], columns: list[str]) -> list[str]:
+    """Print the overhead table; returns the targets missed."""
+    others = [c for c in columns if c != PLAIN]
+    table_rows = []
+    missed = []
+    for row in rows:
+        cells = [row.name, f"{row.values[PLAIN]:,.0f}"]
+        for col in others:
+            ratio = row.values[col] / row.values[PLAIN]
+            cells.append(f"{row.values[col]:,.0f} ({ratio:.3f})")
+            target = {NOOP: NOOP_TARGET, EVENTS: EVENTS_TARGET}.get(col)
+            if target is not None and ratio < target:
+                missed.append(f"{row.name} with {col}: {ratio:.3f} of plain < {target}")
+        table_rows.append(cells)
+    print_cells(
+        "Observability and events: ops/s (ratio to plain, same run; the SDK row's ratio is "
+        "against the plain figure of its own phase)",
+        ["operation", "plain", *others],
+        table_rows,
+    )
+    return missed
+
+
 _STARTED = time.perf_counter()
 
 
@@ -487,6 +713,11 @@ CONCURRENT_OPS = ("save", "get", "append")
 
 
 async def run(url: str, args: argparse.Namespace) -> int:
+    if args.overhead_only:
+        missed = print_overhead(*await overhead_rows(url, args))
+        for line in missed:
+            console.print(f"target missed: {line}", style="bold red")
+        return 1 if missed and args.check else 0
     namespace = fresh_namespace("bench")
     settings = Settings(url=url, namespace=namespace)
     store = Store(settings, auto_migrate=True)
@@ -574,7 +805,7 @@ async def run(url: str, args: argparse.Namespace) -> int:
     if args.markdown:
         print_markdown(rows, impls)
 
-    missed = []
+    missed = print_overhead(*await overhead_rows(url, args))
     for row in rows:
         if " x" in row.name or "@" in row.name:
             continue
@@ -608,6 +839,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-redis-om", action="store_true", help="skip (c)")
     parser.add_argument("--no-concurrent", action="store_true", help="skip the x50 rows")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
+    parser.add_argument(
+        "--overhead-only", action="store_true", help="only the observability/events table"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.batch, args.n_scale, args.repeat = 100, 500, 100, 1

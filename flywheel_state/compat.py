@@ -83,6 +83,7 @@ from flywheel_state.errors import (
     InvalidQueryError,
     NotFoundError,
 )
+from flywheel_state.observability import instrument_compat
 
 if TYPE_CHECKING:
     from flywheel_state.models import ExecutionResult, Session
@@ -846,3 +847,6 @@ class RedisExecutionCache(_FailSafe):
             return [d.result for d in docs] or None
 
         return await self._call(f"reading the history of {session_id!r} on {flow_id!r}", op, None)
+
+
+instrument_compat(RedisSessionManager, RedisExecutionCache)  # spans, see observability.py

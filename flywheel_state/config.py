@@ -34,6 +34,8 @@ DEFAULT_EXECUTION_TTL = timedelta(hours=1)
 # No ':' in a namespace: it separates namespace, kind and id in every key, so with a ':' one
 # namespace's prefix could cover another's keys and index ("app" and "app:session").
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _ttl(value: int | float | timedelta | None, name: str) -> timedelta | None:
@@ -112,6 +114,14 @@ class Settings:
     wait_replicas: int = 0
     """When above 0, every write returns only once this many replicas acknowledged it (WAIT,
     within ``command_timeout``); otherwise it raises OutcomeUnknownError."""
+    events: bool = False
+    """Append a change event to the stream ``{namespace}:events`` with every write, in the
+    same atomic step (see :mod:`flywheel_state.events`). Not on Redis Cluster."""
+    events_maxlen: int = 100_000
+    """Approximate cap of the event stream's length (older events are trimmed)."""
+    trace_ids: bool = False
+    """Put record ids into OpenTelemetry spans (attribute ``flywheel_state.record.id``). Off
+    by default: ids may identify users."""
 
     def __post_init__(self) -> None:
         for name in ("sentinel_hosts", "cluster_hosts"):
@@ -149,6 +159,18 @@ class Settings:
             raise ConfigError(
                 "wait_replicas is not supported on Redis Cluster yet (use 0 with redis+cluster://)"
             )
+        for name in ("events", "trace_ids"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.events and self.endpoint.kind == "cluster":
+            # The record and the stream live in different hash slots: no atomic script.
+            raise ConfigError(
+                "events are not supported on Redis Cluster (the event stream and the records "
+                "are in different hash slots, so a write and its event can't be atomic)"
+            )
+        maxlen = self.events_maxlen
+        if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
+            raise ConfigError(f"events_maxlen must be an int >= 1, got {maxlen!r}")
 
     def _make_endpoint(self) -> Endpoint:
         if self.url is not None:
@@ -290,7 +312,8 @@ class Settings:
         ``REDIS_CONNECT_TIMEOUT`` and ``REDIS_COMMAND_TIMEOUT`` (seconds);
         ``REDIS_SENTINEL_HOSTS`` (``h:p,h:p``), ``REDIS_SENTINEL_SERVICE``,
         ``REDIS_SENTINEL_USERNAME``, ``REDIS_SENTINEL_PASSWORD``; ``REDIS_CLUSTER_HOSTS``
-        (``h:p,h:p``); ``REDIS_WAIT_REPLICAS``.
+        (``h:p,h:p``); ``REDIS_WAIT_REPLICAS``; ``REDIS_EVENTS`` (``1``/``true``/``yes``/``on``
+        or ``0``/``false``/``no``/``off``) and ``REDIS_EVENTS_MAXLEN``.
 
         Args:
             environ: The mapping to read (default ``os.environ``).
@@ -334,11 +357,20 @@ class Settings:
             ("connect_timeout", ("REDIS_CONNECT_TIMEOUT",), float),
             ("command_timeout", ("REDIS_COMMAND_TIMEOUT",), float),
             ("wait_replicas", ("REDIS_WAIT_REPLICAS",), int),
+            ("events_maxlen", ("REDIS_EVENTS_MAXLEN",), int),
         ):
             value = number(names, kind)
             if value is not None:
                 values[field_name] = value
                 values.setdefault("_source", {})[field_name] = get(*names)
+        if (found := get("REDIS_EVENTS")) is not None:
+            flag = found[1].lower()
+            if flag not in _TRUE | _FALSE:
+                raise ConfigError(
+                    f"REDIS_EVENTS must be one of {', '.join(sorted(_TRUE | _FALSE))}, "
+                    f"got {found[1]!r}"
+                )
+            values["events"] = flag in _TRUE
         if (found := get("REDIS_USERNAME")) is not None:
             values["username"] = found[1]
         if (found := get("REDIS_PASSWORD")) is not None:

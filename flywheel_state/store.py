@@ -15,6 +15,8 @@ from flywheel_state import _topology
 from flywheel_state._redis import BudgetPool, Client, as_str, translate_errors
 from flywheel_state.config import Settings
 from flywheel_state.errors import ConfigError, ModuleMissingError, StoreUnavailableError
+from flywheel_state.events import EventFeed, EventSink
+from flywheel_state.observability import instrument_library, register_store
 from flywheel_state.repositories.executions import ExecutionRepository
 from flywheel_state.repositories.sessions import SessionRepository
 
@@ -45,6 +47,8 @@ class Store:
             without a (distributed) query engine, or a JSON-only managed service). ``find`` /
             ``count`` / ``ids`` / ``iterate`` / ``stats`` and index migrations then raise
             SearchUnavailableError; ``connect`` creates no index on a fresh namespace.
+        events: Shortcut for ``settings.events``: write a change event with every write
+            (read them with :attr:`events`).
     """
 
     def __init__(
@@ -56,9 +60,12 @@ class Store:
         auto_migrate: bool = False,
         refresh_on_read: bool = False,
         search: bool = True,
+        events: bool | None = None,
     ) -> None:
         base = settings or Settings()
         changes: dict[str, Any] = {}
+        if events is not None:
+            changes["events"] = events
         if url is not None:
             changes["url"] = url
         if namespace is not None:
@@ -85,6 +92,18 @@ class Store:
         if not search:
             self.sessions._search_enabled = False
             self.executions._search_enabled = False
+        self.events = EventFeed(
+            client=self._client_for_loop,
+            namespace=self.settings.namespace,
+            block=self.settings.command_timeout / 2,
+        )
+        """The change feed of this namespace (:class:`~flywheel_state.events.EventFeed`)."""
+        self.sessions.trace_ids = self.executions.trace_ids = self.settings.trace_ids
+        register_store(self)
+        if self.settings.events:
+            sink = EventSink(namespace=self.settings.namespace, maxlen=self.settings.events_maxlen)
+            self.sessions.emit_events(sink)
+            self.executions.emit_events(sink)
 
     def __repr__(self) -> str:
         return (
@@ -335,3 +354,6 @@ class Store:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+instrument_library()  # spans and metrics when opentelemetry-api is installed (observability.py)

@@ -7,6 +7,7 @@ import click
 from flywheel_state import __version__
 from flywheel_state.cli.demo import demo
 from flywheel_state.cli.doctor import doctor
+from flywheel_state.cli.events import events
 from flywheel_state.cli.executions import executions
 from flywheel_state.cli.migrate import migrate
 from flywheel_state.cli.server import server
@@ -25,7 +26,7 @@ def cli() -> None:
     """
 
 
-for _command in (doctor, demo, server, sessions, executions, migrate):
+for _command in (doctor, demo, server, sessions, executions, migrate, events):
     cli.add_command(_command)
 
 

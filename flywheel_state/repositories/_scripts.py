@@ -36,6 +36,17 @@ Every write command on an indexed document makes RediSearch index it again (abou
 the embedded server), and every byte passed into Lua costs too: the script reads with one
 command, writes a patch with as few commands as it can, and a full write normally with one.
 
+Change events (``Store(..., events=True)``, see :mod:`flywheel_state.events`): when the caller
+passes ``KEYS[2]``, the stream ``{ns}:events``, the LAST five arguments are the event's
+``kind, id, op, fields, maxlen`` (after everything above, so the positions of the other
+arguments do not move; a full write passes ``op`` = ``''`` and the script names it ``created``
+or ``updated`` from whether the key existed). The script appends the event with
+``XADD KEYS[2] MAXLEN ~ maxlen * kind .. id .. op .. version <new> fields ..`` as its very last
+command, after every write succeeded: each early return (a refused write of any kind, or any
+later skip such as a duplicate idempotent append) emits nothing, and an event is never written
+without its record nor a record without its event. :data:`DELETE_SCRIPT` does the same for
+deletes.
+
 Reply: ``{status, number}`` where status is ``ok`` (number = new version), ``corrupt`` (number
 unused; a third element names the key's type), ``exists``, ``missing``, ``conflict`` (number =
 stored version), ``badpath`` (a third element names the path) or ``duplicate`` (number = the
@@ -44,7 +55,7 @@ stored version; nothing was written).
 
 from __future__ import annotations
 
-__all__ = ["IDEMPOTENCY_MEMBER", "IDEMPOTENCY_WINDOW", "WRITE_SCRIPT"]
+__all__ = ["DELETE_SCRIPT", "IDEMPOTENCY_MEMBER", "IDEMPOTENCY_WINDOW", "WRITE_SCRIPT"]
 
 IDEMPOTENCY_WINDOW = 32
 """How many recent idempotency keys a session remembers (as 16-hex-digit digests)."""
@@ -239,5 +250,31 @@ if ttl_ms > 0 then
 elseif ttl_ms == 0 then
   redis.call('PERSIST', key)
 end
+if #KEYS > 1 then
+  local n = #ARGV
+  local op = ARGV[n - 2]
+  if op == '' then
+    op = exists and 'updated' or 'created'
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[n], '*', 'kind', ARGV[n - 4], 'id',
+    ARGV[n - 3], 'op', op, 'version', new, 'fields', ARGV[n - 1])
+end
 return {'ok', new}
 """.replace("@WINDOW@", str(IDEMPOTENCY_WINDOW))
+
+DELETE_SCRIPT = r"""
+-- Used only with change events: KEYS[1] the record, KEYS[2] the stream; ARGV kind, id, maxlen.
+-- Deletes the key and, when it existed, appends a 'deleted' event carrying its last version
+-- ('' when the key held no document version, e.g. a legacy string). Returns 1 or 0 like DEL.
+local raw = redis.pcall('JSON.GET', KEYS[1], '$.version')
+if redis.call('DEL', KEYS[1]) == 0 then
+  return 0
+end
+local version = ''
+if type(raw) == 'string' then
+  version = string.match(raw, '^%[(%-?%d+)') or ''
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', ARGV[1], 'id', ARGV[2],
+  'op', 'deleted', 'version', version, 'fields', '')
+return 1
+"""

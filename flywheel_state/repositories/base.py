@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, ClassVar, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis import exceptions as redis_exc
@@ -31,6 +31,9 @@ from flywheel_state.models._base import Document
 from flywheel_state.models._types import INT64_MAX, INT64_MIN, utcnow, validate_id
 from flywheel_state.repositories._scripts import WRITE_SCRIPT
 from flywheel_state.repositories.query import OnCorrupt, QueryMixin
+
+if TYPE_CHECKING:
+    from flywheel_state.events import EventSink
 
 __all__ = [
     "BATCH_SIZE",
@@ -258,6 +261,8 @@ class Repository(QueryMixin[M], Generic[M]):
     model: ClassVar[type[Document]]
     #: When True every write restarts the TTL (sessions); otherwise partial writes keep it.
     sliding: ClassVar[bool] = False
+    #: Put record ids into OpenTelemetry spans (``Settings.trace_ids``; the Store sets it).
+    trace_ids: bool = False
 
     def __init__(
         self,
@@ -283,14 +288,31 @@ class Repository(QueryMixin[M], Generic[M]):
         self._prefix = f"{namespace}:{self.model.KIND}:"
         self._script = AsyncScript(None, WRITE_SCRIPT.encode())  # type: ignore[arg-type]
         self._adapters: dict[str, TypeAdapter[Any]] = {}
+        self._events: EventSink | None = None
 
     @property
     def _client(self) -> Client:
         return self._client_source()
 
+    def emit_events(self, sink: EventSink | None) -> None:
+        """Write a change event with every write from now on (None: stop); the Store calls it."""
+        self._events = sink
+
     async def _write(
-        self, *, keys: list[str], args: list[Any], client: Any = None, what: str = "writing"
+        self,
+        *,
+        keys: list[str],
+        args: list[Any],
+        client: Any = None,
+        what: str = "writing",
+        event: str = "",
+        fields: Sequence[str] = (),
     ) -> Any:
+        if self._events is not None:
+            # The event rides in the same script call (see repositories/_scripts.py).
+            id = keys[0][len(self._prefix) :]
+            keys = [keys[0], self._events.key]
+            args = [*args, *self._events.write_args(self.model.KIND, id, event, fields)]
         if client is not None:  # a pipeline: it loads the script itself
             if _topology.is_cluster_pipeline(client):  # Redis Cluster refuses Script there
                 return await _topology.queue_script(self._script, client, keys, args)
@@ -702,6 +724,7 @@ class Repository(QueryMixin[M], Generic[M]):
         *,
         ttl: TTLArg,
         expected_version: int | None,
+        event: str = "updated",
     ) -> int:
         key = self.key(id)
         args: list[Any] = [
@@ -723,8 +746,16 @@ class Repository(QueryMixin[M], Generic[M]):
                     args.extend(("merge", member.group(1), value))
                     continue
             args.extend((op, path, value))
+        fields: list[str] = []
+        if self._events is not None:
+            for _, path, _ in ops:
+                name = path[2:].split(".", 1)[0].split("[", 1)[0]
+                if name not in fields:
+                    fields.append(name)
         with translate_errors(f"updating {key}"):
-            reply = await self._write(keys=[key], args=args, what=f"updating {key}")
+            reply = await self._write(
+                keys=[key], args=args, what=f"updating {key}", event=event, fields=fields
+            )
         return self._check_reply(key, reply, expected_version)
 
     def _stamp_ops(self, now: datetime) -> list[tuple[str, str, Any]]:
@@ -787,7 +818,7 @@ class Repository(QueryMixin[M], Generic[M]):
         ops = self._touch_ops(utcnow())
         if isinstance(ttl, _Default):
             ttl = self.default_ttl
-        return await self._patch(id, ops, ttl=ttl, expected_version=None)
+        return await self._patch(id, ops, ttl=ttl, expected_version=None, event="touched")
 
     def _touch_ops(self, now: datetime) -> list[tuple[str, str, Any]]:
         return self._stamp_ops(now)
@@ -802,6 +833,8 @@ class Repository(QueryMixin[M], Generic[M]):
         """
         key = self.key(id)
         with translate_errors(f"deleting {key}"):
+            if self._events is not None:
+                return bool(await self._events.delete(self._client, key, self.model.KIND, id))
             return bool(await self._delete_keys([key], f"deleting {key}"))
 
     async def delete_many(self, ids: Iterable[str]) -> int:
@@ -810,8 +843,20 @@ class Repository(QueryMixin[M], Generic[M]):
         deleted = 0
         for start in range(0, len(keys), BATCH_SIZE):
             batch = keys[start : start + BATCH_SIZE]
-            if batch:
+            if batch and self._events is not None:
+                deleted += await self._delete_with_events(batch)
+            elif batch:
                 what = f"deleting {len(batch)} records"
                 with translate_errors(what):
                     deleted += await self._delete_keys(batch, what)
         return deleted
+
+    async def _delete_with_events(self, keys: list[str]) -> int:
+        assert self._events is not None
+        with translate_errors(f"deleting {len(keys)} records"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    id = key[len(self._prefix) :]
+                    await self._events.delete(pipe, key, self.model.KIND, id)
+                replies = await pipe.execute()
+        return sum(int(r) for r in replies)

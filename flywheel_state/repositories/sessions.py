@@ -149,4 +149,4 @@ class SessionRepository(Repository[Session]):
         ops.append(("set", "$.last_active", _epoch(now)))
         ops.append(("set", "$.updated_at", _epoch(now)))
         ops.append(("incr", "$.total_queries", 1))
-        return await self._patch(id, ops, ttl=ttl, expected_version=None)
+        return await self._patch(id, ops, ttl=ttl, expected_version=None, event="history_appended")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from redis import exceptions as redis_exc
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from flywheel_state._pool import FastBlockingConnectionPool
 from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.config import Settings
 from flywheel_state.errors import ModuleMissingError, StoreUnavailableError
@@ -95,11 +96,12 @@ class Store:
         kwargs = self.settings.client_kwargs()
         kwargs["timeout"] = self.settings.pool_timeout
         kwargs.update(overrides)
+        # (Its uncontended checkout skips the blocking pool's lock and timer: see _pool.py.)
         pool: BlockingConnectionPool[Any]
         if self.settings.url is not None:
-            pool = BlockingConnectionPool.from_url(self.settings.url, **kwargs)
+            pool = FastBlockingConnectionPool.from_url(self.settings.url, **kwargs)
         else:
-            pool = BlockingConnectionPool(**kwargs)
+            pool = FastBlockingConnectionPool(**kwargs)
         client: Client = Redis.from_pool(pool)  # type: ignore[attr-defined]  # stubs lag redis 5+
         return client
 

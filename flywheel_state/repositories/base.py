@@ -25,10 +25,19 @@ from flywheel_state.errors import (
 )
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import utcnow, validate_id
+from flywheel_state.repositories._gc import collector_paused
 from flywheel_state.repositories._scripts import WRITE_SCRIPT
 from flywheel_state.repositories.query import QueryMixin
 
-__all__ = ["BATCH_SIZE", "DEFAULT", "Repository", "TTLArg", "check_nesting", "encode_json"]
+__all__ = [
+    "BATCH_SIZE",
+    "DEFAULT",
+    "Repository",
+    "TTLArg",
+    "check_nesting",
+    "collector_paused",
+    "encode_json",
+]
 
 M = TypeVar("M", bound=Document)
 
@@ -149,6 +158,9 @@ class Repository(QueryMixin[M], Generic[M]):
     model: ClassVar[type[Document]]
     #: When True every write restarts the TTL (sessions); otherwise partial writes keep it.
     sliding: ClassVar[bool] = False
+    #: Batch reads (get_many, pages of find, iterate) decode each batch with the garbage
+    #: collector paused (see :func:`collector_paused`); set False on an instance to opt out.
+    pause_gc_in_batches: bool = True
 
     def __init__(
         self,
@@ -463,11 +475,13 @@ class Repository(QueryMixin[M], Generic[M]):
                 if isinstance(reply, Exception):
                     with translate_errors(f"reading {key}"):
                         raise reply
-                if reply is None:
-                    out.append(None)
-                else:
-                    out.append(self._decode(key, reply))
-                    found.append(key)
+            with collector_paused(self.pause_gc_in_batches and len(batch) > 1):
+                for key, reply in zip(batch, replies, strict=False):
+                    if reply is None:
+                        out.append(None)
+                    else:
+                        out.append(self._decode(key, reply))
+                        found.append(key)
             if found:
                 await self._after_read(found)
         return out

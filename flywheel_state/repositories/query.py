@@ -51,6 +51,7 @@ from flywheel_state.indexes import alias_name
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import as_utc
 from flywheel_state.models.enums import Backend, ExecutionStatus, SessionStatus
+from flywheel_state.repositories._gc import collector_paused
 
 if TYPE_CHECKING:
     from flywheel_state._redis import Client
@@ -834,11 +835,12 @@ class QueryMixin(Generic[M]):
 
     def _decode_rows(self, rows: list[dict[str, Any]]) -> list[M]:
         out: list[M] = []
-        for row in rows:
-            raw = row.get("$")
-            if raw is None:  # expired or deleted between matching and loading
-                continue
-            out.append(self._decode(as_str(row["__key"]), raw))
+        with collector_paused(getattr(self, "pause_gc_in_batches", False) and len(rows) > 1):
+            for row in rows:
+                raw = row.get("$")
+                if raw is None:  # expired or deleted between matching and loading
+                    continue
+                out.append(self._decode(as_str(row["__key"]), raw))
         return out
 
     async def count(self, **filters: Any) -> int:

@@ -42,9 +42,8 @@ async def test_get_many_and_find_leave_the_collector_on(
     assert len((await store.sessions.find(limit=30)).items) == 30
     assert gc.isenabled()
     # A corrupt document in the middle of a batch: a typed error, and the collector back on.
-    sync_client.execute_command(
-        "JSON.SET", store.sessions.key("g5"), "$", json.dumps({"id": "g5", "backend": "custom", "version": "x"})
-    )
+    corrupt = {"id": "g5", "backend": "custom", "version": "x"}
+    sync_client.execute_command("JSON.SET", store.sessions.key("g5"), "$", json.dumps(corrupt))
     with pytest.raises(CorruptRecordError):
         await store.sessions.get_many([f"g{i}" for i in range(30)])
     assert gc.isenabled()

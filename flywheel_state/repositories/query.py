@@ -207,6 +207,8 @@ def _escape_tag(value: str) -> str:
     """
     if value == "":
         return '""'
+    if value.isascii() and value.isalnum():
+        return value  # the common case: nothing to escape
     return "".join("\\" + ch if ch.isascii() and not ch.isalnum() else ch for ch in value)
 
 
@@ -241,9 +243,19 @@ def _tag_values(name: str, spec: TagFilter, value: Any) -> list[str]:
     return out
 
 
+_ENUM_VALUES: dict[type[Enum], tuple[str, ...]] = {}
+
+
+def _enum_values(enum: type[Enum]) -> tuple[str, ...]:
+    values = _ENUM_VALUES.get(enum)
+    if values is None:
+        values = _ENUM_VALUES[enum] = tuple(str(m.value) for m in enum)
+    return values
+
+
 def _tag_value(name: str, spec: TagFilter, item: Any) -> str:
     if spec.enum is not None:
-        allowed = [str(m.value) for m in spec.enum]
+        allowed = _enum_values(spec.enum)
         candidate = item.value if isinstance(item, Enum) else item
         if isinstance(candidate, str) and candidate in allowed:
             return candidate
@@ -261,7 +273,8 @@ def _tag_value(name: str, spec: TagFilter, item: Any) -> str:
         raise InvalidQueryError(
             f"filter {name} values must be strings, got {_type_name(item)}: {item!r}"
         )
-    if any(unicodedata.category(ch) == "Cc" for ch in item):
+    # Printable text has no control character (category Cc): skip the per-character check.
+    if not item.isprintable() and any(unicodedata.category(ch) == "Cc" for ch in item):
         raise InvalidQueryError(
             f"filter {name}: {item!r} contains a control character; stored values never do"
         )

@@ -1,4 +1,4 @@
-"""The Store's connection pool: blocking semantics kept when its uncontended path is taken."""
+"""The Store's connection pool: blocking, first come first served, within pool_timeout."""
 
 from __future__ import annotations
 
@@ -28,22 +28,56 @@ async def test_bursts_never_open_more_than_max_connections(settings: Settings) -
         assert got == [f"p{i % 20}" for i in range(200)]
         assert peak <= 2
         assert len(pool._in_use_connections) == 0
-        assert pool._blocking_calls == 0
+        assert not pool._waiters
 
 
-async def test_a_waiting_call_gets_the_released_connection(settings: Settings) -> None:
+async def test_waiting_calls_are_served_in_order(settings: Settings) -> None:
     async with Store(settings.replace(max_connections=1), auto_migrate=True) as store:
         await store.sessions.save(Session(id="w", backend="custom"))
         pool = store.client.connection_pool
         held = await pool.get_connection()
-        waiter = asyncio.ensure_future(store.sessions.get("w"))
+        order: list[int] = []
+
+        async def call(i: int) -> None:
+            await store.sessions.get("w")
+            order.append(i)
+
+        waiting = [asyncio.ensure_future(call(i)) for i in range(6)]
         await asyncio.sleep(0.05)
-        assert not waiter.done()  # it waits: the only connection is taken
+        assert order == []  # all wait: the only connection is taken
+        # A newcomer arriving while they wait queues behind them instead of overtaking.
+        late = asyncio.ensure_future(call(99))
+        await asyncio.sleep(0)
         await pool.release(held)
-        assert (await asyncio.wait_for(waiter, 10)).id == "w"
-        # Back to the uncontended path.
-        assert pool._blocking_calls == 0
+        await asyncio.wait_for(asyncio.gather(*waiting, late), 10)
+        assert order == [0, 1, 2, 3, 4, 5, 99]
+        assert not pool._waiters
         assert (await store.sessions.get("w")).id == "w"
+
+
+async def test_a_cancelled_waiter_loses_no_connection(settings: Settings) -> None:
+    async with Store(settings.replace(max_connections=1), auto_migrate=True) as store:
+        await store.sessions.save(Session(id="c", backend="custom"))
+        pool = store.client.connection_pool
+        held = await pool.get_connection()
+        cancelled = asyncio.ensure_future(store.sessions.get("c"))
+        served = asyncio.ensure_future(store.sessions.get("c"))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        await pool.release(held)
+        assert (await asyncio.wait_for(served, 10)).id == "c"
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        # Cancelled just as it is handed a connection: the connection goes on, not lost.
+        held = await pool.get_connection()
+        racer = asyncio.ensure_future(store.sessions.get("c"))
+        await asyncio.sleep(0.05)
+        await pool.release(held)  # hands it to the racer...
+        racer.cancel()  # ...which is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await racer
+        assert len(pool._in_use_connections) == 0
+        assert (await asyncio.wait_for(store.sessions.get("c"), 10)).id == "c"
 
 
 async def test_pool_timeout_still_bounds_the_wait(settings: Settings) -> None:
@@ -57,3 +91,4 @@ async def test_pool_timeout_still_bounds_the_wait(settings: Settings) -> None:
         finally:
             await pool.release(held)
         assert await store.sessions.get_or_none("x") is None
+        assert not pool._live_waiter()

@@ -11,20 +11,14 @@ callers wait several timeouts.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_exc
-from redis.asyncio import BlockingConnectionPool
 
+from flywheel_state._pool import FastBlockingConnectionPool
 from flywheel_state.errors import FlywheelStateError, OutcomeUnknownError, StoreUnavailableError
-
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _deadline
-else:  # pragma: no cover - redis-py depends on async-timeout before 3.11.3
-    from async_timeout import timeout as _deadline  # type: ignore[import-not-found]
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -146,16 +140,18 @@ async def execute_write(client: Any, *args: Any, what: str) -> Any:
             await pool.release(conn)
 
 
-class BudgetPool(BlockingConnectionPool):  # type: ignore[type-arg]
+class BudgetPool(FastBlockingConnectionPool):
     """The Store's connection pool: one budget bounds each call, from its first wait.
 
     A call's budget is the pool's ``socket_timeout`` (``Settings.command_timeout``), counted
     from the moment it asks for a connection. The wait for a free connection gets at most
-    ``min(pool_timeout, budget)``; connecting (if needed), sending and reading the reply get
-    what is left: the connection's timeouts are set to the remaining time when it is handed
-    out and again once it is connected. So a stalled server never makes a caller wait for the
-    pool and then for a whole command timeout. Nothing is cancelled inside the driver (which
-    would leave a half-set-up connection in the pool); its own timeouts fire.
+    ``min(pool_timeout, budget)``; sending and reading the reply get what is left: the
+    connection's timeouts are set to the remaining time when it is handed out. So a stalled
+    server never makes a caller wait for the pool and then for a whole command timeout. (A new
+    connection is opened only when no call waits, within ``connect_timeout``.) Nothing is
+    cancelled inside the driver (which would leave a half-set-up connection in the pool); its
+    own timeouts fire. Checkouts are those of :class:`FastBlockingConnectionPool`: in order,
+    and cheap when uncontended.
     """
 
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
@@ -171,22 +167,10 @@ class BudgetPool(BlockingConnectionPool):  # type: ignore[type-arg]
         wait: float | None = self.timeout
         if budget is not None:
             wait = float(budget) if wait is None else min(float(wait), float(budget))
-        condition: Any = self._condition  # type: ignore[attr-defined]  # stubs lag redis 5+
-        pool: Any = self
+        connection = await self._checkout(wait)
         try:
-            async with condition, _deadline(wait):
-                await condition.wait_for(pool.can_get_connection)
-                connection = pool.get_available_connection()
-        except asyncio.TimeoutError as exc:
-            raise redis_exc.ConnectionError(
-                f"no pooled connection became free within {wait:g} s"
-            ) from exc
-        try:
-            self._limit(connection, deadline, loop)
-            await pool.ensure_connection(connection)
             self._limit(connection, deadline, loop)
         except BaseException:
-            await connection.disconnect(nowait=True)  # never hand out a half-set-up one
             await self.release(connection)
             raise
         return connection

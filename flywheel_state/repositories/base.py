@@ -29,6 +29,7 @@ from flywheel_state.errors import (
 )
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import INT64_MAX, INT64_MIN, utcnow, validate_id
+from flywheel_state.repositories._gc import collector_paused
 from flywheel_state.repositories._scripts import WRITE_SCRIPT
 from flywheel_state.repositories.query import OnCorrupt, QueryMixin
 
@@ -42,6 +43,7 @@ __all__ = [
     "TTLArg",
     "check_free_form",
     "check_nesting",
+    "collector_paused",
     "encode_json",
 ]
 
@@ -263,6 +265,9 @@ class Repository(QueryMixin[M], Generic[M]):
     sliding: ClassVar[bool] = False
     #: Put record ids into OpenTelemetry spans (``Settings.trace_ids``; the Store sets it).
     trace_ids: bool = False
+    #: Batch reads (get_many, pages of find, iterate) decode each batch with the garbage
+    #: collector paused (see :func:`collector_paused`); set False on an instance to opt out.
+    pause_gc_in_batches: bool = True
 
     def __init__(
         self,
@@ -648,23 +653,34 @@ class Repository(QueryMixin[M], Generic[M]):
                         pipe.execute_command("JSON.GET", key)
                     replies = await pipe.execute(raise_on_error=False)
             found: list[str] = []
-            for key, reply in zip(batch, replies, strict=False):
+            corrupt: dict[int, CorruptRecordError] = {}
+            for i, (key, reply) in enumerate(zip(batch, replies, strict=False)):
+                if not isinstance(reply, Exception):
+                    continue
                 try:
                     if isinstance(reply, redis_exc.ResponseError):
                         await self._fetch(key)  # raises CorruptRecordError with the key's type
-                    if isinstance(reply, Exception):
-                        with translate_errors(f"reading {key}"):
-                            raise reply
-                    if reply is None:
-                        out.append(None)
-                    else:
-                        out.append(self._decode(key, reply))
-                        found.append(key)
+                    with translate_errors(f"reading {key}"):
+                        raise reply
                 except CorruptRecordError as exc:
                     if not skip:
                         raise
-                    self._skipped(exc, "get_many")
-                    out.append(None)
+                    corrupt[i] = exc
+            with collector_paused(self.pause_gc_in_batches and len(batch) > 1):
+                for i, (key, reply) in enumerate(zip(batch, replies, strict=False)):
+                    try:
+                        if i in corrupt:
+                            raise corrupt[i]
+                        if reply is None:
+                            out.append(None)
+                        else:
+                            out.append(self._decode(key, reply))
+                            found.append(key)
+                    except CorruptRecordError as exc:
+                        if not skip:
+                            raise
+                        self._skipped(exc, "get_many")
+                        out.append(None)
             if found:
                 await self._after_read(found)
         return out

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 import unicodedata
@@ -56,6 +57,7 @@ from flywheel_state.indexes import alias_name
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import epoch_seconds
 from flywheel_state.models.enums import Backend, ExecutionStatus, SessionStatus
+from flywheel_state.repositories._gc import collector_paused
 
 if TYPE_CHECKING:
     from flywheel_state._redis import Client
@@ -221,6 +223,8 @@ def _escape_tag(value: str) -> str:
     """
     if value == "":
         return '""'
+    if value.isascii() and value.isalnum():
+        return value  # the common case: nothing to escape
     return "".join("\\" + ch if ch.isascii() and not ch.isalnum() else ch for ch in value)
 
 
@@ -255,9 +259,19 @@ def _tag_values(name: str, spec: TagFilter, value: Any) -> list[str]:
     return out
 
 
+_ENUM_VALUES: dict[type[Enum], tuple[str, ...]] = {}
+
+
+def _enum_values(enum: type[Enum]) -> tuple[str, ...]:
+    values = _ENUM_VALUES.get(enum)
+    if values is None:
+        values = _ENUM_VALUES[enum] = tuple(str(m.value) for m in enum)
+    return values
+
+
 def _tag_value(name: str, spec: TagFilter, item: Any) -> str:
     if spec.enum is not None:
-        allowed = [str(m.value) for m in spec.enum]
+        allowed = _enum_values(spec.enum)
         candidate = item.value if isinstance(item, Enum) else item
         if isinstance(candidate, str) and candidate in allowed:
             return candidate
@@ -283,7 +297,8 @@ def _tag_value(name: str, spec: TagFilter, item: Any) -> str:
                 f"filter {name}: {item!r} is not valid text (a lone surrogate); stored values "
                 "never hold one"
             ) from None
-    if any(unicodedata.category(ch) == "Cc" for ch in item):
+    # Printable text has no control character (category Cc): skip the per-character check.
+    if not item.isprintable() and any(unicodedata.category(ch) == "Cc" for ch in item):
         raise InvalidQueryError(
             f"filter {name}: {item!r} contains a control character; stored values never do"
         )
@@ -406,6 +421,27 @@ def _rows(reply: Any) -> list[dict[str, Any]]:
         items = list(row)
         out.append({as_str(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)})
     return out
+
+
+class _Unique:
+    """A sort value equal to nothing: a row whose exact value does not matter."""
+
+
+def _sort_value(value: Any) -> float | None:
+    """A stored sort value as the index sees it: a float, or None (null, or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, _Unique) or isinstance(b, _Unique):
+        return a is b
+    return bool(a == b)
+
+
+def _key_bytes(key: Any) -> bytes:
+    return key if isinstance(key, bytes) else str(key).encode()
 
 
 # ---------------------------------------------------------------------------------- the mixin
@@ -552,13 +588,15 @@ class QueryMixin(Generic[M]):
         window: int | None,
         docs: bool,
     ) -> tuple[int, list[dict[str, Any]]] | None:
-        """The page from one FT.SEARCH, or None when a tie may make its order ambiguous.
+        """The page from one FT.SEARCH, its tied boundary values resolved; None: use the exact path.
 
         FT.SEARCH sorts on one field and breaks ties by an internal document number, not by
-        key. Its page is the (attr, key) page whenever no two neighbouring rows, counting one
-        row on each side of the page, share a sort value. The sort keys it returns are rounded
-        (12 significant digits), so equal keys only mean "maybe a tie": the exact path then
-        decides. Timestamps rarely tie, so pages are usually one fast round trip.
+        key. Rows of different sort values are in the right order; only rows of one exact value
+        (a tie) may be in the wrong one. The search reads one row more on each side of the page:
+        when no two neighbouring rows share a sort key the page is exact as it is (one round
+        trip). Otherwise :meth:`_resolve_ties` orders ties inside the page by key and reads the
+        members of a tied value that straddles a page boundary with a narrow query on that one
+        value, instead of sorting every match. None only for a tie of null values on a boundary.
         """
         lo = offset - 1 if offset > 0 else 0
         before = offset - lo
@@ -578,9 +616,174 @@ class QueryMixin(Generic[M]):
                 row.update({as_str(fields[j]): fields[j + 1] for j in range(0, len(fields) - 1, 2)})
             rows.append(row)
             sort_keys.append(reply[i + 1])
-        if any(a == b for a, b in itertools.pairwise(sort_keys)):
-            return None
-        return int(reply[0]), rows[before : before + limit]
+        total = int(reply[0])
+        if not any(a == b for a, b in itertools.pairwise(sort_keys)):
+            return total, rows[before : before + limit]
+        # The window stops at the result window's edge: rows may follow that were not read.
+        more_after = after == 0 and len(rows) == before + limit
+        page = await self._resolve_ties(
+            query, attr, descending, rows, sort_keys, offset, before, limit, more_after, docs
+        )
+        return None if page is None else (total, page)
+
+    async def _exact_values(
+        self, attr: str, rows: list[dict[str, Any]], sort_keys: list[Any], docs: bool
+    ) -> list[Any]:
+        """The exact sort value of each row that shares its rounded sort key with a neighbour.
+
+        Other rows get a value of their own (``_UNIQUE`` markers never compare equal); a null
+        sort value is None; a record gone since the search also gets a unique marker.
+        """
+        tied = [
+            i
+            for i, key in enumerate(sort_keys)
+            if (i > 0 and sort_keys[i - 1] == key)
+            or (i + 1 < len(sort_keys) and sort_keys[i + 1] == key)
+        ]
+        values: list[Any] = [_Unique() for _ in rows]
+        if docs:
+            for i in tied:
+                raw = rows[i].get("$")
+                if raw is None:
+                    continue
+                try:
+                    doc = json.loads(raw)
+                except ValueError:
+                    continue  # decoding the page reports it
+                values[i] = _sort_value(doc.get(attr) if isinstance(doc, dict) else None)
+            return values
+        with translate_errors(f"reading sort values in {self.index_alias}"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for i in tied:
+                    pipe.execute_command("JSON.GET", rows[i]["__key"], f"$.{attr}")
+                replies = await pipe.execute(raise_on_error=False)
+        for i, reply in zip(tied, replies, strict=True):
+            if isinstance(reply, (bytes, str)):
+                found = json.loads(reply)
+                if found:
+                    values[i] = _sort_value(found[0])
+        return values
+
+    async def _resolve_ties(
+        self,
+        query: str,
+        attr: str,
+        descending: bool,
+        rows: list[dict[str, Any]],
+        sort_keys: list[Any],
+        offset: int,
+        before: int,
+        limit: int,
+        more_after: bool,
+        docs: bool,
+    ) -> list[dict[str, Any]] | None:
+        """The (attr, key) page from a search window with ties in it (see _page_by_search).
+
+        ``rows`` is the window in FT.SEARCH order: ``before`` rows (0 or 1) before the page,
+        the page, and at most one row after it. A run of rows of one exact value sits at the
+        same positions in FT.SEARCH order as in (attr, key) order, so a run inside the page only
+        needs sorting by key. A run that also holds the row before the page puts the last
+        members of its value (in key order) on this page, and a run that holds the row after it
+        the first ones: one FT.AGGREGATE on ``@attr:[v v]`` reads exactly those. A run that
+        covers the whole page first counts the records sorted before its value.
+        """
+        values = await self._exact_values(attr, rows, sort_keys, docs)
+        end = min(len(rows), before + limit)
+        runs: list[tuple[int, int]] = []  # [start, stop) in the window, one exact value each
+        start = 0
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or not _same(values[i], values[start]):
+                runs.append((start, i))
+                start = i
+        page: list[list[dict[str, Any]] | None] = []
+        lookups: list[tuple[int, Any, int, int, bool]] = []  # (slot, value, skip, take, desc)
+        counts: list[tuple[int, Any, int]] = []  # (slot, value, take): runs needing a rank
+        for run_start, run_stop in runs:
+            first, stop = max(run_start, before), min(run_stop, end)
+            if first >= stop:
+                continue  # the row before or after the page, in a run of its own
+            from_before = run_start < before
+            into_after = run_stop > end or (more_after and run_stop == end)
+            if not (from_before or into_after):
+                members = rows[first:stop]
+                if stop - first > 1:
+                    members = sorted(members, key=lambda r: _key_bytes(r["__key"]))
+                page.append(members)
+                continue
+            value = values[run_start]
+            if value is None:
+                return None  # nulls can't be selected by a range: the exact path decides
+            slot = len(page)
+            page.append(None)
+            if from_before and into_after:
+                counts.append((slot, value, stop - first))
+            elif from_before:
+                lookups.append((slot, value, 0, stop - first, True))
+            else:
+                lookups.append((slot, value, 0, stop - first, False))
+        if counts:
+            counted = await self._ranks(query, attr, descending, [c[1] for c in counts])
+            for (slot, value, take), rank in zip(counts, counted, strict=True):
+                # The page starts at position `offset` and the value's first record is at
+                # position `rank`: the page holds the value's members from offset - rank on.
+                lookups.append((slot, value, max(0, offset - rank), take, False))
+        if lookups:
+            found = await self._value_members(query, attr, lookups, docs)
+            for (slot, *_), members in zip(lookups, found, strict=True):
+                page[slot] = members
+        return [row for members in page for row in members or []]
+
+    def _narrow(self, query: str, attr: str, low: str, high: str) -> str:
+        narrow = f"@{attr}:[{low} {high}]"
+        return narrow if query == "*" else f"{query} {narrow}"
+
+    async def _ranks(
+        self, query: str, attr: str, descending: bool, values: list[float]
+    ) -> list[int]:
+        """For each value, how many matches sort before it (counted by the server)."""
+        tail = self._tail()
+        with translate_errors(f"querying {self.index_alias}"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for value in values:
+                    v = _number(value)
+                    low, high = (f"({v}", "+inf") if descending else ("-inf", f"({v}")
+                    narrowed = self._narrow(query, attr, low, high)
+                    pipe.execute_command(
+                        "FT.SEARCH", self.index_alias, narrowed, "LIMIT", 0, 0, *tail
+                    )
+                replies = await pipe.execute()
+        return [int(reply[0]) for reply in replies]
+
+    async def _value_members(
+        self,
+        query: str,
+        attr: str,
+        lookups: list[tuple[int, Any, int, int, bool]],
+        docs: bool,
+    ) -> list[list[dict[str, Any]]]:
+        """For each lookup, ``take`` records of one exact value from ``skip`` on, in key order.
+
+        ``desc`` reads them from the highest key down (the last members of the value), and
+        gives them back in ascending key order.
+        """
+        tail = self._tail()
+        with translate_errors(f"querying {self.index_alias}"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for _, value, skip, take, desc in lookups:
+                    v = _number(value)
+                    args: list[Any] = ["FT.AGGREGATE", self.index_alias]
+                    args += [self._narrow(query, attr, v, v), "LOAD", 1, _KEY]
+                    args += ["SORTBY", 2, _KEY, "DESC" if desc else "ASC", "MAX", skip + take]
+                    args += ["LIMIT", skip, take]
+                    if docs:
+                        args += ["LOAD", 1, "$"]
+                    pipe.execute_command(*args, *tail)
+                replies = await pipe.execute()
+        out: list[list[dict[str, Any]]] = []
+        for (_, _, _, _, desc), reply in zip(lookups, replies, strict=True):
+            members = _rows(reply)
+            out.append(members[::-1] if desc else members)
+        return out
 
     async def _page_by_aggregate(
         self, query: str, attr: str, descending: bool, offset: int, limit: int, docs: bool
@@ -709,16 +912,17 @@ class QueryMixin(Generic[M]):
     def _decode_rows(self, rows: list[dict[str, Any]], skipped: list[str] | None) -> list[M]:
         """The rows' documents; with a ``skipped`` list, invalid ones go there instead."""
         out: list[M] = []
-        for row in rows:
-            raw = row.get("$")
-            if raw is None:  # expired or deleted between matching and loading
-                continue
-            try:
-                out.append(self._decode(as_str(row["__key"]), raw))
-            except CorruptRecordError as exc:
-                if skipped is None:
-                    raise
-                skipped.append(self._skipped(exc, f"querying {self.index_alias}"))
+        with collector_paused(getattr(self, "pause_gc_in_batches", False) and len(rows) > 1):
+            for row in rows:
+                raw = row.get("$")
+                if raw is None:  # expired or deleted between matching and loading
+                    continue
+                try:
+                    out.append(self._decode(as_str(row["__key"]), raw))
+                except CorruptRecordError as exc:
+                    if skipped is None:
+                        raise
+                    skipped.append(self._skipped(exc, f"querying {self.index_alias}"))
         return out
 
     async def count(self, **filters: Any) -> int:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from pydantic import TypeAdapter, ValidationError
+from redis.commands.core import AsyncScript
 
-from flywheel_state._redis import Client, translate_errors
-from flywheel_state.errors import InvalidQueryError
+from flywheel_state._redis import Client, as_str, translate_errors
+from flywheel_state.errors import CorruptRecordError, InvalidQueryError, NotFoundError
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import utcnow
 from flywheel_state.models.session import HistoryEntry, Session
@@ -23,10 +25,67 @@ from flywheel_state.repositories.base import (
     encode_json,
 )
 
-__all__ = ["IDEMPOTENCY_WINDOW", "SessionRepository"]
+__all__ = ["IDEMPOTENCY_WINDOW", "HistoryPage", "SessionRepository"]
 
 _HISTORY_ENTRY = TypeAdapter(HistoryEntry)
 _MAX_IDEMPOTENCY_KEY = 200
+_HISTORY_LIST = TypeAdapter(list[HistoryEntry])
+
+# One round trip reads the history's length and a slice of it, so the length and the entries
+# describe the same state of the session. ARGV: how many entries, and the position to stop
+# before ('' for the end). Reply: {'ok', length, start, json} | {'missing'} | {'corrupt', type}
+# | {'badpath'}. The slice is a JSONPath slice: the server sends only those entries.
+_HISTORY_SCRIPT = r"""
+local key = KEYS[1]
+local t = redis.call('TYPE', key)['ok']
+if t == 'none' then
+  return {'missing'}
+end
+if t ~= 'ReJSON-RL' then
+  return {'corrupt', t}
+end
+local lens = redis.call('JSON.ARRLEN', key, '$.history')
+local n = lens[1]
+if type(n) ~= 'number' then
+  return {'badpath'}
+end
+local stop = n
+if ARGV[2] ~= '' then
+  stop = math.min(n, tonumber(ARGV[2]))
+end
+local start = math.max(0, stop - tonumber(ARGV[1]))
+if stop <= start then
+  return {'ok', n, stop, '[]'}
+end
+return {'ok', n, start, redis.call('JSON.GET', key, '$.history[' .. start .. ':' .. stop .. ']')}
+"""
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """A slice of a session's history, from :meth:`SessionRepository.history`.
+
+    Attributes:
+        entries: The entries, oldest first.
+        start: Position (0-based) of the first entry in the whole history; pass it as
+            ``before=`` to read the entries before these.
+        total: How many entries the whole history holds.
+    """
+
+    entries: list[HistoryEntry]
+    start: int
+    total: int
+
+    @property
+    def has_earlier(self) -> bool:
+        """True when older entries exist before :attr:`start`."""
+        return self.start > 0
+
+
+def _count_arg(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidQueryError(f"{name} must be a non-negative int, got {value!r}")
+    return value
 
 
 def _epoch(value: datetime) -> str:
@@ -53,6 +112,7 @@ class SessionRepository(Repository[Session]):
     ) -> None:
         super().__init__(client=client, namespace=namespace, default_ttl=default_ttl)
         self.refresh_on_read = refresh_on_read
+        self._history_script = AsyncScript(None, _HISTORY_SCRIPT.encode())  # type: ignore[arg-type]
 
     def _prepare(self, model: Document) -> None:
         model.updated_at = utcnow()  # type: ignore[attr-defined]
@@ -150,3 +210,64 @@ class SessionRepository(Repository[Session]):
         ops.append(("set", "$.updated_at", _epoch(now)))
         ops.append(("incr", "$.total_queries", 1))
         return await self._patch(id, ops, ttl=ttl, expected_version=None, event="history_appended")
+
+    async def history(self, id: str, *, last: int, before: int | None = None) -> HistoryPage:
+        """The last ``last`` history entries of a session, without reading the rest of it.
+
+        The server slices the history (a JSONPath slice) and sends only those entries, so
+        resuming a long conversation costs what its last turns cost, not the whole document.
+        Page backwards with ``before=page.start``::
+
+            page = await store.sessions.history("s1", last=20)
+            while page.has_earlier:
+                page = await store.sessions.history("s1", last=20, before=page.start)
+
+        Positions count from the oldest entry kept; ``append_history(..., max_len=...)``
+        drops the oldest entries, which shifts the positions of the others.
+
+        Args:
+            id: The session.
+            last: How many entries at most (0 or more; more than the history holds gives all).
+            before: Read the entries before this position (0-based; None: up to the newest
+                entry; beyond the end means the end).
+
+        Returns:
+            The entries (oldest first), the position of the first one, and the history's length.
+
+        Raises:
+            NotFoundError: The session does not exist.
+            InvalidQueryError: ``last`` or ``before`` is not a non-negative int.
+            CorruptRecordError: The key is not a session document, its history is not an
+                array, or an entry is not a valid history entry.
+        """
+        key = self.key(id)
+        count = _count_arg("last", last)
+        stop = "" if before is None else str(_count_arg("before", before))
+        with translate_errors(f"reading the history of {key}"):
+            reply = await self._history_script(keys=[key], args=[count, stop], client=self._client)
+        status = as_str(reply[0])
+        if status == "missing":
+            raise NotFoundError(f"{key} does not exist", key=key)
+        if status == "corrupt":
+            raise self._corrupt_type(key, as_str(reply[1]))
+        if status != "ok":
+            raise CorruptRecordError(
+                f"{key}: field $.history is missing or not an array",
+                key=key,
+                reason="bad path $.history",
+            )
+        total, start, raw = int(reply[1]), int(reply[2]), reply[3]
+        try:
+            entries = _HISTORY_LIST.validate_json(raw)
+        except ValidationError as exc:
+            errors = "; ".join(
+                f"history.{start + int(e['loc'][0]) if e['loc'] else '?'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            raise CorruptRecordError(
+                f"{key} holds history entries that are not valid: {errors}",
+                key=key,
+                reason=errors,
+            ) from exc
+        await self._after_read([key])
+        return HistoryPage(entries=entries, start=start, total=total)

@@ -8,6 +8,7 @@ write command (and every pipeline holding one) is followed, on the same connecti
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -240,25 +241,63 @@ def new_sentinel_client(settings: Settings, kwargs: dict[str, Any]) -> Client:
     return configure(client, settings)  # type: ignore[no-any-return]
 
 
+def _bounded_cluster_class() -> type[Any]:
+    from redis.asyncio.cluster import RedisCluster
+
+    class BoundedRedisCluster(RedisCluster):  # type: ignore[type-arg]
+        """RedisCluster whose commands wait (up to ``pool_timeout``) for one of
+        ``max_connections`` slots, like the single-node blocking pool, instead of failing with
+        MaxConnectionsError under a burst (redis-py's cluster pools don't block)."""
+
+        flywheel_limit: int = 50
+        flywheel_pool_timeout: float = 10.0
+        _flywheel_gate: asyncio.Semaphore | None = None
+
+        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            gate = self._flywheel_gate
+            if gate is None:
+                gate = self._flywheel_gate = asyncio.Semaphore(self.flywheel_limit)
+            try:
+                await asyncio.wait_for(gate.acquire(), timeout=self.flywheel_pool_timeout)
+            except asyncio.TimeoutError:
+                raise redis_exc.ConnectionError(
+                    f"no free connection within pool_timeout ({self.flywheel_pool_timeout:g} s)"
+                ) from None
+            try:
+                return await super().execute_command(*args, **kwargs)
+            finally:
+                gate.release()
+
+    return BoundedRedisCluster
+
+
 def new_cluster_client(settings: Settings, kwargs: dict[str, Any]) -> Any:
-    """A ``redis.asyncio.cluster.RedisCluster`` on the endpoint's seed nodes."""
-    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    """A ``redis.asyncio.cluster.RedisCluster`` on the endpoint's seed nodes.
+
+    Commands are bounded to ``max_connections`` at a time (waiting up to ``pool_timeout``);
+    each node's pool gets twice that, so that pipelines find a connection too.
+    """
+    from redis.asyncio.cluster import ClusterNode
 
     endpoint = settings.endpoint
+    limit = int(kwargs.get("max_connections", settings.max_connections))
     options: dict[str, Any] = dict(endpoint.options)
     options.pop("timeout", None)
     options.pop("db", None)
     retry = kwargs.get("retry")
-    return RedisCluster(
+    client = _bounded_cluster_class()(
         startup_nodes=[ClusterNode(host, port) for host, port in endpoint.addresses],
         username=endpoint.username,
         password=endpoint.password,
         ssl=endpoint.tls,
         socket_connect_timeout=kwargs.get("socket_connect_timeout", settings.connect_timeout),
         socket_timeout=kwargs.get("socket_timeout", settings.command_timeout),
-        max_connections=kwargs.get("max_connections", settings.max_connections),
+        max_connections=2 * limit,
         decode_responses=False,
         **({"retry": retry} if retry is not None else {}),
-        **{"protocol": 2},  # type: ignore[arg-type]
+        **{"protocol": 2},
         **options,
     )
+    client.flywheel_limit = limit
+    client.flywheel_pool_timeout = float(kwargs.get("timeout", settings.pool_timeout))
+    return client

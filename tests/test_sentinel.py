@@ -1,6 +1,7 @@
 """Sentinel: a Store follows failovers by itself; wait_replicas makes acknowledged writes
-durable across a kill -9 of the primary. One local topology (a primary, 2 replicas, 3
-sentinels from the embedded binaries) is shared by the whole module."""
+durable across a kill -9 of the primary. One local topology (a primary, 1 replica, 3 sentinels
+from the embedded binaries) is shared by the whole module; after each failover the killed node
+comes back as a replica of the new primary (while the writers keep going)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ LOSS: dict[str, list[int]] = {}
 
 @pytest.fixture(scope="module")
 def topo() -> Iterator[LocalSentinel]:
-    with LocalSentinel(replicas=2, sentinels=3) as topology:
+    with LocalSentinel(replicas=1, sentinels=3) as topology:
         yield topology
     for mode, times in RECOVERY.items():
         print(
@@ -77,6 +78,11 @@ def _fail_over(topo: LocalSentinel) -> tuple[int, int]:
 def _heal(topo: LocalSentinel, old: int) -> None:
     topo.revive(old)
     topo.wait_healthy()
+
+
+def _recover(topo: LocalSentinel, old: int) -> None:
+    topo.wait_failover(old)
+    _heal(topo, old)
 
 
 def _replicated(topo: LocalSentinel, key: str) -> None:
@@ -128,6 +134,7 @@ async def _workload(store: Store, topo: LocalSentinel, *, writers: int = 6) -> _
         while not stop.is_set():
             sid = f"{tag}-w{w}-{i}"
             i += 1
+            started = loop.time()
             try:
                 await store.sessions.save(
                     Session(id=sid, backend="flowise", user_id=f"u{w}"), ttl=3600
@@ -139,20 +146,22 @@ async def _workload(store: Store, topo: LocalSentinel, *, writers: int = 6) -> _
                 await asyncio.sleep(0.02)
                 continue
             run.acked[sid] = loop.time()
-            if run.killed_at is not None and run.recovered_at is None:
-                run.recovered_at = loop.time()
+            killed = run.killed_at
+            if killed is not None and started > killed and run.recovered_at is None:
+                run.recovered_at = loop.time()  # the first write sent after the kill
                 recovered.set()
 
     tasks = [asyncio.create_task(writer(w)) for w in range(writers)]
     await asyncio.sleep(0.4)
     old = await asyncio.to_thread(topo.kill_primary)
     run.killed_at = loop.time()
+    # The sentinels promote the replica; the killed node then comes back as its replica.
+    heal = asyncio.create_task(asyncio.to_thread(_recover, topo, old))
     await asyncio.wait_for(recovered.wait(), timeout=60)
     await asyncio.sleep(0.3)
     stop.set()
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
-    await asyncio.to_thread(topo.wait_failover, old)
-    await asyncio.to_thread(_heal, topo, old)
+    await asyncio.wait_for(heal, timeout=60)
     return run
 
 
@@ -240,8 +249,7 @@ async def test_compat_manager_returns_false_during_the_switch_then_works(
         loaded = await manager.load_session("after")
         assert loaded is not None and loaded.id == "after"
         assert await manager.load_session("before") is not None  # replicated before the kill
-        await asyncio.to_thread(topo.wait_failover, old)
-        await asyncio.to_thread(_heal, topo, old)
+        await asyncio.to_thread(_recover, topo, old)
     finally:
         await manager.close()
 
@@ -271,8 +279,8 @@ async def test_migration_rewrites_and_lock_wait_for_the_replicas(
         assert primary.delete(f"{ns}:_migrations:lock") == 1
     finally:
         primary.close()
-    # Two replicas: every rewrite is on both as soon as the migration returns.
-    settings = _settings(topo, ns, wait_replicas=2)
+    # Every rewrite is on the replica as soon as the migration returns.
+    settings = _settings(topo, ns, wait_replicas=1)
     async with Store(settings, auto_migrate=True) as store:
         assert await store.sessions.count() == 40
     for node in topo.data_nodes:

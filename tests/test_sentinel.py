@@ -24,6 +24,8 @@ from flywheel_state.topology import LocalSentinel
 
 pytestmark = pytest.mark.timeout(240)
 
+FAILING: dict[str, list[float]] = {}
+"""The slowest failed call of each failover, per mode (printed at the end)."""
 RECOVERY: dict[str, list[float]] = {}
 """Seconds from kill -9 to the first acknowledged write, per mode (printed at the end)."""
 LOSS: dict[str, list[int]] = {}
@@ -38,7 +40,8 @@ def topo() -> Iterator[LocalSentinel]:
         print(
             f"\nrecovery {mode}: n={len(times)} min {min(times):.2f}s "
             f"median {statistics.median(times):.2f}s max {max(times):.2f}s; "
-            f"acknowledged writes lost: {LOSS.get(mode)}"
+            f"acknowledged writes lost: {LOSS.get(mode)}; slowest failed call per failover: "
+            f"{[round(t, 2) for t in FAILING.get(mode, [])]}s"
         )
 
 
@@ -112,9 +115,24 @@ async def test_sentinel_url_reaches_the_primary(store: Store, topo: LocalSentine
     assert "redis+sentinel://" in repr(store)
 
 
+async def test_settings_fields_reach_the_primary_too(topo: LocalSentinel, ns: str) -> None:
+    settings = Settings(
+        sentinel_hosts=[("127.0.0.1", s.port) for s in topo.sentinels],
+        service_name=topo.service_name,
+        namespace=ns,
+    )
+    async with Store(settings, search=False) as store:
+        await store.sessions.save(Session(id="f1", backend="flowise"))
+        info = await store.client.info("server")
+        assert int(info["tcp_port"]) == topo.primary_port()
+        assert (await store.sessions.get("f1")).id == "f1"
+
+
 @dataclass
 class _Run:
     acked: dict[str, float] = field(default_factory=dict)
+    slowest_failure: float = 0.0
+    """Seconds the slowest failed call took (how fast calls fail during the switch)."""
     maybe: set[str] = field(default_factory=set)
     errors: dict[str, int] = field(default_factory=dict)
     killed_at: float | None = None
@@ -140,6 +158,7 @@ async def _workload(store: Store, topo: LocalSentinel, *, writers: int = 6) -> _
                     Session(id=sid, backend="flowise", user_id=f"u{w}"), ttl=3600
                 )
             except StoreUnavailableError as exc:  # OutcomeUnknownError included
+                run.slowest_failure = max(run.slowest_failure, loop.time() - started)
                 run.maybe.add(sid)  # may or may not have been written
                 name = type(exc).__name__
                 run.errors[name] = run.errors.get(name, 0) + 1
@@ -193,6 +212,7 @@ async def test_wait_replicas_1_loses_no_acknowledged_write(topo: LocalSentinel, 
             run = await _workload(store, topo)
             assert run.killed_at is not None and run.recovered_at is not None
             RECOVERY.setdefault("wait_replicas=1", []).append(run.recovered_at - run.killed_at)
+            FAILING.setdefault("wait_replicas=1", []).append(run.slowest_failure)
             assert len(run.acked) > 50 and run.errors  # the switch was seen, and typed
             assert await _check_after(store, run, "wait_replicas=1") == 0
 
@@ -204,6 +224,7 @@ async def test_wait_replicas_0_recovers_and_its_loss_is_measured(
         run = await _workload(store, topo)
         assert run.killed_at is not None and run.recovered_at is not None
         RECOVERY.setdefault("wait_replicas=0", []).append(run.recovered_at - run.killed_at)
+        FAILING.setdefault("wait_replicas=0", []).append(run.slowest_failure)
         lost = await _check_after(store, run, "wait_replicas=0")
         assert 0 <= lost < len(run.acked)
 

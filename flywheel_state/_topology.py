@@ -1,9 +1,10 @@
 """Clients for each topology: single node, Sentinel, Redis Cluster; durable acknowledgements.
 
 ``Store._new_client`` builds the single-node client itself and asks this module for the
-others. With ``Settings.wait_replicas > 0`` the client class is :class:`DurableRedis`: every
-write command (and every pipeline holding one) is followed, on the same connection, by
-``WAIT n timeout``; fewer acknowledgements than asked raise OutcomeUnknownError.
+others. With ``Settings.wait_replicas > 0`` (or ``wait_aof``) the client class is
+:class:`DurableRedis`: every write command (and every pipeline holding one) is followed, on the
+same connection, by ``WAIT n timeout`` (``WAITAOF 1 n timeout`` with ``wait_aof``); fewer
+acknowledgements than asked raise OutcomeUnknownError.
 """
 
 from __future__ import annotations
@@ -71,10 +72,20 @@ def wait_timeout_ms(command_timeout: float) -> int:
     return max(1, int(command_timeout * 1000 * 0.8))
 
 
-async def _wait(conn: Any, replicas: int, timeout_ms: int, what: str) -> None:
+async def _wait(conn: Any, replicas: int, timeout_ms: int, what: str, aof: bool = False) -> None:
     try:
-        await conn.send_command("WAIT", replicas, timeout_ms)
-        acked = int(await conn.read_response())
+        if aof:
+            # WAITAOF numlocal numreplicas: fsynced to the primary's and the replicas' AOF.
+            await conn.send_command("WAITAOF", 1, replicas, timeout_ms)
+            local, acked = (int(n) for n in await conn.read_response())
+            if local < 1:
+                raise OutcomeUnknownError(
+                    f"{what} was applied, but the primary did not fsync it to its append-only "
+                    f"file within {timeout_ms} ms: it may be lost if the primary restarts"
+                )
+        else:
+            await conn.send_command("WAIT", replicas, timeout_ms)
+            acked = int(await conn.read_response())
     except (redis_exc.RedisError, OSError) as exc:
         with contextlib.suppress(Exception):
             await conn.disconnect()
@@ -94,6 +105,7 @@ class DurableRedis(Redis):  # type: ignore[type-arg]
     """A ``redis.asyncio.Redis`` whose writes wait for ``wait_replicas`` acknowledgements."""
 
     wait_replicas: int = 0
+    wait_aof: bool = False
     wait_ms: int = 1000
 
     async def _send_command_parse_response(
@@ -102,8 +114,10 @@ class DurableRedis(Redis):  # type: ignore[type-arg]
         result = await super()._send_command_parse_response(  # type: ignore[misc]
             conn, command_name, *args, **options
         )
-        if self.wait_replicas > 0 and is_write(command_name):
-            await _wait(conn, self.wait_replicas, self.wait_ms, f"the write {command_name}")
+        if (self.wait_replicas > 0 or self.wait_aof) and is_write(command_name):
+            await _wait(
+                conn, self.wait_replicas, self.wait_ms, f"the write {command_name}", self.wait_aof
+            )
         return result
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
@@ -115,6 +129,7 @@ class DurableRedis(Redis):  # type: ignore[type-arg]
             shard_hint,
         )
         pipe.wait_replicas = self.wait_replicas
+        pipe.wait_aof = self.wait_aof
         pipe.wait_ms = self.wait_ms
         return pipe
 
@@ -123,11 +138,16 @@ class DurablePipeline(Pipeline):  # type: ignore[type-arg]
     """A pipeline of :class:`DurableRedis`: one WAIT after a batch holding a write."""
 
     wait_replicas: int = 0
+    wait_aof: bool = False
     wait_ms: int = 1000
 
     async def _after(self, connection: Any, commands: Any) -> None:
-        if self.wait_replicas > 0 and any(is_write(args[0]) for args, _ in commands):
-            await _wait(connection, self.wait_replicas, self.wait_ms, "a pipelined write")
+        if not (self.wait_replicas > 0 or self.wait_aof):
+            return
+        if any(is_write(args[0]) for args, _ in commands):
+            await _wait(
+                connection, self.wait_replicas, self.wait_ms, "a pipelined write", self.wait_aof
+            )
 
     async def _execute_pipeline(self, connection: Any, commands: Any, raise_on_error: bool) -> Any:
         try:
@@ -185,14 +205,15 @@ def forget_scripts(cluster: Any) -> None:
 
 
 def client_class(settings: Settings) -> type[Any]:
-    """``DurableRedis`` when ``settings.wait_replicas`` > 0, else plain ``Redis``."""
-    return DurableRedis if settings.wait_replicas > 0 else Redis
+    """``DurableRedis`` when ``settings.wait_replicas`` > 0 or ``wait_aof``, else ``Redis``."""
+    return DurableRedis if settings.wait_replicas > 0 or settings.wait_aof else Redis
 
 
 def configure(client: Any, settings: Settings) -> Any:
     """Set the WAIT parameters on a client made from :func:`client_class`."""
     if isinstance(client, DurableRedis):
         client.wait_replicas = settings.wait_replicas
+        client.wait_aof = settings.wait_aof
         client.wait_ms = wait_timeout_ms(settings.command_timeout)
     return client
 

@@ -12,11 +12,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
+from click.testing import CliRunner
 
 from flywheel_state import Settings, Store
+from flywheel_state.cli import cli
 from flywheel_state.compat import RedisSessionManager
 from flywheel_state.errors import OutcomeUnknownError, StoreUnavailableError
 from flywheel_state.models import Session
@@ -320,3 +323,57 @@ async def test_unknown_service_name_is_unavailable_not_a_hang(topo: LocalSentine
     settings = Settings(url=url, connect_timeout=0.5, command_timeout=0.5)
     with pytest.raises(StoreUnavailableError, match="no-such-service"):
         await asyncio.wait_for(Store(settings).connect(), timeout=20)
+
+
+# ---------------------------------------------------------------- credentials everywhere
+
+DATA_SECRET = "d#t/a?@pw-Not-Shown"
+SENTINEL_SECRET = "s#n/t?@pw-Not-Shown"
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[LocalSentinel]:
+    """Data nodes and sentinels both requiring a password with URL-special characters."""
+    with LocalSentinel(
+        replicas=1, sentinels=1, password=DATA_SECRET, sentinel_password=SENTINEL_SECRET
+    ) as topology:
+        yield topology
+
+
+def _guarded_url(topo: LocalSentinel, sentinel_secret: str = SENTINEL_SECRET) -> str:
+    hosts = ",".join(f"127.0.0.1:{s.port}" for s in topo.sentinels)
+    return (
+        f"redis+sentinel://:{quote(DATA_SECRET, safe='')}@{hosts}/{topo.service_name}"
+        f"?sentinel_password={quote(sentinel_secret, safe='')}"
+    )
+
+
+def _hidden(text: str) -> None:
+    assert "Not-Shown" not in text, text
+
+
+async def test_sentinel_and_data_passwords_work_and_never_show(guarded: LocalSentinel) -> None:
+    url = _guarded_url(guarded)
+    async with Store(url=url, namespace="guarded", auto_migrate=True) as store:
+        await store.sessions.save(Session(id="g1", backend="flowise"))
+        assert await store.sessions.count() == 1
+        _hidden(repr(store) + repr(store.settings) + store.settings.safe_url)
+        await store.sessions.delete("g1")
+    wrong = Settings(url=_guarded_url(guarded, "wrong"), connect_timeout=0.5, command_timeout=0.5)
+    with pytest.raises(StoreUnavailableError) as info:
+        await asyncio.wait_for(Store(wrong).connect(), timeout=20)
+    _hidden(str(info.value))
+
+
+def test_doctor_through_an_authenticated_sentinel_hides_both_passwords(
+    guarded: LocalSentinel,
+) -> None:
+    url = _guarded_url(guarded)
+    result = CliRunner().invoke(cli, ["doctor", "--url", url, "--namespace", "guarded"])
+    assert "available" in result.output, result.output
+    _hidden(result.output)
+    as_json = CliRunner().invoke(cli, ["doctor", "--url", url, "--namespace", "guarded", "--json"])
+    report = json.loads(as_json.output)
+    assert report["json"] is True and report["url"].endswith("sentinel_password=***")
+    assert report["url"].startswith("redis+sentinel://:***@")
+    _hidden(as_json.output)

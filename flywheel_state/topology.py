@@ -46,6 +46,7 @@ TOPOLOGY_FILE = "topology.json"
 """The file a topology writes into its data directory: kind, URL and the nodes' data dirs."""
 
 _SLOTS = 16384
+_PROBE_KEY = "flywheel-topology:probe"  # written (10 s TTL) to check that replication works
 _HOST = "127.0.0.1"
 
 
@@ -358,7 +359,8 @@ class LocalSentinel(_Topology):
         raise EmbeddedServerError("no sentinel answers")
 
     def wait_healthy(self, timeout: float | None = None) -> None:
-        """Wait until every sentinel names one live primary with its replicas and peers."""
+        """Wait until every sentinel names one live primary with its replicas and peers, and a
+        probe write (key ``flywheel-topology:probe``, 10 s TTL) reaches every replica."""
         replicas = sum(1 for n in self.data_nodes if n.is_running()) - 1
 
         def healthy() -> bool:
@@ -379,7 +381,17 @@ class LocalSentinel(_Topology):
             if role.get("role") != "master":
                 return False
             online = [v for k, v in role.items() if k.startswith("slave") and isinstance(v, dict)]
-            return sum(1 for v in online if v.get("state") == "online") >= replicas
+            if sum(1 for v in online if v.get("state") == "online") < replicas:
+                return False
+            if replicas == 0:
+                return True
+            # Replicating for real: a probe write is acknowledged by every replica.
+            client = _client(port, self._password)
+            try:
+                client.set(_PROBE_KEY, "1", px=10_000)
+                return int(client.wait(replicas, 500)) >= replicas
+            finally:
+                client.close()
 
         _wait_for(
             healthy, self._startup_timeout if timeout is None else timeout, "a healthy sentinel"

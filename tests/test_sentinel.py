@@ -55,6 +55,10 @@ def _settings(topo: LocalSentinel, namespace: str, **changes: Any) -> Settings:
 
 @pytest.fixture
 def ns(topo: LocalSentinel) -> Iterator[str]:
+    # On this loaded 2-core machine a node can stall past down-after-milliseconds (1 s) and
+    # the sentinels fail over on their own: every test starts from one healthy, replicating
+    # primary.
+    topo.wait_healthy()
     name = f"t{uuid.uuid4().hex[:10]}"
     yield name
     client = redis.Redis(port=topo.primary_port())

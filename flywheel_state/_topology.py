@@ -32,7 +32,6 @@ __all__ = [
     "DurablePipeline",
     "DurableRedis",
     "client_class",
-    "forget_scripts",
     "is_cluster_pipeline",
     "is_write",
     "new_cluster_client",
@@ -187,21 +186,16 @@ def is_cluster_pipeline(client: Any) -> bool:
 async def queue_script(script: Any, pipe: Any, keys: list[str], args: list[Any]) -> Any:
     """Queue ``script`` (an ``AsyncScript``) on a cluster pipeline as a raw EVALSHA.
 
-    The script is loaded on every primary first (once per cluster client); the pipeline then
-    sends each call to the node of its key's slot, one round trip per node.
+    The script is loaded on every primary once per pipeline (SCRIPT LOAD is idempotent; a node
+    that restarted since, and lost its scripts, gets it again); the pipeline then sends each
+    call to the node of its key's slot, one round trip per node.
     """
-    cluster = pipe.cluster_client
-    loaded = _loaded_scripts.setdefault(cluster, set())
+    loaded = _loaded_scripts.setdefault(pipe, set())
     if script.sha not in loaded:
-        await cluster.script_load(script.script)
+        await pipe.cluster_client.script_load(script.script)
         loaded.add(script.sha)
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     return pipe
-
-
-def forget_scripts(cluster: Any) -> None:
-    """Load scripts again on the next cluster pipeline (a node lost them: NOSCRIPT)."""
-    _loaded_scripts.pop(cluster, None)
 
 
 def client_class(settings: Settings) -> type[Any]:

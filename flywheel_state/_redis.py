@@ -118,10 +118,11 @@ async def execute_write(client: Any, *args: Any, what: str) -> Any:
         await conn.send_command(*args)
         reply = await conn.read_response()
         replicas = getattr(client, "wait_replicas", 0)
-        if replicas > 0:  # Settings.wait_replicas: acknowledged by replicas, on this connection
+        aof = getattr(client, "wait_aof", False)
+        if replicas > 0 or aof:  # Settings.wait_replicas / wait_aof, on this connection
             from flywheel_state._topology import wait_acknowledged
 
-            await wait_acknowledged(conn, replicas, client.wait_ms, what)
+            await wait_acknowledged(conn, replicas, client.wait_ms, what, aof)
         return reply
     except redis_exc.ResponseError:
         raise

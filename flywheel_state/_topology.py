@@ -1,13 +1,15 @@
 """Clients for each topology: single node, Sentinel, Redis Cluster; durable acknowledgements.
 
 ``Store._new_client`` builds the single-node client itself and asks this module for the
-others. With ``Settings.wait_replicas > 0`` the client class is :class:`DurableRedis`: every
-write command (and every pipeline holding one) is followed, on the same connection, by
-``WAIT n timeout``; fewer acknowledgements than asked raise OutcomeUnknownError.
+others. With ``Settings.wait_replicas > 0`` (or ``wait_aof``) the client class is
+:class:`DurableRedis`: every write command (and every pipeline holding one) is followed, on the
+same connection, by ``WAIT n timeout`` (``WAITAOF 1 n timeout`` with ``wait_aof``); fewer
+acknowledgements than asked raise OutcomeUnknownError.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -30,13 +32,13 @@ __all__ = [
     "DurablePipeline",
     "DurableRedis",
     "client_class",
-    "forget_scripts",
     "is_cluster_client",
     "is_cluster_pipeline",
     "is_write",
     "new_cluster_client",
     "new_sentinel_client",
     "queue_script",
+    "wait_acknowledged",
     "wait_timeout_ms",
 ]
 
@@ -71,15 +73,27 @@ def wait_timeout_ms(command_timeout: float) -> int:
     return max(1, int(command_timeout * 1000 * 0.8))
 
 
-async def wait_acknowledged(conn: Any, replicas: int, timeout_ms: int, what: str) -> None:
-    """``WAIT replicas timeout_ms`` on ``conn`` right after a write on it.
+async def wait_acknowledged(
+    conn: Any, replicas: int, timeout_ms: int, what: str, aof: bool = False
+) -> None:
+    """``WAIT`` (or ``WAITAOF``) on ``conn`` right after a write on it.
 
     Raises:
-        OutcomeUnknownError: Fewer replicas acknowledged in time, or the WAIT failed.
+        OutcomeUnknownError: Fewer acknowledgements in time, or the wait failed.
     """
     try:
-        await conn.send_command("WAIT", replicas, timeout_ms)
-        acked = int(await conn.read_response())
+        if aof:
+            # WAITAOF numlocal numreplicas: fsynced to the primary's and the replicas' AOF.
+            await conn.send_command("WAITAOF", 1, replicas, timeout_ms)
+            local, acked = (int(n) for n in await conn.read_response())
+            if local < 1:
+                raise OutcomeUnknownError(
+                    f"{what} was applied, but the primary did not fsync it to its append-only "
+                    f"file within {timeout_ms} ms: it may be lost if the primary restarts"
+                )
+        else:
+            await conn.send_command("WAIT", replicas, timeout_ms)
+            acked = int(await conn.read_response())
     except (redis_exc.RedisError, OSError) as exc:
         with contextlib.suppress(Exception):
             await conn.disconnect()
@@ -99,6 +113,7 @@ class DurableRedis(Redis):  # type: ignore[type-arg]
     """A ``redis.asyncio.Redis`` whose writes wait for ``wait_replicas`` acknowledgements."""
 
     wait_replicas: int = 0
+    wait_aof: bool = False
     wait_ms: int = 1000
 
     async def _send_command_parse_response(
@@ -107,9 +122,9 @@ class DurableRedis(Redis):  # type: ignore[type-arg]
         result = await super()._send_command_parse_response(  # type: ignore[misc]
             conn, command_name, *args, **options
         )
-        if self.wait_replicas > 0 and is_write(command_name):
+        if (self.wait_replicas > 0 or self.wait_aof) and is_write(command_name):
             await wait_acknowledged(
-                conn, self.wait_replicas, self.wait_ms, f"the write {command_name}"
+                conn, self.wait_replicas, self.wait_ms, f"the write {command_name}", self.wait_aof
             )
         return result
 
@@ -122,6 +137,7 @@ class DurableRedis(Redis):  # type: ignore[type-arg]
             shard_hint,
         )
         pipe.wait_replicas = self.wait_replicas
+        pipe.wait_aof = self.wait_aof
         pipe.wait_ms = self.wait_ms
         return pipe
 
@@ -130,12 +146,15 @@ class DurablePipeline(Pipeline):  # type: ignore[type-arg]
     """A pipeline of :class:`DurableRedis`: one WAIT after a batch holding a write."""
 
     wait_replicas: int = 0
+    wait_aof: bool = False
     wait_ms: int = 1000
 
     async def _after(self, connection: Any, commands: Any) -> None:
-        if self.wait_replicas > 0 and any(is_write(args[0]) for args, _ in commands):
+        if not (self.wait_replicas > 0 or self.wait_aof):
+            return
+        if any(is_write(args[0]) for args, _ in commands):
             await wait_acknowledged(
-                connection, self.wait_replicas, self.wait_ms, "a pipelined write"
+                connection, self.wait_replicas, self.wait_ms, "a pipelined write", self.wait_aof
             )
 
     async def _execute_pipeline(self, connection: Any, commands: Any, raise_on_error: bool) -> Any:
@@ -183,32 +202,28 @@ def is_cluster_pipeline(client: Any) -> bool:
 async def queue_script(script: Any, pipe: Any, keys: list[str], args: list[Any]) -> Any:
     """Queue ``script`` (an ``AsyncScript``) on a cluster pipeline as a raw EVALSHA.
 
-    The script is loaded on every primary first (once per cluster client); the pipeline then
-    sends each call to the node of its key's slot, one round trip per node.
+    The script is loaded on every primary once per pipeline (SCRIPT LOAD is idempotent; a node
+    that restarted since, and lost its scripts, gets it again); the pipeline then sends each
+    call to the node of its key's slot, one round trip per node.
     """
-    cluster = pipe.cluster_client
-    loaded = _loaded_scripts.setdefault(cluster, set())
+    loaded = _loaded_scripts.setdefault(pipe, set())
     if script.sha not in loaded:
-        await cluster.script_load(script.script)
+        await pipe.cluster_client.script_load(script.script)
         loaded.add(script.sha)
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     return pipe
 
 
-def forget_scripts(cluster: Any) -> None:
-    """Load scripts again on the next cluster pipeline (a node lost them: NOSCRIPT)."""
-    _loaded_scripts.pop(cluster, None)
-
-
 def client_class(settings: Settings) -> type[Any]:
-    """``DurableRedis`` when ``settings.wait_replicas`` > 0, else plain ``Redis``."""
-    return DurableRedis if settings.wait_replicas > 0 else Redis
+    """``DurableRedis`` when ``settings.wait_replicas`` > 0 or ``wait_aof``, else ``Redis``."""
+    return DurableRedis if settings.wait_replicas > 0 or settings.wait_aof else Redis
 
 
 def configure(client: Any, settings: Settings) -> Any:
     """Set the WAIT parameters on a client made from :func:`client_class`."""
     if isinstance(client, DurableRedis):
         client.wait_replicas = settings.wait_replicas
+        client.wait_aof = settings.wait_aof
         client.wait_ms = wait_timeout_ms(settings.command_timeout)
     return client
 
@@ -257,25 +272,63 @@ def new_sentinel_client(settings: Settings, kwargs: dict[str, Any]) -> Client:
     return configure(client, settings)  # type: ignore[no-any-return]
 
 
+def _bounded_cluster_class() -> type[Any]:
+    from redis.asyncio.cluster import RedisCluster
+
+    class BoundedRedisCluster(RedisCluster):  # type: ignore[type-arg]
+        """RedisCluster whose commands wait (up to ``pool_timeout``) for one of
+        ``max_connections`` slots, like the single-node blocking pool, instead of failing with
+        MaxConnectionsError under a burst (redis-py's cluster pools don't block)."""
+
+        flywheel_limit: int = 50
+        flywheel_pool_timeout: float = 10.0
+        _flywheel_gate: asyncio.Semaphore | None = None
+
+        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            gate = self._flywheel_gate
+            if gate is None:
+                gate = self._flywheel_gate = asyncio.Semaphore(self.flywheel_limit)
+            try:
+                await asyncio.wait_for(gate.acquire(), timeout=self.flywheel_pool_timeout)
+            except asyncio.TimeoutError:
+                raise redis_exc.ConnectionError(
+                    f"no free connection within pool_timeout ({self.flywheel_pool_timeout:g} s)"
+                ) from None
+            try:
+                return await super().execute_command(*args, **kwargs)
+            finally:
+                gate.release()
+
+    return BoundedRedisCluster
+
+
 def new_cluster_client(settings: Settings, kwargs: dict[str, Any]) -> Any:
-    """A ``redis.asyncio.cluster.RedisCluster`` on the endpoint's seed nodes."""
-    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    """A ``redis.asyncio.cluster.RedisCluster`` on the endpoint's seed nodes.
+
+    Commands are bounded to ``max_connections`` at a time (waiting up to ``pool_timeout``);
+    each node's pool gets twice that, so that pipelines find a connection too.
+    """
+    from redis.asyncio.cluster import ClusterNode
 
     endpoint = settings.endpoint
+    limit = int(kwargs.get("max_connections", settings.max_connections))
     options: dict[str, Any] = dict(endpoint.options)
     options.pop("timeout", None)
     options.pop("db", None)
     retry = kwargs.get("retry")
-    return RedisCluster(
+    client = _bounded_cluster_class()(
         startup_nodes=[ClusterNode(host, port) for host, port in endpoint.addresses],
         username=endpoint.username,
         password=endpoint.password,
         ssl=endpoint.tls,
         socket_connect_timeout=kwargs.get("socket_connect_timeout", settings.connect_timeout),
         socket_timeout=kwargs.get("socket_timeout", settings.command_timeout),
-        max_connections=kwargs.get("max_connections", settings.max_connections),
+        max_connections=2 * limit,
         decode_responses=False,
         **({"retry": retry} if retry is not None else {}),
-        **{"protocol": 2},  # type: ignore[arg-type]
+        **{"protocol": 2},
         **options,
     )
+    client.flywheel_limit = limit
+    client.flywheel_pool_timeout = float(kwargs.get("timeout", settings.pool_timeout))
+    return client

@@ -122,6 +122,11 @@ class Settings:
     trace_ids: bool = False
     """Put record ids into OpenTelemetry spans (attribute ``flywheel_state.record.id``). Off
     by default: ids may identify users."""
+    wait_aof: bool = False
+    """Wait with ``WAITAOF 1 wait_replicas`` instead: every write is fsynced to the primary's
+    append-only file (and to ``wait_replicas`` replicas' files) before it returns. Needs
+    ``appendonly yes`` on those servers (Redis 7.2+); otherwise writes raise
+    OutcomeUnknownError."""
 
     def __post_init__(self) -> None:
         for name in ("sentinel_hosts", "cluster_hosts"):
@@ -155,9 +160,12 @@ class Settings:
             or not 0 <= self.wait_replicas <= 1000
         ):
             raise ConfigError(f"wait_replicas must be an int 0-1000, got {self.wait_replicas!r}")
-        if self.wait_replicas and self.endpoint.kind == "cluster":
+        if not isinstance(self.wait_aof, bool):
+            raise ConfigError(f"wait_aof must be True or False, got {self.wait_aof!r}")
+        if (self.wait_replicas or self.wait_aof) and self.endpoint.kind == "cluster":
             raise ConfigError(
-                "wait_replicas is not supported on Redis Cluster yet (use 0 with redis+cluster://)"
+                "wait_replicas / wait_aof are not supported on Redis Cluster yet "
+                "(use the defaults with redis+cluster://)"
             )
         for name in ("events", "trace_ids"):
             if not isinstance(getattr(self, name), bool):
@@ -312,8 +320,9 @@ class Settings:
         ``REDIS_CONNECT_TIMEOUT`` and ``REDIS_COMMAND_TIMEOUT`` (seconds);
         ``REDIS_SENTINEL_HOSTS`` (``h:p,h:p``), ``REDIS_SENTINEL_SERVICE``,
         ``REDIS_SENTINEL_USERNAME``, ``REDIS_SENTINEL_PASSWORD``; ``REDIS_CLUSTER_HOSTS``
-        (``h:p,h:p``); ``REDIS_WAIT_REPLICAS``; ``REDIS_EVENTS`` (``1``/``true``/``yes``/``on``
-        or ``0``/``false``/``no``/``off``) and ``REDIS_EVENTS_MAXLEN``.
+        (``h:p,h:p``); ``REDIS_WAIT_REPLICAS``; ``REDIS_WAIT_AOF`` (``1``/``true``);
+        ``REDIS_EVENTS`` (``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``) and
+        ``REDIS_EVENTS_MAXLEN``.
 
         Args:
             environ: The mapping to read (default ``os.environ``).
@@ -375,6 +384,11 @@ class Settings:
             values["username"] = found[1]
         if (found := get("REDIS_PASSWORD")) is not None:
             values["password"] = found[1]
+        if (found := get("REDIS_WAIT_AOF")) is not None:
+            flag = found[1].lower()
+            if flag not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ConfigError(f"REDIS_WAIT_AOF must be 1/true or 0/false, got {found[1]!r}")
+            values["wait_aof"] = flag in ("1", "true", "yes", "on")
         for field_name, var in (
             ("sentinel_hosts", "REDIS_SENTINEL_HOSTS"),
             ("service_name", "REDIS_SENTINEL_SERVICE"),

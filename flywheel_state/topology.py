@@ -46,6 +46,7 @@ TOPOLOGY_FILE = "topology.json"
 """The file a topology writes into its data directory: kind, URL and the nodes' data dirs."""
 
 _SLOTS = 16384
+_PROBE_KEY = "flywheel-topology:probe"  # written (10 s TTL) to check that replication works
 _HOST = "127.0.0.1"
 
 
@@ -62,6 +63,12 @@ def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
             raise EmbeddedServerError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+def _conf_quote(value: str) -> str:
+    """A configuration-file string: double-quoted, with backslashes and quotes escaped."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def _cluster_port() -> int:
@@ -84,14 +91,19 @@ def _cluster_port() -> int:
     raise EmbeddedServerError("no free port pair for a cluster node")
 
 
-def _client(port: int) -> redis.Redis[str]:
+def _client(port: int, password: str | None = None) -> redis.Redis[str]:
     return redis.Redis(
-        host=_HOST, port=port, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
+        host=_HOST,
+        port=port,
+        password=password,
+        socket_timeout=2,
+        socket_connect_timeout=2,
+        decode_responses=True,
     )
 
 
-def _info(port: int, section: str) -> dict[str, Any]:
-    client = _client(port)
+def _info(port: int, section: str, password: str | None = None) -> dict[str, Any]:
+    client = _client(port, password)
     try:
         return dict(client.info(section))
     finally:
@@ -244,6 +256,9 @@ class LocalSentinel(_Topology):
         data_dir: Base directory (one sub-directory per node); None: a temporary one.
         startup_timeout: Seconds to wait for the topology to be healthy.
         detach: Let the processes outlive this one (stop with :func:`stop_topology`).
+        password: Password of the data nodes (``requirepass``; replicas and sentinels use it
+            to reach them). Not shown in :attr:`url`.
+        sentinel_password: Password of the sentinels themselves (their ``requirepass``).
     """
 
     kind = "sentinel"
@@ -257,6 +272,8 @@ class LocalSentinel(_Topology):
         data_dir: str | os.PathLike[str] | None = None,
         startup_timeout: float = 30.0,
         detach: bool = False,
+        password: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         if replicas < 0 or sentinels < 1:
             raise EmbeddedServerError("a sentinel topology needs replicas >= 0 and sentinels >= 1")
@@ -266,6 +283,8 @@ class LocalSentinel(_Topology):
         self.service_name = service_name
         self.data_nodes: list[EmbeddedRedis] = []
         self.sentinels: list[EmbeddedRedis] = []
+        self._password = password
+        self._sentinel_password = sentinel_password
 
     @property
     def url(self) -> str:
@@ -275,6 +294,8 @@ class LocalSentinel(_Topology):
 
     def _data_args(self, primary_port: int | None) -> list[str]:
         args = ["--repl-diskless-sync-delay", "0", "--repl-diskless-sync", "yes"]
+        if self._password:
+            args += ["--requirepass", self._password, "--masterauth", self._password]
         if primary_port is not None:
             args += ["--replicaof", _HOST, str(primary_port)]
         return args
@@ -292,12 +313,20 @@ class LocalSentinel(_Topology):
             node_dir.mkdir(parents=True, exist_ok=True)
             conf = node_dir / "sentinel.conf"
             name = self.service_name
-            conf.write_text(
+            text = (
                 f"sentinel monitor {name} {_HOST} {primary.port} {quorum}\n"
                 f"sentinel down-after-milliseconds {name} 1000\n"
                 f"sentinel failover-timeout {name} 3000\n"
                 f"sentinel parallel-syncs {name} 1\n"
             )
+            if self._password:
+                text += f"sentinel auth-pass {name} {_conf_quote(self._password)}\n"
+            if self._sentinel_password:
+                # The sentinels authenticate to each other with it too.
+                secret = _conf_quote(self._sentinel_password)
+                text += f"requirepass {secret}\nsentinel sentinel-pass {secret}\n"
+            conf.write_text(text)
+            conf.chmod(0o600)
             self.sentinels.append(
                 self._node(
                     f"sentinel-{i}", args=["--sentinel"], with_modules=False, config_file=conf
@@ -307,14 +336,14 @@ class LocalSentinel(_Topology):
 
     def _wait_replicas_linked(self, primary_port: int, count: int) -> None:
         def linked() -> bool:
-            info = _info(primary_port, "replication")
+            info = _info(primary_port, "replication", self._password)
             online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
             return sum(1 for v in online if v.get("state") == "online") >= count
 
         _wait_for(linked, self._startup_timeout, f"{count} replica(s) linked to {primary_port}")
 
     def _sentinel_view(self, port: int) -> dict[str, Any]:
-        client = _client(port)
+        client = _client(port, self._sentinel_password)
         try:
             masters = client.sentinel_masters()
         finally:
@@ -330,7 +359,8 @@ class LocalSentinel(_Topology):
         raise EmbeddedServerError("no sentinel answers")
 
     def wait_healthy(self, timeout: float | None = None) -> None:
-        """Wait until every sentinel names one live primary with its replicas and peers."""
+        """Wait until every sentinel names one live primary with its replicas and peers, and a
+        probe write (key ``flywheel-topology:probe``, 10 s TTL) reaches every replica."""
         replicas = sum(1 for n in self.data_nodes if n.is_running()) - 1
 
         def healthy() -> bool:
@@ -347,11 +377,21 @@ class LocalSentinel(_Topology):
             if len(ports) != 1:
                 return False
             port = ports.pop()
-            role = _info(port, "replication")
+            role = _info(port, "replication", self._password)
             if role.get("role") != "master":
                 return False
             online = [v for k, v in role.items() if k.startswith("slave") and isinstance(v, dict)]
-            return sum(1 for v in online if v.get("state") == "online") >= replicas
+            if sum(1 for v in online if v.get("state") == "online") < replicas:
+                return False
+            if replicas == 0:
+                return True
+            # Replicating for real: a probe write is acknowledged by every replica.
+            client = _client(port, self._password)
+            try:
+                client.set(_PROBE_KEY, "1", px=10_000)
+                return int(client.wait(replicas, 500)) >= replicas
+            finally:
+                client.close()
 
         _wait_for(
             healthy, self._startup_timeout if timeout is None else timeout, "a healthy sentinel"
@@ -381,7 +421,7 @@ class LocalSentinel(_Topology):
             port = self.primary_port()
             if port == old_port:
                 return False
-            if _info(port, "replication").get("role") != "master":
+            if _info(port, "replication", self._password).get("role") != "master":
                 return False
             found.append(port)
             return True

@@ -227,3 +227,16 @@ def test_doctor_reports_each_shard(cluster: LocalCluster, kv: Store) -> None:
         f"127.0.0.1:{n.port}" for n in cluster.nodes
     }
     assert any("search=False" in p for p in report["problems"])
+
+
+async def test_batches_survive_nodes_that_lost_their_scripts(
+    kv: Store, cluster: LocalCluster
+) -> None:
+    await kv.sessions.save_many([Session(id=f"b{i}", backend="flowise") for i in range(30)])
+    for node in cluster.nodes:  # as after a restart: the script cache is empty
+        client = redis.Redis(port=node.port)
+        client.script_flush()
+        client.close()
+    saved = await kv.sessions.save_many([Session(id=f"b{i}", backend="flowise") for i in range(30)])
+    assert [s.version for s in saved] == [2] * 30
+    await kv.sessions.save(Session(id="single", backend="flowise"))  # AsyncScript reloads too

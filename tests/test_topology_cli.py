@@ -109,3 +109,41 @@ def test_a_killed_parent_leaves_no_process(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGKILL)  # no atexit: only the parent-death signal remains
         proc.wait(timeout=30)
     assert _gone(pids)
+
+
+def test_foreground_topology_stops_on_ctrl_c(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flywheel_state.cli",
+            "server",
+            "start",
+            "--replicas",
+            "1",
+            "--sentinels",
+            "1",
+            "--data-dir",
+            str(tmp_path / "fg"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while not lines or "Press Ctrl-C" not in lines[-1]:
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        found = re.search(r"pids ([\d ]+)", "".join(lines))
+        assert found is not None
+        pids = [int(p) for p in found.group(1).split()]
+        assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert _gone(pids)

@@ -524,7 +524,10 @@ class QueryMixin(Generic[M]):
         # returns what it has so far: a count of 43,999 instead of 100,000, an empty GROUPBY.
         # Give the server a longer budget than the client's read timeout instead, so a slow
         # query ends as a clear client-side timeout error, never as a wrong answer.
-        timeout = self._client.connection_pool.connection_kwargs.get("socket_timeout")
+        client: Any = self._client
+        pool = getattr(client, "connection_pool", None)  # a RedisCluster has none
+        kwargs = pool.connection_kwargs if pool is not None else client.get_connection_kwargs()
+        timeout = kwargs.get("socket_timeout")
         ms = 0 if timeout is None else max(1000, int(float(timeout) * 2000))
         return ["TIMEOUT", ms, *_DIALECT]
 

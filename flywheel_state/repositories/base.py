@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import typing
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -657,7 +658,11 @@ class Repository(QueryMixin[M], Generic[M]):
     def _adapter(self, field: str) -> TypeAdapter[Any]:
         adapter = self._adapters.get(field)
         if adapter is None:
-            adapter = TypeAdapter(self.model.model_fields[field].rebuild_annotation())
+            # The declared annotation, with its constraints (int64 bounds, finite floats):
+            # FieldInfo.rebuild_annotation() drops those of a top-level Annotated type.
+            hints = typing.get_type_hints(self.model, include_extras=True)
+            annotation = hints.get(field) or self.model.model_fields[field].rebuild_annotation()
+            adapter = TypeAdapter(annotation)
             self._adapters[field] = adapter
         return adapter
 

@@ -32,9 +32,9 @@ SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-FLOAT_REL = 1e-15
+FLOAT_REL = 4.5e-16
 """Relative precision of a stored float (README "Limits and rules")."""
-FLOAT_ABS = 1e-300
+FLOAT_ABS = 1e-320
 """Absolute precision near zero (subnormal magnitudes)."""
 
 # ---------------------------------------------------------------------------------- strategies

@@ -37,6 +37,21 @@ def test_non_finite_floats_are_refused_in_typed_fields(bad: float) -> None:
         s.total_response_time = bad
 
 
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("total_response_time", math.inf),
+        ("total_response_time", math.nan),
+        ("total_queries", 2**64),
+    ],
+)
+async def test_update_refuses_what_the_model_refuses(store: Store, field: str, bad: Any) -> None:
+    await store.sessions.save(_session("s1"))
+    with pytest.raises(InvalidQueryError):
+        await store.sessions.update("s1", **{field: bad})
+    assert (await store.sessions.get("s1")).version == 1
+
+
 @pytest.mark.parametrize("bad", [2**63, 2**64, -(2**63) - 1, 10**400])
 def test_integers_beyond_int64_are_refused_in_typed_fields(bad: int) -> None:
     with pytest.raises(ValidationError):

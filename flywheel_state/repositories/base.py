@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import typing
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -181,6 +182,90 @@ def _refusal(path: str, value: Any) -> str | None:
     )
 
 
+class _Refused(Exception):
+    """Raised inside the free-form walk; the path is collected on the way out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path: list[Any] = []
+
+
+_ANY_FIELDS: dict[type, tuple[str, ...]] = {}
+_TEXT = frozenset({str, type(None)})
+
+
+def _model_items(node: BaseModel) -> list[tuple[Any, Any]]:
+    """The free-form parts of a pydantic model: its ``Any`` fields and its extra keys."""
+    cls = type(node)
+    names = _ANY_FIELDS.get(cls)
+    if names is None:
+        names = tuple(n for n, info in cls.model_fields.items() if info.annotation is Any)
+        _ANY_FIELDS[cls] = names
+    values = node.__dict__
+    items = [(n, values.get(n)) for n in names]
+    extra = node.__pydantic_extra__
+    if extra:
+        items.extend(extra.items())
+    return items
+
+
+def _walk(node: Any, depth: int) -> None:
+    """Check a free-form value; raises _Refused. ``depth`` is the depth ``node`` sits at."""
+    kind = type(node)
+    items: Iterable[tuple[Any, Any]]
+    keyed = True
+    if kind is dict:
+        items = node.items()
+    elif kind is list:
+        items = enumerate(node)
+        keyed = False
+    elif isinstance(node, BaseModel):
+        items = _model_items(node)
+    elif isinstance(node, dict) and not isinstance(node, Enum):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+        keyed = False
+    else:
+        reason = _refusal("it", node)
+        if reason is not None:
+            raise _Refused(reason)
+        return
+    depth += 1
+    if depth > _MAX_JSON_DEPTH:
+        raise _Refused(
+            f"it nests deeper than the {_MAX_JSON_DEPTH} levels a stored document may have (or "
+            "contains itself)"
+        )
+    for key, item in items:
+        if keyed and type(key) is not str:
+            raise _Refused(
+                f"it has the key {key!r} of type {type(key).__name__}: JSON object keys are "
+                "strings, so it would read back as a different key; use str keys"
+            )
+        item_kind = type(item)
+        if item_kind is str or item is None or item_kind is bool:
+            continue
+        if item_kind is int:
+            if INT64_MIN <= item <= INT64_MAX:
+                continue
+        elif item_kind is float and item - item == 0.0:  # finite
+            continue
+        else:
+            names = _ANY_FIELDS.get(item_kind)
+            if names is not None and not item.__pydantic_extra__:
+                # A model seen before (a history entry) holding only text: nothing to check.
+                values = item.__dict__
+                if all(type(values.get(n)) in _TEXT for n in names):
+                    continue
+        try:
+            _walk(item, depth)
+        except _Refused as error:
+            error.path.append(key)
+            raise
+
+
 def check_free_form(value: Any, what: str, *, at_depth: int) -> None:
     """Check that a free-form value (``dict[str, Any]``, ``Any``) reads back equal once stored.
 
@@ -198,53 +283,15 @@ def check_free_form(value: Any, what: str, *, at_depth: int) -> None:
     Raises:
         InvalidQueryError: The value can't be stored faithfully; the message names the path.
     """
-    limit = _MAX_JSON_DEPTH
-    stack: list[tuple[Any, int, str]] = [(value, at_depth, what)]
-    while stack:
-        node, depth, path = stack.pop()
-        if isinstance(node, BaseModel):
-            items: Iterable[tuple[Any, Any]] = [
-                (name, getattr(node, name))
-                for name, info in type(node).model_fields.items()
-                if info.annotation is Any
-            ]
-            items = [*items, *(node.__pydantic_extra__ or {}).items()]
-        elif type(node) is dict or (isinstance(node, dict) and not isinstance(node, Enum)):
-            items = node.items()
-        elif type(node) is list or isinstance(node, list):
-            items = enumerate(node)
-        else:
-            reason = _refusal(path, node)
-            if reason is not None:
-                raise InvalidQueryError(reason)
-            continue
-        depth += 1
-        if depth > limit:
-            raise InvalidQueryError(
-                f"{what} holds a value that can't be stored as JSON: it nests deeper than the "
-                f"{_MAX_JSON_DEPTH} levels a stored document may have (or contains itself)"
-            )
-        for key, item in items:
-            if type(key) is not str and not isinstance(node, list):
-                raise InvalidQueryError(
-                    f"{path} has the key {key!r} of type {type(key).__name__}: JSON object keys "
-                    "are strings, so it would read back as a different key; use str keys"
-                )
-            kind = type(item)
-            if kind is str or kind is bool or item is None:
-                continue
-            if kind is int:
-                if INT64_MIN <= item <= INT64_MAX:
-                    continue
-            elif kind is float:
-                if item - item == 0.0:  # finite
-                    continue
-            elif kind is dict or kind is list or isinstance(item, (BaseModel, dict, list)):
-                stack.append((item, depth, f"{path}[{key!r}]"))
-                continue
-            reason = _refusal(f"{path}[{key!r}]", item)
-            if reason is not None:
-                raise InvalidQueryError(reason)
+    try:
+        _walk(value, at_depth)
+    except _Refused as error:
+        path = what + "".join(f"[{k!r}]" for k in reversed(error.path[-8:]))
+        if len(error.path) > 8:
+            path += "[...]"
+        raise InvalidQueryError(
+            f"{path} holds a value that can't be stored as JSON: {error.reason}"
+        ) from None
 
 
 class Repository(QueryMixin[M], Generic[M]):
@@ -711,7 +758,11 @@ class Repository(QueryMixin[M], Generic[M]):
     def _adapter(self, field: str) -> TypeAdapter[Any]:
         adapter = self._adapters.get(field)
         if adapter is None:
-            adapter = TypeAdapter(self.model.model_fields[field].rebuild_annotation())
+            # The declared annotation, with its constraints (int64 bounds, finite floats):
+            # FieldInfo.rebuild_annotation() drops those of a top-level Annotated type.
+            hints = typing.get_type_hints(self.model, include_extras=True)
+            annotation = hints.get(field) or self.model.model_fields[field].rebuild_annotation()
+            adapter = TypeAdapter(annotation)
             self._adapters[field] = adapter
         return adapter
 

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from flywheel_state.crypto import FieldCipher
 from flywheel_state.errors import ConfigError
 
 __all__ = ["DEFAULT_NAMESPACE", "Settings", "redact_url"]
@@ -93,6 +94,9 @@ class Settings:
     """Size of the client's connection pool (per event loop)."""
     pool_timeout: float = 10.0
     """Seconds a call waits for a free pooled connection before StoreUnavailableError."""
+    cipher: FieldCipher | None = None
+    """Encrypts content fields at rest (see ``flywheel_state.crypto``); its repr shows key ids
+    only. None: stored in clear."""
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -119,6 +123,10 @@ class Settings:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         if self.max_connections < 1:
             raise ConfigError(f"max_connections must be >= 1, got {self.max_connections!r}")
+        if self.cipher is not None and not isinstance(self.cipher, FieldCipher):
+            raise ConfigError(
+                f"cipher must be a FieldCipher or None, got a {type(self.cipher).__name__}"
+            )
 
     def __repr__(self) -> str:
         shown = []
@@ -184,6 +192,10 @@ class Settings:
         ``REDIS_USERNAME`` / ``REDIS_PASSWORD``; ``REDIS_NAMESPACE`` (or ``REDIS_KEY_PREFIX``);
         ``REDIS_SESSION_TTL_SECONDS`` (or ``REDIS_TTL_SECONDS``); ``REDIS_EXECUTION_TTL_SECONDS``;
         ``REDIS_CONNECT_TIMEOUT`` and ``REDIS_COMMAND_TIMEOUT`` (seconds).
+        Encryption at rest: ``FLYWHEEL_ENCRYPTION_KEYS`` (``k1:<base64 32-byte key>,k2:...``),
+        ``FLYWHEEL_ENCRYPTION_ACTIVE_KEY`` (needed when the ring has several keys) and
+        ``FLYWHEEL_COMPRESS_MIN_BYTES`` (a byte count, or ``off``); key material is never
+        echoed in errors.
 
         Args:
             environ: The mapping to read (default ``os.environ``).
@@ -240,6 +252,17 @@ class Settings:
             values.setdefault("_source", {})["namespace"] = found
         if (found := get("REDIS_URL")) is not None:
             values.setdefault("_source", {})["url"] = found
+        if (found := get("FLYWHEEL_ENCRYPTION_KEYS")) is not None and "cipher" not in overrides:
+            active = get("FLYWHEEL_ENCRYPTION_ACTIVE_KEY")
+            threshold = get("FLYWHEEL_COMPRESS_MIN_BYTES")
+            try:
+                values["cipher"] = FieldCipher.from_env_values(
+                    found[1],
+                    None if active is None else active[1],
+                    compress_min_bytes=None if threshold is None else threshold[1],
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"FLYWHEEL_ENCRYPTION_KEYS: {exc}") from None
         sources: dict[str, tuple[str, str]] = values.pop("_source", {})
         values.update(overrides)
         try:

@@ -12,6 +12,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.config import Settings
+from flywheel_state.crypto import FieldCipher
 from flywheel_state.errors import ModuleMissingError, StoreUnavailableError
 from flywheel_state.repositories.executions import ExecutionRepository
 from flywheel_state.repositories.sessions import SessionRepository
@@ -39,6 +40,8 @@ class Store:
         auto_migrate: Run pending migrations on :meth:`connect` instead of raising
             SchemaOutOfDateError (for development, the demo and tests).
         refresh_on_read: Session reads restart the session TTL too.
+        cipher: Shortcut for ``settings.cipher``: encrypt content fields at rest
+            (:class:`~flywheel_state.crypto.FieldCipher`).
     """
 
     def __init__(
@@ -49,9 +52,12 @@ class Store:
         namespace: str | None = None,
         auto_migrate: bool = False,
         refresh_on_read: bool = False,
+        cipher: FieldCipher | None = None,
     ) -> None:
         base = settings or Settings()
         changes: dict[str, Any] = {}
+        if cipher is not None:
+            changes["cipher"] = cipher
         if url is not None:
             changes["url"] = url
         if namespace is not None:
@@ -67,11 +73,13 @@ class Store:
             namespace=self.settings.namespace,
             default_ttl=self.settings.session_ttl,
             refresh_on_read=refresh_on_read,
+            cipher=self.settings.cipher,
         )
         self.executions = ExecutionRepository(
             client=self._client_for_loop,
             namespace=self.settings.namespace,
             default_ttl=self.settings.execution_ttl,
+            cipher=self.settings.cipher,
         )
         self._migrations: MigrationRunner | None = None
 

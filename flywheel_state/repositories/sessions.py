@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from pydantic import TypeAdapter, ValidationError
 
 from flywheel_state._redis import Client, translate_errors
+from flywheel_state.crypto import FieldCipher
 from flywheel_state.errors import InvalidQueryError
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import utcnow
@@ -47,8 +48,9 @@ class SessionRepository(Repository[Session]):
         namespace: str,
         default_ttl: timedelta | None,
         refresh_on_read: bool = False,
+        cipher: FieldCipher | None = None,
     ) -> None:
-        super().__init__(client=client, namespace=namespace, default_ttl=default_ttl)
+        super().__init__(client=client, namespace=namespace, default_ttl=default_ttl, cipher=cipher)
         self.refresh_on_read = refresh_on_read
 
     def _prepare(self, model: Document) -> None:
@@ -112,6 +114,7 @@ class SessionRepository(Repository[Session]):
             if model.timestamp is None:
                 model.timestamp = now
             text = encode_json(model.model_dump_json, "history entry")
+            text = self._seal_entry(id, "history", text)
             ops.append(("append", "$.history", check_nesting(text, "history entry", at_depth=2)))
         if max_len is not None:
             ops.append(("keeplast", "$.history", max_len))

@@ -1,0 +1,731 @@
+"""Encryption at rest of stored content: AES-256-GCM per field, optional zstd compression.
+
+A :class:`FieldCipher` holds a key ring (key id -> 32-byte key) and the id of the active key.
+Given to a Store (``Store(..., cipher=FieldCipher(...))``, or ``Settings.from_env`` with
+``FLYWHEEL_ENCRYPTION_KEYS``), it encrypts the content fields that are never indexed
+(:data:`ENCRYPTED_FIELDS`); indexed fields stay in clear so queries keep working.
+
+Each encrypted value is stored as one JSON string, an *envelope*::
+
+    $fwenc:1:<key id>:<flags>:<base64 of nonce (12 bytes) || ciphertext || tag (16 bytes)>
+
+``flags`` is ``j`` (the plaintext is the value's JSON text) or ``z`` (that text compressed with
+zstd first). The associated data binds the ciphertext to its place: namespace, kind, record id,
+field, key id and flags. A ciphertext copied to another record, another field or another
+namespace, or given another key id or flag, fails to decrypt. History entries are encrypted one
+by one (so ``append_history`` stays one JSON.ARRAPPEND) and bound to ``history[]`` rather than
+to an array index, since trimming the history shifts indexes; each entry's random nonce is its
+identity, and a history holding the same ciphertext twice is refused as tampered.
+
+Reading never returns an envelope as content: without a cipher, or without the key id an
+envelope names, reading the record raises :class:`~flywheel_state.errors.EncryptionKeyError`;
+with a cipher, a field that should be encrypted but is stored in clear, or a ciphertext that
+fails authentication, raises :class:`~flywheel_state.errors.CorruptRecordError` naming the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from flywheel_state.errors import ConfigError, CorruptRecordError, EncryptionKeyError
+
+if TYPE_CHECKING:
+    from flywheel_state.models._base import Document
+
+__all__ = [
+    "DEFAULT_COMPRESS_MIN_BYTES",
+    "ENCRYPTED_FIELDS",
+    "ENVELOPE_PREFIX",
+    "EncryptedFields",
+    "FieldCipher",
+    "RecordCodec",
+    "check_plain_value",
+    "compression_available",
+    "has_envelope_marker",
+    "is_envelope",
+]
+
+ENVELOPE_PREFIX: Final = "$fwenc:1:"
+"""How every encrypted value starts (version 1 of the envelope)."""
+
+DEFAULT_COMPRESS_MIN_BYTES: Final = 4096
+"""Whole-value fields whose JSON is at least this long are compressed before encryption."""
+
+KEY_BYTES: Final = 32
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+_KEY_ID = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
+_MARK_BYTES = b'"' + ENVELOPE_PREFIX.encode()
+_MARK_STR = '"' + ENVELOPE_PREFIX
+_FLAG_JSON = "j"
+_FLAG_ZSTD = "z"
+_ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class EncryptedFields:
+    """Which fields of one kind of document are encrypted, and how.
+
+    Attributes:
+        whole: Fields encrypted as one value each.
+        entries: List fields whose elements are encrypted one by one.
+        compressible: Whole fields compressed first when large.
+    """
+
+    whole: tuple[str, ...]
+    entries: tuple[str, ...] = ()
+    compressible: frozenset[str] = frozenset()
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every encrypted field."""
+        return frozenset((*self.whole, *self.entries))
+
+
+ENCRYPTED_FIELDS: Final[Mapping[str, EncryptedFields]] = {
+    "session": EncryptedFields(
+        whole=("context", "metadata"), entries=("history",), compressible=frozenset({"context"})
+    ),
+    "execution": EncryptedFields(whole=("result", "metadata"), compressible=frozenset({"result"})),
+}
+"""The content fields encrypted per kind (none of them is indexed: see the README)."""
+
+
+# ---------------------------------------------------------------------- compression
+
+
+class _Zstd:
+    """zstd from the standard library (Python 3.14+) or the ``zstandard`` package."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self.compress: Callable[[bytes], bytes]
+        self.decompress: Callable[[bytes], bytes]
+        try:
+            from compression import zstd  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            import zstandard
+
+            def compress(data: bytes) -> bytes:
+                c = getattr(self._local, "c", None)
+                if c is None:
+                    c = self._local.c = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+                out: bytes = c.compress(data)
+                return out
+
+            def decompress(data: bytes) -> bytes:
+                d = getattr(self._local, "d", None)
+                if d is None:
+                    d = self._local.d = zstandard.ZstdDecompressor()
+                out: bytes = d.decompress(data)
+                return out
+
+            self.compress, self.decompress = compress, decompress
+        else:
+            self.compress = partial(zstd.compress, level=_ZSTD_LEVEL)
+            self.decompress = zstd.decompress
+
+
+_zstd: _Zstd | None = None
+
+
+def _get_zstd() -> _Zstd:
+    global _zstd
+    if _zstd is None:
+        _zstd = _Zstd()
+    return _zstd
+
+
+def compression_available() -> bool:
+    """True when zstd is importable (Python 3.14+, or ``pip install 'flywheel-state[crypto]'``)."""
+    try:
+        _get_zstd()
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- the cipher
+
+
+def _aesgcm() -> Any:
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+        raise ConfigError(
+            "encryption needs the 'cryptography' package: pip install 'flywheel-state[crypto]'"
+        ) from exc
+    return AESGCM
+
+
+class FieldCipher:
+    """A key ring for AES-256-GCM field encryption; new values use the active key.
+
+    Keys are never shown: ``repr`` names the key ids only, and no error message holds key
+    material. The raw key bytes are not kept on the object.
+
+    Args:
+        keys: Key id -> 32-byte key. Ids are 1-32 characters of letters, digits, ``_``, ``-``.
+            Keep retired keys in the ring until a re-key (``flywheel-state crypto rekey``) has
+            moved every record to the active one.
+        active: The id of the key new values are encrypted with.
+        compress_min_bytes: Whole-value fields (session ``context``, execution ``result``)
+            whose JSON is at least this many bytes are compressed with zstd before encryption.
+            None turns compression off. Needs zstd (Python 3.14+, or the ``crypto`` extra).
+
+    Raises:
+        ConfigError: Empty ring, a key of the wrong type or length, a bad key id, an active id
+            not in the ring, or compression asked for without zstd.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[str, bytes],
+        active: str,
+        *,
+        compress_min_bytes: int | None = DEFAULT_COMPRESS_MIN_BYTES,
+    ) -> None:
+        if not isinstance(keys, Mapping):
+            raise ConfigError(
+                f"keys must be a mapping of key id -> 32-byte key, got a {type(keys).__name__}"
+            )
+        if not keys:
+            raise ConfigError("the encryption key ring is empty: give at least one key")
+        aead = _aesgcm()
+        ring: dict[str, Any] = {}
+        for kid, key in keys.items():
+            if not isinstance(kid, str) or not _KEY_ID.match(kid):
+                shown = repr(kid) if isinstance(kid, str) and len(kid) <= 40 else "<invalid>"
+                raise ConfigError(
+                    f"encryption key id {shown} must be 1-32 letters, digits, '_' or '-'"
+                )
+            if not isinstance(key, (bytes, bytearray, memoryview)):
+                raise ConfigError(
+                    f"encryption key {kid!r} must be {KEY_BYTES} bytes, got a {type(key).__name__}"
+                )
+            if len(key) != KEY_BYTES:
+                raise ConfigError(
+                    f"encryption key {kid!r} must be {KEY_BYTES} bytes (AES-256), got "
+                    f"{len(key)} bytes"
+                )
+            ring[kid] = aead(bytes(key))
+        if not isinstance(active, str) or active not in ring:
+            shown = repr(active) if isinstance(active, str) and len(active) <= 40 else "<invalid>"
+            raise ConfigError(
+                f"active encryption key {shown} is not in the key ring "
+                f"(ids: {', '.join(sorted(ring))})"
+            )
+        if compress_min_bytes is not None:
+            if (
+                isinstance(compress_min_bytes, bool)
+                or not isinstance(compress_min_bytes, int)
+                or compress_min_bytes < 1
+            ):
+                raise ConfigError(
+                    "compress_min_bytes must be a positive integer or None, got "
+                    f"{compress_min_bytes!r}"
+                )
+            if not compression_available():
+                raise ConfigError(
+                    "compression needs zstd: pip install 'flywheel-state[crypto]' (or Python "
+                    "3.14+), or pass compress_min_bytes=None"
+                )
+        self._ring = ring
+        self.active = active
+        self.compress_min_bytes = compress_min_bytes
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """The ids of the keys in the ring, sorted."""
+        return tuple(sorted(self._ring))
+
+    def __repr__(self) -> str:
+        return (
+            f"FieldCipher(active={self.active!r}, key_ids={self.key_ids!r}, "
+            f"compress_min_bytes={self.compress_min_bytes!r})"
+        )
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("FieldCipher holds keys and can't be pickled")
+
+    # ------------------------------------------------------------------ from the environment
+
+    @classmethod
+    def from_env_values(
+        cls, keys: str, active: str | None, *, compress_min_bytes: str | None = None
+    ) -> FieldCipher:
+        """Build a cipher from environment-style text.
+
+        Args:
+            keys: ``"k1:<base64 key>,k2:<base64 key>"`` (standard or URL-safe base64).
+            active: The active key id; None when the ring has exactly one key.
+            compress_min_bytes: A byte count, ``"off"``/``"none"``, or None for the default.
+
+        Raises:
+            ConfigError: Malformed text (the message never holds key material).
+        """
+        ring: dict[str, bytes] = {}
+        for n, item in enumerate((p.strip() for p in keys.split(",")), 1):
+            if not item:
+                continue
+            kid, sep, b64 = item.partition(":")
+            kid = kid.strip()
+            if not sep or not kid:
+                raise ConfigError(
+                    f"encryption key #{n} must be written id:base64key (the key is not shown)"
+                )
+            try:
+                text = b64.strip()
+                key = base64.b64decode(
+                    text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4),
+                    validate=True,
+                )
+            except (binascii.Error, ValueError):
+                raise ConfigError(
+                    f"encryption key {kid!r} is not valid base64 (the key is not shown)"
+                ) from None
+            if kid in ring:
+                raise ConfigError(f"encryption key id {kid!r} is given twice")
+            ring[kid] = key
+        if active is None or not active.strip():
+            if len(ring) != 1:
+                raise ConfigError(
+                    "name the active encryption key (FLYWHEEL_ENCRYPTION_ACTIVE_KEY) when the "
+                    "ring holds several keys"
+                    if ring
+                    else "the encryption key ring is empty: give at least one key"
+                )
+            active = next(iter(ring))
+        threshold: int | None = DEFAULT_COMPRESS_MIN_BYTES
+        if compress_min_bytes is not None and compress_min_bytes.strip():
+            raw = compress_min_bytes.strip()
+            if raw.lower() in ("off", "none", "0"):
+                threshold = None
+            else:
+                try:
+                    threshold = int(raw)
+                except ValueError:
+                    raise ConfigError(
+                        f"compress_min_bytes must be a number of bytes or 'off', got {raw!r}"
+                    ) from None
+        return cls(ring, active.strip(), compress_min_bytes=threshold)
+
+    # ------------------------------------------------------------------ sealing
+
+    def seal(self, plaintext: bytes, place: bytes, *, compress: bool = False) -> str:
+        """Encrypt ``plaintext`` (JSON text) for ``place`` with the active key; an envelope.
+
+        Args:
+            plaintext: The value's JSON text.
+            place: The associated data prefix (namespace, kind, id, field).
+            compress: Compress first when at least ``compress_min_bytes`` long (and smaller).
+        """
+        flags = _FLAG_JSON
+        threshold = self.compress_min_bytes
+        if compress and threshold is not None and len(plaintext) >= threshold:
+            packed = _get_zstd().compress(plaintext)
+            if len(packed) < len(plaintext):
+                plaintext, flags = packed, _FLAG_ZSTD
+        kid = self.active
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._ring[kid].encrypt(nonce, plaintext, _aad(place, kid, flags))
+        return f"{ENVELOPE_PREFIX}{kid}:{flags}:{base64.b64encode(nonce + sealed).decode()}"
+
+    def open(self, envelope: str, place: bytes, *, key: str, field: str) -> bytes:
+        """Decrypt an envelope sealed for ``place``; returns the value's JSON text.
+
+        Args:
+            envelope: The stored string.
+            place: The associated data prefix it must have been sealed with.
+            key: The Redis key (for error messages).
+            field: The field path (for error messages).
+
+        Raises:
+            EncryptionKeyError: The envelope names a key id not in the ring.
+            CorruptRecordError: Malformed, tampered with, or sealed for another place.
+        """
+        kid, flags, payload = _split(envelope, key=key, field=field)
+        aead = self._ring.get(kid)
+        if aead is None:
+            raise EncryptionKeyError(
+                f"{key}: field {field} is encrypted with key id {kid!r}, which is not in the "
+                f"key ring (ids: {', '.join(self.key_ids)})",
+                key=key,
+                key_id=kid,
+            )
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise _corrupt(key, field, "its ciphertext is not valid base64") from None
+        if len(raw) < _NONCE_BYTES + _TAG_BYTES:
+            raise _corrupt(key, field, "its ciphertext is truncated")
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            plain: bytes = aead.decrypt(
+                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _aad(place, kid, flags)
+            )
+        except InvalidTag:
+            raise _corrupt(
+                key,
+                field,
+                "its ciphertext fails authentication (tampered with, or copied from another "
+                "record or field)",
+            ) from None
+        if flags == _FLAG_ZSTD:
+            try:
+                plain = _get_zstd().decompress(plain)
+            except ImportError:
+                raise EncryptionKeyError(
+                    f"{key}: field {field} is compressed with zstd, which is not installed: "
+                    "pip install 'flywheel-state[crypto]'",
+                    key=key,
+                    key_id=kid,
+                ) from None
+            except Exception as exc:  # zstd's own error types differ between implementations
+                raise _corrupt(key, field, f"it does not decompress ({exc})") from exc
+        return plain
+
+    def key_id_of(self, envelope: str, *, key: str, field: str) -> str:
+        """The key id an envelope was sealed with (without decrypting it)."""
+        return _split(envelope, key=key, field=field)[0]
+
+
+def _aad(place: bytes, kid: str, flags: str) -> bytes:
+    return place + kid.encode() + b"\x00" + flags.encode()
+
+
+def _split(envelope: str, *, key: str, field: str) -> tuple[str, str, str]:
+    parts = envelope[len(ENVELOPE_PREFIX) :].split(":", 2)
+    if len(parts) != 3 or parts[1] not in (_FLAG_JSON, _FLAG_ZSTD) or not _KEY_ID.match(parts[0]):
+        raise _corrupt(key, field, "its envelope is malformed")
+    return parts[0], parts[1], parts[2]
+
+
+def _corrupt(key: str, field: str, why: str) -> CorruptRecordError:
+    return CorruptRecordError(
+        f"{key}: encrypted field {field} can't be read: {why}",
+        key=key,
+        reason=f"{field}: {why}",
+    )
+
+
+def is_envelope(value: object) -> bool:
+    """True when ``value`` is an encrypted value as stored (an envelope string)."""
+    return isinstance(value, str) and value.startswith(ENVELOPE_PREFIX)
+
+
+def has_envelope_marker(raw: bytes | str) -> bool:
+    """A fast test: may this stored JSON text hold an envelope? (False: it surely does not.)"""
+    if isinstance(raw, str):
+        return _MARK_STR in raw
+    return _MARK_BYTES in raw
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------- per repository
+
+
+class RecordCodec:
+    """Seals and opens the encrypted fields of one kind of document in one namespace.
+
+    A repository with a cipher holds one; without a cipher, :func:`RecordCodec.check_clear`
+    (a static method) still refuses to return encrypted content.
+
+    Args:
+        cipher: The key ring (None: no encryption; opening only detects envelopes).
+        namespace: The store's namespace.
+        model: The document class (its ``KIND`` selects :data:`ENCRYPTED_FIELDS`).
+    """
+
+    def __init__(self, cipher: FieldCipher | None, namespace: str, model: type[Document]) -> None:
+        self.cipher = cipher
+        self.namespace = namespace
+        self.kind = model.KIND
+        self.fields = ENCRYPTED_FIELDS[self.kind]
+        self.prefix = f"{namespace}:{self.kind}:"
+        self._model = model
+        self._exclude = set(self.fields.names)
+        self._adapters: dict[str, Any] = {}
+
+    def place(self, id: str, field: str) -> bytes:
+        """The associated data prefix of ``field`` of record ``id``."""
+        return f"fwenc:1\x00{self.namespace}\x00{self.kind}\x00{id}\x00{field}\x00".encode()
+
+    def _entry_field(self, field: str) -> str:
+        return field + "[]"
+
+    def _require(self) -> FieldCipher:
+        if self.cipher is None:  # pragma: no cover - callers check
+            raise ConfigError("no cipher configured")
+        return self.cipher
+
+    # ------------------------------------------------------------------ writing
+
+    def seal_value(self, id: str, field: str, text: str | bytes) -> str:
+        """The stored JSON (an envelope string) of ``field``'s JSON ``text``."""
+        cipher = self._require()
+        data = text.encode() if isinstance(text, str) else text
+        if field in self.fields.entries:
+            items = json.loads(data)
+            place = self.place(id, self._entry_field(field))
+            return (
+                "["
+                + ",".join('"' + cipher.seal(_dumps(item).encode(), place) + '"' for item in items)
+                + "]"
+            )
+        env = cipher.seal(data, self.place(id, field), compress=field in self.fields.compressible)
+        return '"' + env + '"'
+
+    def seal_entry(self, id: str, field: str, text: str) -> str:
+        """The stored JSON of one list element (a history entry) given as JSON ``text``."""
+        cipher = self._require()
+        return '"' + cipher.seal(text.encode(), self.place(id, self._entry_field(field))) + '"'
+
+    def seal_document(
+        self, model: Document, encode: Callable[[Callable[[], str], str], str]
+    ) -> str:
+        """The whole document as stored: clear fields as the model dumps them, the rest sealed.
+
+        Args:
+            model: The document.
+            encode: The repository's JSON encoder (``encode_json``), for its error handling.
+        """
+        cipher = self._require()
+        id = model.id  # type: ignore[attr-defined]
+        what = f"{type(model).__name__} {id!r}"
+        clear = encode(lambda: model.model_dump_json(exclude=self._exclude), what)
+        parts = [clear[:-1]]
+        sep = "," if len(clear) > 2 else ""
+        for name in self.fields.whole:
+            text = encode(partial(self._dump_field, name, getattr(model, name)), f"{what} {name}")
+            env = cipher.seal(
+                text.encode(), self.place(id, name), compress=name in self.fields.compressible
+            )
+            parts.append(f'{sep}"{name}":"{env}"')
+            sep = ","
+        for name in self.fields.entries:
+            place = self.place(id, self._entry_field(name))
+            envs = []
+            for entry in getattr(model, name):
+                text = encode(entry.model_dump_json, f"{what} {name} entry")
+                envs.append('"' + cipher.seal(text.encode(), place) + '"')
+            parts.append(f'{sep}"{name}":[{",".join(envs)}]')
+            sep = ","
+        parts.append("}")
+        return "".join(parts)
+
+    def _dump_field(self, name: str, value: Any) -> str:
+        text: str = self._adapter(name).dump_json(value).decode()
+        return text
+
+    def _adapter(self, name: str) -> Any:
+        adapter = self._adapters.get(name)
+        if adapter is None:
+            from pydantic import TypeAdapter
+
+            adapter = TypeAdapter(self._model.model_fields[name].rebuild_annotation())
+            self._adapters[name] = adapter
+        return adapter
+
+    # ------------------------------------------------------------------ reading
+
+    def open_document(self, key: str, raw: bytes | str) -> bytes | str:
+        """The stored document with its encrypted fields decrypted, as JSON text.
+
+        Without a cipher, a document holding an envelope in an encrypted field raises
+        EncryptionKeyError; one without is returned as it is.
+
+        Raises:
+            EncryptionKeyError: No cipher, or the key id of an envelope is not in the ring.
+            CorruptRecordError: A field stored in clear though it must be encrypted, or a
+                ciphertext that fails authentication.
+        """
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return raw  # validation reports it as a corrupt record
+        if type(data) is not dict:
+            return raw
+        if self.cipher is None:
+            self._refuse_envelopes(key, data)
+            return raw
+        plains = self._open_fields(key, data, clear_ok=False)
+        clear = {k: v for k, v in data.items() if k not in self._exclude}
+        text = _dumps(clear)
+        parts = [text[:-1]]
+        sep = "," if len(text) > 2 else ""
+        for name, plain in plains.items():
+            if isinstance(plain, list):
+                parts.append(f'{sep}"{name}":[{",".join(p.decode() for p in plain)}]')
+            else:
+                parts.append(f'{sep}"{name}":{plain.decode()}')
+            sep = ","
+        parts.append("}")
+        return "".join(parts)
+
+    def _refuse_envelopes(self, key: str, data: dict[str, Any]) -> None:
+        for name, value in self._encrypted_values(data):
+            if is_envelope(value):
+                kid = value[len(ENVELOPE_PREFIX) :].split(":", 1)[0]
+                raise EncryptionKeyError(
+                    f"{key}: field {name} is encrypted (key id {kid!r}) but this store has no "
+                    "cipher: configure the key ring (FLYWHEEL_ENCRYPTION_KEYS) to read it",
+                    key=key,
+                    key_id=kid,
+                )
+
+    def _encrypted_values(self, data: dict[str, Any]) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = [(n, data[n]) for n in self.fields.whole if n in data]
+        for name in self.fields.entries:
+            items = data.get(name)
+            if isinstance(items, list):
+                out += [(f"{name}[{i}]", item) for i, item in enumerate(items)]
+        return out
+
+    def _open_fields(
+        self, key: str, data: dict[str, Any], *, clear_ok: bool
+    ) -> dict[str, bytes | list[bytes]]:
+        """Decrypt every encrypted field present: name -> JSON text (a list for entries).
+
+        With ``clear_ok``, a field in clear is returned as its JSON text; otherwise it is a
+        CorruptRecordError.
+        """
+        cipher = self._require()
+        id = key[len(self.prefix) :]
+        out: dict[str, bytes | list[bytes]] = {}
+        for name in self.fields.whole:
+            if name not in data:
+                continue
+            value = data[name]
+            if is_envelope(value):
+                out[name] = cipher.open(value, self.place(id, name), key=key, field=name)
+            elif clear_ok:
+                out[name] = _dumps(value).encode()
+            else:
+                raise self._in_clear(key, name)
+        for name in self.fields.entries:
+            items = data.get(name)
+            if not isinstance(items, list):
+                if name in data and not clear_ok:
+                    raise self._in_clear(key, name)
+                continue
+            place = self.place(id, self._entry_field(name))
+            opened: list[bytes] = []
+            seen: set[str] = set()
+            for i, item in enumerate(items):
+                where = f"{name}[{i}]"
+                if is_envelope(item):
+                    if item in seen:
+                        raise _corrupt(key, where, "the same ciphertext appears twice")
+                    seen.add(item)
+                    opened.append(cipher.open(item, place, key=key, field=where))
+                elif clear_ok:
+                    opened.append(_dumps(item).encode())
+                else:
+                    raise self._in_clear(key, where)
+            out[name] = opened
+        return out
+
+    def _in_clear(self, key: str, field: str) -> CorruptRecordError:
+        return CorruptRecordError(
+            f"{key}: field {field} is stored in clear, but this store encrypts it (written "
+            "before encryption was turned on, or by a writer without the key?). Run "
+            "`flywheel-state crypto encrypt` to encrypt existing records.",
+            key=key,
+            reason=f"{field} stored in clear",
+        )
+
+    # ------------------------------------------------------------------ maintenance
+
+    def reseal(self, key: str, data: dict[str, Any], mode: str) -> dict[str, Any] | None:
+        """The document ``data`` with its encrypted fields rewritten; None when already so.
+
+        Args:
+            key: The Redis key (its id is part of the associated data).
+            data: The stored document, parsed.
+            mode: ``"encrypt"`` (seal fields in clear, keep envelopes), ``"rekey"`` (seal
+                fields in clear, move envelopes of other keys to the active one) or
+                ``"decrypt"`` (store every field in clear).
+
+        Raises:
+            EncryptionKeyError, CorruptRecordError: A ciphertext can't be opened.
+        """
+        cipher = self._require()
+        id = key[len(self.prefix) :]
+        changed = False
+        out = dict(data)
+
+        def wanted(value: Any, name: str, place: bytes, compress: bool) -> Any:
+            nonlocal changed
+            if is_envelope(value):
+                if mode == "encrypt":
+                    return value
+                if mode == "rekey" and cipher.key_id_of(value, key=key, field=name) == (
+                    cipher.active
+                ):
+                    return value
+                plain = cipher.open(value, place, key=key, field=name)
+                changed = True
+                if mode == "decrypt":
+                    return json.loads(plain)
+                return cipher.seal(plain, place, compress=compress)
+            if mode == "decrypt":
+                return value
+            changed = True
+            return cipher.seal(_dumps(value).encode(), place, compress=compress)
+
+        for name in self.fields.whole:
+            if name in data:
+                out[name] = wanted(
+                    data[name], name, self.place(id, name), name in self.fields.compressible
+                )
+        for name in self.fields.entries:
+            items = data.get(name)
+            if isinstance(items, list):
+                place = self.place(id, self._entry_field(name))
+                out[name] = [
+                    wanted(item, f"{name}[{i}]", place, False) for i, item in enumerate(items)
+                ]
+        return out if changed else None
+
+    def status(self, key: str, data: dict[str, Any]) -> dict[str, int]:
+        """Counts of this document's encrypted-field values: ``clear`` and per key id."""
+        counts: dict[str, int] = {}
+        for _, value in self._encrypted_values(data):
+            if is_envelope(value):
+                kid = value[len(ENVELOPE_PREFIX) :].split(":", 1)[0]
+                counts[kid] = counts.get(kid, 0) + 1
+            else:
+                counts["clear"] = counts.get("clear", 0) + 1
+        return counts
+
+
+def check_plain_value(kind: str, field: str, value: Any) -> None:
+    """Refuse a clear value that would read back as an envelope (stores without a cipher).
+
+    Raises:
+        InvalidQueryError: ``value`` is a string starting with :data:`ENVELOPE_PREFIX` in an
+            encrypted field.
+    """
+    if is_envelope(value) and field in ENCRYPTED_FIELDS[kind].names:
+        from flywheel_state.errors import InvalidQueryError
+
+        raise InvalidQueryError(
+            f"{field} can't be a string starting with {ENVELOPE_PREFIX!r}: that is how "
+            "encrypted values are stored"
+        )

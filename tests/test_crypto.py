@@ -1,0 +1,405 @@
+"""Encryption at rest: what is stored, what reads back, and every way a ciphertext can be wrong."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis
+
+from flywheel_state import (
+    Backend,
+    ConfigError,
+    CorruptRecordError,
+    EncryptionKeyError,
+    ExecutionResult,
+    ExecutionStatus,
+    HistoryEntry,
+    InvalidQueryError,
+    Session,
+    SessionStatus,
+    Settings,
+    Store,
+)
+from flywheel_state.crypto import ENCRYPTED_FIELDS, ENVELOPE_PREFIX, FieldCipher
+
+K1 = bytes(range(32))
+K2 = bytes(range(100, 132))
+SECRETS = ("structural tension", "my-secret-meta", "hello secret", "the secret answer", "42-secret")
+
+
+def cipher(active: str = "k1", **keys: bytes) -> FieldCipher:
+    return FieldCipher(keys=keys or {"k1": K1}, active=active)
+
+
+def make_session(id: str = "s1", **overrides: Any) -> Session:
+    fields: dict[str, Any] = {
+        "id": id,
+        "backend": Backend.FLOWISE,
+        "status": SessionStatus.ACTIVE,
+        "current_flow_id": "csv2507",
+        "user_id": "alice",
+        "context": {"topic": "structural tension", "depth": [1, 2, {"x": None}]},
+        "metadata": {"note": "my-secret-meta"},
+        "history": [
+            HistoryEntry(role="user", content="hello secret"),
+            {"q": "legacy", "a": "the secret answer"},
+        ],
+    }
+    fields.update(overrides)
+    return Session(**fields)
+
+
+def make_execution(id: str = "e1", **overrides: Any) -> ExecutionResult:
+    fields: dict[str, Any] = {
+        "id": id,
+        "session_id": "s1",
+        "flow_id": "csv2507",
+        "backend": Backend.FLOWISE,
+        "status": ExecutionStatus.COMPLETED,
+        "result": {"answer": "42-secret", "items": list(range(5))},
+        "metadata": {"note": "my-secret-meta"},
+        "duration_ms": 12.5,
+    }
+    fields.update(overrides)
+    return ExecutionResult(**fields)
+
+
+@pytest.fixture
+async def enc(settings: Settings) -> AsyncIterator[Store]:
+    async with Store(settings, auto_migrate=True, cipher=cipher()) as s:
+        yield s
+
+
+def raw_doc(sync_client: redis.Redis, key: str) -> dict[str, Any]:
+    text = sync_client.execute_command("JSON.GET", key)
+    assert isinstance(text, str)
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def set_path(sync_client: redis.Redis, key: str, path: str, value: Any) -> None:
+    sync_client.execute_command("JSON.SET", key, path, json.dumps(value))
+
+
+# ---------------------------------------------------------------- what is stored
+
+
+async def test_stored_documents_hold_no_plaintext_and_read_back_equal(
+    enc: Store, sync_client: redis.Redis
+) -> None:
+    s = await enc.sessions.save(make_session())
+    e = await enc.executions.save(make_execution())
+    for key in (enc.sessions.key("s1"), enc.executions.key("e1")):
+        text = sync_client.execute_command("JSON.GET", key)
+        for secret in SECRETS:
+            assert secret not in text
+    doc = raw_doc(sync_client, enc.sessions.key("s1"))
+    assert doc["context"].startswith(ENVELOPE_PREFIX + "k1:")
+    assert all(item.startswith(ENVELOPE_PREFIX) for item in doc["history"])
+    assert len(doc["history"]) == 2
+    # Indexed fields stay in clear.
+    assert doc["backend"] == "flowise" and doc["user_id"] == "alice"
+    got = await enc.sessions.get("s1")
+    assert got.model_dump() == s.model_dump()
+    got_e = await enc.executions.get("e1")
+    assert got_e.model_dump() == e.model_dump()
+
+
+async def test_queries_on_indexed_fields_still_answer(enc: Store) -> None:
+    await enc.sessions.save_many(
+        [make_session(f"s{i}", user_id="alice" if i % 2 else "bob") for i in range(6)]
+    )
+    await enc.executions.save(make_execution())
+    page = await enc.sessions.find(user_id="alice", backend="flowise", sort="-last_active")
+    assert page.total == 3
+    assert {s.id for s in page.items} == {"s1", "s3", "s5"}
+    assert all(s.context["topic"] == "structural tension" for s in page.items)
+    assert [e.result["answer"] for e in (await enc.executions.find(session_id="s1")).items] == [
+        "42-secret"
+    ]
+    assert [s.id async for s in enc.sessions.iterate(user_id="bob")] != []
+    assert (await enc.sessions.stats())["backend"]["flowise"] == 6
+
+
+async def test_encrypted_fields_are_never_indexed(enc: Store, sync_client: redis.Redis) -> None:
+    for kind in ("session", "execution"):
+        info = sync_client.execute_command("FT.INFO", f"{enc.namespace}:{kind}:idx")
+        attributes = info[info.index("attributes") + 1]
+        paths = {a[a.index("identifier") + 1] for a in attributes}
+        assert "$.backend" in paths
+        assert not paths & {f"$.{name}" for name in ENCRYPTED_FIELDS[kind].names}
+
+
+async def test_partial_writes_encrypt_their_values(enc: Store, sync_client: redis.Redis) -> None:
+    await enc.sessions.save(make_session(history=[]))
+    await enc.sessions.update("s1", context={"new": "ctx-secret"}, metadata={"m": "meta-secret"})
+    await enc.sessions.append_history(
+        "s1", HistoryEntry(role="user", content="append-secret"), {"q": "q-secret"}
+    )
+    await enc.sessions.update("s1", status=SessionStatus.IDLE)
+    await enc.executions.save(make_execution())
+    await enc.executions.update("e1", result=["result-secret"], metadata={"k": "v-secret"})
+    for key in (enc.sessions.key("s1"), enc.executions.key("e1")):
+        text = sync_client.execute_command("JSON.GET", key)
+        assert "secret" not in text
+    got = await enc.sessions.get("s1")
+    assert got.context == {"new": "ctx-secret"}
+    assert got.metadata == {"m": "meta-secret"}
+    assert [h.content for h in got.history] == ["append-secret", None]
+    assert got.history[1].model_extra == {"q": "q-secret"}
+    assert got.status == SessionStatus.IDLE and got.total_queries == 1
+    e = await enc.executions.get("e1")
+    assert e.result == ["result-secret"] and e.metadata == {"k": "v-secret"}
+    # Replacing the whole history encrypts each entry on its own.
+    await enc.sessions.update("s1", history=[{"role": "user", "content": "h-secret"}])
+    doc = raw_doc(sync_client, enc.sessions.key("s1"))
+    assert len(doc["history"]) == 1 and doc["history"][0].startswith(ENVELOPE_PREFIX)
+    assert [h.content for h in (await enc.sessions.get("s1")).history] == ["h-secret"]
+
+
+async def test_trimmed_history_stays_readable(enc: Store) -> None:
+    await enc.sessions.save(make_session(history=[]))
+    for i in range(5):
+        await enc.sessions.append_history("s1", {"role": "user", "content": f"m{i}"}, max_len=3)
+    got = await enc.sessions.get("s1")
+    assert [h.content for h in got.history] == ["m2", "m3", "m4"]
+
+
+async def test_large_values_are_compressed_then_encrypted(
+    enc: Store, sync_client: redis.Redis
+) -> None:
+    big = {"rows": [{"id": i, "text": "the same words again and again"} for i in range(500)]}
+    await enc.executions.save(make_execution(result=big))
+    await enc.sessions.save(make_session(context=big))
+    for key, field in ((enc.executions.key("e1"), "result"), (enc.sessions.key("s1"), "context")):
+        stored = raw_doc(sync_client, key)[field]
+        assert stored.startswith(ENVELOPE_PREFIX + "k1:z:")
+        assert len(stored) * 5 < len(json.dumps(big))
+    assert (await enc.executions.get("e1")).result == big
+    assert (await enc.sessions.get("s1")).context == big
+    # Small values and history entries are not compressed.
+    doc = raw_doc(sync_client, enc.sessions.key("s1"))
+    assert doc["metadata"].startswith(ENVELOPE_PREFIX + "k1:j:")
+    assert all(h.startswith(ENVELOPE_PREFIX + "k1:j:") for h in doc["history"])
+
+
+# ---------------------------------------------------------------- what must fail
+
+
+async def test_tampering_with_one_character_is_a_corrupt_record(
+    enc: Store, sync_client: redis.Redis
+) -> None:
+    await enc.sessions.save(make_session())
+    key = enc.sessions.key("s1")
+    env = raw_doc(sync_client, key)["context"]
+    for pos in (len(ENVELOPE_PREFIX) + 8, len(env) - 5):
+        flipped = "A" if env[pos] != "A" else "B"
+        set_path(sync_client, key, "$.context", env[:pos] + flipped + env[pos + 1 :])
+        with pytest.raises(CorruptRecordError, match=r"context.*authentication") as info:
+            await enc.sessions.get("s1")
+        assert info.value.key == key
+    # Flipping the flag or truncating is caught too.
+    set_path(sync_client, key, "$.context", env.replace(":j:", ":z:", 1))
+    with pytest.raises(CorruptRecordError) as info:
+        await enc.sessions.get("s1")
+    assert info.value.key == key
+    set_path(sync_client, key, "$.context", env[:30])
+    with pytest.raises(CorruptRecordError):
+        await enc.sessions.get("s1")
+
+
+async def test_ciphertexts_swapped_between_records_or_fields_fail(
+    enc: Store, sync_client: redis.Redis
+) -> None:
+    await enc.sessions.save(make_session("a", context={"who": "a"}))
+    await enc.sessions.save(make_session("b", context={"who": "b"}))
+    ka, kb = enc.sessions.key("a"), enc.sessions.key("b")
+    a, b = raw_doc(sync_client, ka), raw_doc(sync_client, kb)
+    # Another record's context.
+    set_path(sync_client, ka, "$.context", b["context"])
+    with pytest.raises(CorruptRecordError, match="context") as info:
+        await enc.sessions.get("a")
+    assert info.value.key == ka
+    # Another field of the same record.
+    set_path(sync_client, ka, "$.context", a["metadata"])
+    with pytest.raises(CorruptRecordError, match="context"):
+        await enc.sessions.get("a")
+    set_path(sync_client, ka, "$.context", a["context"])
+    assert (await enc.sessions.get("a")).context == {"who": "a"}
+    # A history entry of another record, a whole field moved into the history, a duplicate.
+    for history in ([b["history"][0]], [a["metadata"]], [a["history"][0], a["history"][0]]):
+        set_path(sync_client, ka, "$.history", history)
+        with pytest.raises(CorruptRecordError, match=r"history\[\d\]"):
+            await enc.sessions.get("a")
+    # A session's context copied into an execution of the same id.
+    await enc.executions.save(make_execution("a"))
+    set_path(sync_client, enc.executions.key("a"), "$.metadata", a["metadata"])
+    with pytest.raises(CorruptRecordError, match="metadata"):
+        await enc.executions.get("a")
+
+
+async def test_another_namespace_can_not_read_copied_ciphertexts(
+    enc: Store, settings: Settings, sync_client: redis.Redis
+) -> None:
+    await enc.sessions.save(make_session())
+    other_ns = settings.namespace + "x"
+    try:
+        other_settings = settings.replace(namespace=other_ns)
+        async with Store(other_settings, cipher=cipher(), auto_migrate=True) as other:
+            await other.sessions.save(make_session())
+            set_path(
+                sync_client,
+                other.sessions.key("s1"),
+                "$.context",
+                raw_doc(sync_client, enc.sessions.key("s1"))["context"],
+            )
+            with pytest.raises(CorruptRecordError, match="context"):
+                await other.sessions.get("s1")
+    finally:
+        for k in sync_client.scan_iter(match=f"{other_ns}:*"):
+            sync_client.delete(k)
+        for name in sync_client.execute_command("FT._LIST"):
+            if name.startswith(f"{other_ns}:"):
+                sync_client.execute_command("FT.DROPINDEX", name)
+
+
+async def test_wrong_key_and_missing_key_are_typed_errors(enc: Store, settings: Settings) -> None:
+    await enc.sessions.save(make_session())
+    await enc.executions.save(make_execution())
+    # Same key id, different key: authentication fails.
+    async with Store(settings, cipher=FieldCipher(keys={"k1": K2}, active="k1")) as wrong:
+        with pytest.raises(CorruptRecordError, match="authentication"):
+            await wrong.sessions.get("s1")
+        assert await wrong.sessions.ids(backend="flowise") == ["s1"]  # the index answers
+    # A ring without the key id.
+    async with Store(settings, cipher=FieldCipher(keys={"k2": K2}, active="k2")) as other:
+        with pytest.raises(EncryptionKeyError, match=r"'k1'.*not in the key ring") as info:
+            await other.executions.get("e1")
+        assert info.value.key_id == "k1"
+        with pytest.raises(EncryptionKeyError):
+            await other.sessions.find(backend="flowise")
+    # No cipher at all: an error, never the envelope as content.
+    async with Store(settings) as plain:
+        for read in (
+            plain.sessions.get("s1"),
+            plain.executions.get("e1"),
+            plain.sessions.get_many(["s1"]),
+            plain.sessions.find(user_id="alice"),
+        ):
+            with pytest.raises(EncryptionKeyError, match="no cipher") as info:
+                await read
+            assert info.value.key_id == "k1"
+
+
+async def test_a_field_in_clear_under_a_cipher_is_an_error(
+    settings: Settings, sync_client: redis.Redis
+) -> None:
+    async with Store(settings, auto_migrate=True) as plain:
+        await plain.sessions.save(make_session())
+        await plain.executions.save(make_execution())
+    async with Store(settings, cipher=cipher()) as enc:
+        with pytest.raises(CorruptRecordError, match="context is stored in clear") as info:
+            await enc.sessions.get("s1")
+        assert info.value.key == enc.sessions.key("s1")
+        with pytest.raises(CorruptRecordError, match="result is stored in clear"):
+            await enc.executions.get("e1")
+        # One clear history entry among encrypted ones is refused too.
+        await enc.sessions.save(make_session("s2"))
+        key = enc.sessions.key("s2")
+        sync_client.execute_command(
+            "JSON.ARRAPPEND", key, "$.history", json.dumps({"role": "user", "content": "x"})
+        )
+        with pytest.raises(CorruptRecordError, match=r"history\[2\] is stored in clear"):
+            await enc.sessions.get("s2")
+
+
+async def test_without_a_cipher_nothing_changes(store: Store, sync_client: redis.Redis) -> None:
+    await store.sessions.save(make_session())
+    doc = raw_doc(sync_client, store.sessions.key("s1"))
+    assert doc["context"]["topic"] == "structural tension"
+    assert doc["history"][0]["content"] == "hello secret"
+    # Text that merely mentions the envelope prefix is content like any other.
+    await store.sessions.update("s1", context={"note": ENVELOPE_PREFIX + "k1:j:AAAA"})
+    assert (await store.sessions.get("s1")).context["note"].startswith(ENVELOPE_PREFIX)
+    # A value that would read back as an envelope is refused, not stored.
+    with pytest.raises(InvalidQueryError, match="encrypted values"):
+        await store.executions.save(make_execution(result=ENVELOPE_PREFIX + "k1:j:AAAA"))
+    await store.executions.save(make_execution())
+    with pytest.raises(InvalidQueryError, match="encrypted values"):
+        await store.executions.update("e1", result=ENVELOPE_PREFIX + "x")
+    assert (await store.executions.get("e1")).result["answer"] == "42-secret"
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_bad_key_rings_are_config_errors_without_key_material() -> None:
+    secret = b"\x07" * 31
+    cases: list[tuple[Any, Any, str]] = [
+        ({}, "k1", "empty"),
+        ({"k1": secret}, "k1", "32 bytes"),
+        ({"k1": b"\x07" * 33}, "k1", "32 bytes"),
+        ({"k1": "x" * 32}, "k1", "got a str"),
+        ({"k1": 12345}, "k1", "got a int"),
+        ({"k1": K1}, "k2", "not in the key ring"),
+        ({"bad id": K1}, "bad id", "1-32 letters"),
+        ([("k1", K1)], "k1", "mapping"),
+    ]
+    for keys, active, message in cases:
+        with pytest.raises(ConfigError, match=message) as info:
+            FieldCipher(keys=keys, active=active)
+        text = str(info.value)
+        assert "\x07" not in text and "xxxx" not in text and repr(K1) not in text
+    with pytest.raises(ConfigError, match="compress_min_bytes"):
+        FieldCipher(keys={"k1": K1}, active="k1", compress_min_bytes=0)
+    with pytest.raises(ConfigError, match="cipher must be a FieldCipher"):
+        Settings(cipher="k1:abc")  # type: ignore[arg-type]
+
+
+def test_keys_come_from_the_environment_and_are_never_shown() -> None:
+    b1, b2 = base64.b64encode(K1).decode(), base64.urlsafe_b64encode(K2).decode().rstrip("=")
+    env = {
+        "FLYWHEEL_ENCRYPTION_KEYS": f"k1:{b1}, k2:{b2}",
+        "FLYWHEEL_ENCRYPTION_ACTIVE_KEY": "k2",
+        "FLYWHEEL_COMPRESS_MIN_BYTES": "100",
+    }
+    s = Settings.from_env(env)
+    assert s.cipher is not None
+    assert s.cipher.active == "k2" and s.cipher.key_ids == ("k1", "k2")
+    assert s.cipher.compress_min_bytes == 100
+    for text in (repr(s), str(s), repr(s.cipher)):
+        assert b1 not in text and b2 not in text and "k2" in text
+    single = Settings.from_env({"FLYWHEEL_ENCRYPTION_KEYS": f"only:{b1}"})
+    assert single.cipher is not None and single.cipher.active == "only"
+    off = Settings.from_env({**env, "FLYWHEEL_COMPRESS_MIN_BYTES": "off"})
+    assert off.cipher is not None and off.cipher.compress_min_bytes is None
+    assert Settings.from_env({}).cipher is None
+    short = base64.b64encode(b"\x07" * 16).decode()
+    for bad, message in (
+        (f"k1:{b1},k2:{b2}", "ACTIVE_KEY"),
+        (f"k1:{short}", "32 bytes"),
+        ("k1:not*base64", "not valid base64"),
+        (b1, "id:base64key"),
+        (f"k1:{b1},k1:{b1}", "twice"),
+        (",", "empty"),
+    ):
+        with pytest.raises(ConfigError, match=message) as info:
+            Settings.from_env({"FLYWHEEL_ENCRYPTION_KEYS": bad})
+        text = str(info.value)
+        assert text.startswith("FLYWHEEL_ENCRYPTION_KEYS")
+        assert b1 not in text and short not in text and "not*base64" not in text
+    with pytest.raises(TypeError, match="pickled"):
+        import pickle
+
+        pickle.dumps(s.cipher)
+
+
+def test_each_value_gets_its_own_nonce() -> None:
+    c = cipher()
+    place = b"ns\x00session\x00s1\x00context\x00"
+    a, b = c.seal(b'{"a":1}', place), c.seal(b'{"a":1}', place)
+    assert a != b
+    assert c.open(a, place, key="k", field="context") == b'{"a":1}'

@@ -1,4 +1,5 @@
-"""Encryption at rest: what is stored, what reads back, and every way a ciphertext can be wrong."""
+"""Encryption at rest: what is stored, what reads back, every way a ciphertext can be wrong, and
+key rotation with the encrypt / rekey / decrypt operations (resumable, locked)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,17 @@ from flywheel_state import (
     ExecutionStatus,
     HistoryEntry,
     InvalidQueryError,
+    MigrationError,
+    MigrationLockedError,
     Session,
     SessionStatus,
     Settings,
     Store,
 )
 from flywheel_state.crypto import ENCRYPTED_FIELDS, ENVELOPE_PREFIX, FieldCipher
+from flywheel_state.migrations import MigrationProgress
+from flywheel_state.migrations._lock import MigrationLock
+from flywheel_state.migrations.encryption import decrypt, encrypt, encryption_status, rekey
 
 K1 = bytes(range(32))
 K2 = bytes(range(100, 132))
@@ -403,3 +409,140 @@ def test_each_value_gets_its_own_nonce() -> None:
     a, b = c.seal(b'{"a":1}', place), c.seal(b'{"a":1}', place)
     assert a != b
     assert c.open(a, place, key="k", field="context") == b'{"a":1}'
+
+
+# ---------------------------------------------------------------- rotation and maintenance
+
+RING_1 = {"k1": K1}
+RING_12 = {"k1": K1, "k2": K2}
+
+
+def key_ids(sync_client: redis.Redis, key: str) -> set[str]:
+    doc = json.loads(sync_client.execute_command("JSON.GET", key))
+    values = [doc["context"], doc["metadata"], *doc["history"]]
+    return {
+        v[len(ENVELOPE_PREFIX) :].split(":", 1)[0] if isinstance(v, str) else "clear"
+        for v in values
+    }
+
+
+async def fill(store: Store, n: int) -> dict[str, Any]:
+    sessions = [make_session(f"s{i:03d}", context={"i": i, "topic": "secret"}) for i in range(n)]
+    await store.sessions.save_many(sessions, ttl=3600)
+    await store.executions.save_many([make_execution(f"e{i:03d}") for i in range(n // 2)])
+    return {s.id: s.model_dump() for s in sessions}
+
+
+async def test_older_keys_stay_readable_and_new_writes_use_the_active_key(
+    settings: Settings, sync_client: redis.Redis
+) -> None:
+    async with Store(settings, auto_migrate=True, cipher=FieldCipher(RING_1, "k1")) as old:
+        await old.sessions.save(make_session("a"))
+    async with Store(settings, cipher=FieldCipher(RING_12, "k2")) as new:
+        assert (await new.sessions.get("a")).context["topic"] == "structural tension"
+        assert key_ids(sync_client, new.sessions.key("a")) == {"k1"}
+        await new.sessions.append_history("a", {"role": "user", "content": "new"})
+        assert key_ids(sync_client, new.sessions.key("a")) == {"k1", "k2"}
+        await new.sessions.save(make_session("b"))
+        assert key_ids(sync_client, new.sessions.key("b")) == {"k2"}
+        assert [h.content for h in (await new.sessions.get("a")).history][-1] == "new"
+
+
+async def test_rekey_killed_midway_resumes_and_leaves_every_record_under_k2(
+    settings: Settings, sync_client: redis.Redis
+) -> None:
+    async with Store(settings, auto_migrate=True, cipher=FieldCipher(RING_1, "k1")) as old:
+        before = await fill(old, 40)
+    store = Store(settings, cipher=FieldCipher(RING_12, "k2"))
+    async with store:
+        events: list[MigrationProgress] = []
+
+        def crash_after_two_batches(event: MigrationProgress) -> None:
+            events.append(event)
+            if len(events) == 2:
+                raise RuntimeError("injected crash")
+
+        with pytest.raises(MigrationError, match="injected crash"):
+            await rekey(store, batch_size=8, progress=crash_after_two_batches)
+        status = await encryption_status(store)
+        assert (
+            0 < status["session"].get("k2", 0) < status["session"]["k1"] + status["session"]["k2"]
+        )
+        assert "k2" not in status["execution"]
+        # The lock was released: the rerun is not locked out, and resumes from the checkpoint.
+        report = await rekey(store, batch_size=8)
+        assert report.resumed
+        assert report.problem_count == 0
+        status = await encryption_status(store)
+        assert set(status["session"]) == {"k2"} and set(status["execution"]) == {"k2"}
+        assert status["session"]["k2"] == 40 * 4  # context, metadata, two history entries
+        for id in before:
+            assert key_ids(sync_client, store.sessions.key(id)) == {"k2"}
+            assert 0 < sync_client.ttl(store.sessions.key(id)) <= 3600  # TTLs kept
+        got = await store.sessions.get_many(list(before))
+        assert [g.model_dump() if g else None for g in got] == list(before.values())
+        # Done: a new run changes nothing; k1 can now leave the ring.
+        again = await rekey(store)
+        assert again.documents_changed == 0 and not again.resumed
+    async with Store(settings, cipher=FieldCipher({"k2": K2}, "k2")) as only_k2:
+        assert (await only_k2.sessions.get("s007")).context == {"i": 7, "topic": "secret"}
+        assert (await only_k2.executions.get("e007")).result["answer"] == "42-secret"
+
+
+async def test_encrypt_a_namespace_written_in_clear_then_decrypt_it(
+    settings: Settings, sync_client: redis.Redis
+) -> None:
+    async with Store(settings, auto_migrate=True) as plain:
+        before = await fill(plain, 12)
+    async with Store(settings, cipher=FieldCipher(RING_1, "k1")) as enc:
+        with pytest.raises(CorruptRecordError, match="stored in clear"):
+            await enc.sessions.get("s001")
+        dry = await encrypt(enc, dry_run=True)
+        assert dry.documents_changed == 18 and dry.samples == []
+        assert (await encryption_status(enc))["session"] == {"clear": 12 * 4}
+        report = await encrypt(enc)
+        assert report.documents_changed == 18
+        assert (await encryption_status(enc))["session"] == {"k1": 12 * 4}
+        text = sync_client.execute_command("JSON.GET", enc.sessions.key("s001"))
+        assert "secret" not in text
+        got = await enc.sessions.get_many(list(before))
+        assert [g.model_dump() if g else None for g in got] == list(before.values())
+        assert (await encrypt(enc)).documents_changed == 0
+        out = await decrypt(enc)
+        assert out.documents_changed == 18
+    async with Store(settings) as plain:
+        got = await plain.sessions.get_many(list(before))
+        assert [g.model_dump() if g else None for g in got] == list(before.values())
+        assert (await plain.executions.get("e001")).result["answer"] == "42-secret"
+        assert (await encryption_status(plain))["execution"] == {"clear": 6 * 2}
+
+
+async def test_values_that_can_not_be_opened_are_reported_and_left_alone(
+    settings: Settings, sync_client: redis.Redis
+) -> None:
+    async with Store(settings, auto_migrate=True, cipher=FieldCipher(RING_1, "k1")) as old:
+        await fill(old, 4)
+    async with Store(settings, cipher=FieldCipher({"k2": K2}, "k2")) as lost:
+        report = await rekey(lost)
+        assert report.documents_changed == 0
+        assert report.problem_count == 6
+        assert all("not in the key ring" in p.message for p in report.problems)
+        assert all(K1.hex() not in p.message for p in report.problems)
+        assert key_ids(sync_client, lost.sessions.key("s001")) == {"k1"}
+
+
+async def test_operations_need_a_cipher_and_the_lock(settings: Settings) -> None:
+    async with Store(settings, auto_migrate=True) as plain:
+        with pytest.raises(ConfigError, match="key ring"):
+            await rekey(plain)
+    async with Store(settings, cipher=FieldCipher(RING_1, "k1")) as enc:
+        other = MigrationLock(
+            enc.client, f"{enc.namespace}:_migrations:lock", purpose="upgrade to head"
+        )
+        await other.acquire()
+        try:
+            with pytest.raises(MigrationLockedError, match="upgrade to head"):
+                await rekey(enc)
+        finally:
+            await other.release()
+        assert (await rekey(enc)).documents_changed == 0

@@ -546,3 +546,62 @@ async def test_operations_need_a_cipher_and_the_lock(settings: Settings) -> None
         finally:
             await other.release()
         assert (await rekey(enc)).documents_changed == 0
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_cli_encrypt_rekey_status_without_showing_keys(
+    settings: Settings, redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from flywheel_state.cli import cli
+
+    async def seed() -> None:
+        async with Store(settings, auto_migrate=True) as plain:
+            await fill(plain, 6)
+
+    asyncio.run(seed())
+    b1, b2 = base64.b64encode(K1).decode(), base64.b64encode(K2).decode()
+
+    def run(*args: str, input: str | None = None) -> Any:
+        result = CliRunner().invoke(
+            cli, [*args, "--url", redis_url, "--namespace", namespace], input=input
+        )
+        assert b1 not in result.output and b2 not in result.output
+        return result
+
+    def run_json(*args: str) -> Any:
+        result = run(*args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    # Without the key ring: status works, the operations refuse with one line.
+    assert run_json("crypto", "status")["kinds"]["session"] == {"clear": 24}
+    refused = run("crypto", "encrypt", "--yes")
+    assert refused.exit_code == 1 and "key ring" in refused.output
+
+    monkeypatch.setenv("FLYWHEEL_ENCRYPTION_KEYS", f"k1:{b1}")
+    declined = run("crypto", "encrypt", input="n\n")
+    assert declined.exit_code != 0
+    assert run_json("crypto", "status")["kinds"]["session"] == {"clear": 24}
+    assert run_json("crypto", "encrypt", "--dry-run")["documents_changed"] == 9
+    done = run("crypto", "encrypt", "--yes")
+    assert done.exit_code == 0 and "changed 9 documents of 9" in done.output, done.output
+    assert run_json("crypto", "status")["kinds"] == {
+        "session": {"k1": 24},
+        "execution": {"k1": 6},
+    }
+
+    monkeypatch.setenv("FLYWHEEL_ENCRYPTION_KEYS", f"k1:{b1},k2:{b2}")
+    monkeypatch.setenv("FLYWHEEL_ENCRYPTION_ACTIVE_KEY", "k2")
+    out = run_json("crypto", "rekey", "--yes", "--batch-size", "2")
+    assert out["documents_changed"] == 9 and out["problem_count"] == 0
+    status = run_json("crypto", "status")
+    assert status["active_key"] == "k2"
+    assert status["kinds"] == {"session": {"k2": 24}, "execution": {"k2": 6}}
+    shown = run("sessions", "show", "s001")
+    assert shown.exit_code == 0 and "secret" in shown.output  # the CLI reads through the ring

@@ -31,8 +31,16 @@ collector's reach (``gc.freeze()``): what each implementation allocates is still
 Then it times ``append_history`` on sessions holding 1,000 entries against sessions holding 10:
 the time per append must not grow with the history (the document is never rewritten).
 
+Last, the cost of encryption at rest (``Store(..., cipher=FieldCipher(...))``): save, get and
+append_history of the same realistic sessions on a plain store, an encrypting one (compression
+off) and an encrypting one that also compresses (threshold 1 KB, so the ~3 KB context is
+compressed), each as a time ratio to the plain store in the same run (target: encryption
+<= 1.3x); then what compression saves on large execution results (stored bytes, plain vs
+compressed + encrypted) and its cost on save / get of those results.
+
 With ``--check`` the exit status is 1 when a target is missed: (a)/(b) >= 0.8 for the single
-operations and for save_many / get_many, and append at 1,000 entries <= 1.5x the time at 10.
+operations and for save_many / get_many, append at 1,000 entries <= 1.5x the time at 10, and
+encryption within 1.3x of the plain store on save, get and append_history.
 """
 
 from __future__ import annotations
@@ -55,13 +63,15 @@ from _harness import (
     console,
     drop_namespace,
     fresh_namespace,
+    print_cells,
     print_table,
     server_url,
 )
 from redis.asyncio import Redis
 
 from flywheel_state import Settings, Store
-from flywheel_state.models import Session, SessionStatus
+from flywheel_state.crypto import FieldCipher
+from flywheel_state.models import ExecutionResult, Session, SessionStatus
 from flywheel_state.repositories.base import BATCH_SIZE
 
 TTL = timedelta(days=7)
@@ -467,6 +477,151 @@ async def no_op() -> None:
     return None
 
 
+# ---------------------------------------------------------------------- encryption at rest
+
+PLAIN, ENC, ZSTD = "plain", "encrypted", "enc+zstd"
+CRYPTO_TARGET = 1.3
+
+
+def make_result(seed: int, rows: int) -> dict[str, Any]:
+    """A large flow result: retrieved rows of prose with scores and metadata."""
+    return {
+        "answer": _text(seed, 600),
+        "rows": [
+            {
+                "id": f"row-{seed}-{j}",
+                "text": _text(seed * 5 + j, 240),
+                "score": round(1 / (j + 1), 6),
+                "source": {"doc": f"doc-{j % 17}", "page": j % 40},
+            }
+            for j in range(rows)
+        ],
+        "usage": {"prompt_tokens": 1200 + seed, "completion_tokens": 300},
+    }
+
+
+async def crypto_costs(url: str, args: argparse.Namespace) -> tuple[list[list[str]], list[str]]:
+    """Rows of the encryption table, and the targets it missed."""
+    key = bytes(range(32))
+    ciphers = {
+        PLAIN: None,
+        ENC: FieldCipher({"k1": key}, "k1", compress_min_bytes=None),
+        ZSTD: FieldCipher({"k1": key}, "k1", compress_min_bytes=1024),
+    }
+    stores: dict[str, Store] = {}
+    raw = Redis.from_url(url, protocol=2)
+    try:
+        for name, cipher in ciphers.items():
+            settings = Settings(url=url, namespace=fresh_namespace("benchc"), cipher=cipher)
+            stores[name] = await Store(settings, auto_migrate=True).connect()
+        ids = [f"s-{k}" for k in range(KEYS)]
+        models = [make_session(sid, k) for k, sid in enumerate(ids)]
+
+        async def reset() -> None:
+            for store in stores.values():
+                await store.sessions.save_many(models)
+
+        await reset()
+
+        def ops_for(store: Store) -> dict[str, Op]:
+            repo = store.sessions
+
+            async def save(i: int) -> object:
+                return await repo.save(models[i % KEYS])
+
+            async def get(i: int) -> object:
+                return await repo.get(ids[i % KEYS])
+
+            async def append(i: int) -> object:
+                return await repo.append_history(ids[i % KEYS], make_entry(i))
+
+            return {"save": save, "get": get, "append": append}
+
+        per_store = {name: ops_for(store) for name, store in stores.items()}
+        out: list[list[str]] = []
+        missed: list[str] = []
+        for op in ("save", "get", "append"):
+            best = await compare(
+                {name: per_store[name][op] for name in stores},
+                args.n,
+                tasks=1,
+                repeat=args.repeat,
+                before_run=reset if op == "append" else no_op,
+            )
+            cost_enc = best[PLAIN] / best[ENC]
+            cost_zstd = best[PLAIN] / best[ZSTD]
+            out.append(
+                [
+                    LABELS[op] + " (session)",
+                    f"{best[PLAIN]:,.0f}",
+                    f"{best[ENC]:,.0f}",
+                    f"{best[ZSTD]:,.0f}",
+                    f"{cost_enc:.2f}x",
+                    f"{cost_zstd:.2f}x",
+                ]
+            )
+            if cost_enc > CRYPTO_TARGET:
+                missed.append(f"encryption costs {cost_enc:.2f}x on {op} (> {CRYPTO_TARGET}x)")
+
+        # Large execution results: what compression saves, and its cost.
+        n_results = max(5, args.n // 30)
+        for rows_per_result in (50, 500):
+            results = [
+                ExecutionResult(
+                    id=f"r-{rows_per_result}-{k}", result=make_result(k, rows_per_result)
+                )
+                for k in range(n_results)
+            ]
+            sizes: dict[str, int] = {}
+            rates: dict[str, dict[str, float]] = {}
+            for name, store in stores.items():
+                repo = store.executions
+                began = time.perf_counter()
+                for _ in range(args.repeat):
+                    for r in results:
+                        await repo.save(r)
+                save_rate = args.repeat * len(results) / (time.perf_counter() - began)
+                began = time.perf_counter()
+                for _ in range(args.repeat):
+                    for r in results:
+                        await repo.get(r.id)
+                get_rate = args.repeat * len(results) / (time.perf_counter() - began)
+                rates[name] = {"save": save_rate, "get": get_rate}
+                total = 0
+                for r in results:
+                    text = await raw.execute_command("JSON.GET", repo.key(r.id))
+                    total += len(text)
+                sizes[name] = total // len(results)
+            label = f"result of {rows_per_result} rows"
+            for op in ("save", "get"):
+                out.append(
+                    [
+                        f"{op} ({label})",
+                        f"{rates[PLAIN][op]:,.0f}",
+                        f"{rates[ENC][op]:,.0f}",
+                        f"{rates[ZSTD][op]:,.0f}",
+                        f"{rates[PLAIN][op] / rates[ENC][op]:.2f}x",
+                        f"{rates[PLAIN][op] / rates[ZSTD][op]:.2f}x",
+                    ]
+                )
+            out.append(
+                [
+                    f"stored bytes ({label})",
+                    f"{sizes[PLAIN]:,}",
+                    f"{sizes[ENC]:,}",
+                    f"{sizes[ZSTD]:,}",
+                    f"{sizes[ENC] / sizes[PLAIN]:.2f}x",
+                    f"{sizes[ZSTD] / sizes[PLAIN]:.2f}x",
+                ]
+            )
+    finally:
+        for store in stores.values():
+            await drop_namespace(raw, store.namespace)
+            await store.close()
+        await raw.aclose()
+    return out, missed
+
+
 _STARTED = time.perf_counter()
 
 
@@ -571,6 +726,14 @@ async def run(url: str, args: argparse.Namespace) -> int:
         f"{scaling[A][big]:.0f} us at {big:,} entries: {growth:.2f}x "
         f"(redis-py: {scaling[B][big] / scaling[B][small]:.2f}x)"
     )
+    crypto_rows, crypto_missed = await crypto_costs(url, args)
+    print_cells(
+        f"Encryption at rest: ops/s (stored bytes: per record) on one connection, best of "
+        f"{args.repeat}; cost = time ratio to the plain store (target: encrypted <= "
+        f"{CRYPTO_TARGET}x)",
+        ["operation", PLAIN, ENC, ZSTD, f"cost {ENC}", f"cost {ZSTD}"],
+        crypto_rows,
+    )
     if args.markdown:
         print_markdown(rows, impls)
 
@@ -583,6 +746,7 @@ async def run(url: str, args: argparse.Namespace) -> int:
             missed.append(f"{row.name}: (a)/(b) = {ratio:.2f} < 0.8")
     if growth > 1.5:
         missed.append(f"append_history at {big} entries is {growth:.2f}x the time at {small}")
+    missed += crypto_missed
     for line in missed:
         console.print(f"target missed: {line}", style="bold red")
     if not missed:

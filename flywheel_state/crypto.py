@@ -30,8 +30,9 @@ import binascii
 import json
 import os
 import re
+import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -68,6 +69,13 @@ _MARK_BYTES = b'"' + ENVELOPE_PREFIX.encode()
 _MARK_STR = '"' + ENVELOPE_PREFIX
 _FLAG_JSON = "j"
 _FLAG_ZSTD = "z"
+_PREFIX_LEN = len(ENVELOPE_PREFIX)
+# The associated data ends with the key id and then this, per flag.
+_AAD_SUFFIX: Final = {_FLAG_JSON: b"\x00j", _FLAG_ZSTD: b"\x00z"}
+if sys.version_info >= (3, 11):
+    _b64decode: Callable[[str], bytes] = partial(binascii.a2b_base64, strict_mode=True)
+else:  # no strict mode: stray characters are skipped, and a changed ciphertext fails its tag
+    _b64decode = binascii.a2b_base64
 _ZSTD_LEVEL = 3
 
 
@@ -239,9 +247,17 @@ class FieldCipher:
                     "compression needs zstd: pip install 'flywheel-state[crypto]' (or Python "
                     "3.14+), or pass compress_min_bytes=None"
                 )
+        from cryptography.exceptions import InvalidTag
+
+        self._invalid_tag = InvalidTag
         self._ring = ring
         self.active = active
         self.compress_min_bytes = compress_min_bytes
+        # What every value sealed now shares: the active key, its associated data suffix and
+        # its envelope head, per flag.
+        self._active_aead = ring[active]
+        self._active_aad = {f: active.encode() + suffix for f, suffix in _AAD_SUFFIX.items()}
+        self._active_head = {f: f"{ENVELOPE_PREFIX}{active}:{f}:" for f in _AAD_SUFFIX}
 
     @property
     def key_ids(self) -> tuple[str, ...]:
@@ -337,10 +353,11 @@ class FieldCipher:
             packed = _get_zstd().compress(plaintext)
             if len(packed) < len(plaintext):
                 plaintext, flags = packed, _FLAG_ZSTD
-        kid = self.active
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._ring[kid].encrypt(nonce, plaintext, _aad(place, kid, flags))
-        return f"{ENVELOPE_PREFIX}{kid}:{flags}:{base64.b64encode(nonce + sealed).decode()}"
+        sealed = self._active_aead.encrypt(nonce, plaintext, place + self._active_aad[flags])
+        return (
+            self._active_head[flags] + binascii.b2a_base64(nonce + sealed, newline=False).decode()
+        )
 
     def open(self, envelope: str, place: bytes, *, key: str, field: str) -> bytes:
         """Decrypt an envelope sealed for ``place``; returns the value's JSON text.
@@ -355,9 +372,15 @@ class FieldCipher:
             EncryptionKeyError: The envelope names a key id not in the ring.
             CorruptRecordError: Malformed, tampered with, or sealed for another place.
         """
-        kid, flags, payload = _split(envelope, key=key, field=field)
+        try:
+            kid, flags, payload = envelope[_PREFIX_LEN:].split(":", 2)
+        except ValueError:
+            raise _corrupt(key, field, "its envelope is malformed") from None
         aead = self._ring.get(kid)
-        if aead is None:
+        suffix = _AAD_SUFFIX.get(flags)
+        if aead is None or suffix is None:
+            if suffix is None or not _KEY_ID.match(kid):
+                raise _corrupt(key, field, "its envelope is malformed")
             raise EncryptionKeyError(
                 f"{key}: field {field} is encrypted with key id {kid!r}, which is not in the "
                 f"key ring (ids: {', '.join(self.key_ids)})",
@@ -365,18 +388,16 @@ class FieldCipher:
                 key_id=kid,
             )
         try:
-            raw = base64.b64decode(payload, validate=True)
+            raw = _b64decode(payload)
         except (binascii.Error, ValueError):
             raise _corrupt(key, field, "its ciphertext is not valid base64") from None
         if len(raw) < _NONCE_BYTES + _TAG_BYTES:
             raise _corrupt(key, field, "its ciphertext is truncated")
-        from cryptography.exceptions import InvalidTag
-
         try:
             plain: bytes = aead.decrypt(
-                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _aad(place, kid, flags)
+                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], place + kid.encode() + suffix
             )
-        except InvalidTag:
+        except self._invalid_tag:
             raise _corrupt(
                 key,
                 field,
@@ -397,13 +418,53 @@ class FieldCipher:
                 raise _corrupt(key, field, f"it does not decompress ({exc})") from exc
         return plain
 
+    def seal_all(self, plaintexts: Sequence[bytes], place: bytes) -> list[str]:
+        """:meth:`seal` of each of ``plaintexts`` (uncompressed), for list elements."""
+        nonces = os.urandom(_NONCE_BYTES * len(plaintexts))
+        encrypt = self._active_aead.encrypt
+        aad = place + self._active_aad[_FLAG_JSON]
+        head = self._active_head[_FLAG_JSON]
+        out = []
+        for i, plain in enumerate(plaintexts):
+            nonce = nonces[i * _NONCE_BYTES : (i + 1) * _NONCE_BYTES]
+            sealed = nonce + encrypt(nonce, plain, aad)
+            out.append(head + binascii.b2a_base64(sealed, newline=False).decode())
+        return out
+
+    def open_all(self, envelopes: Sequence[object], place: bytes) -> list[bytes] | None:
+        """The plaintexts of list elements sealed for ``place``, on the fast path.
+
+        Returns None when any element is not a well-formed, uncompressed envelope under a key
+        of the ring that authenticates, or appears twice: the caller then opens them one by
+        one with :meth:`open`, which raises the precise error.
+        """
+        ring = self._ring
+        out = []
+        try:
+            for env in envelopes:
+                if type(env) is not str or not env.startswith(ENVELOPE_PREFIX):
+                    return None
+                kid, flags, payload = env[_PREFIX_LEN:].split(":", 2)
+                aead = ring.get(kid)
+                if aead is None or flags != _FLAG_JSON:
+                    return None
+                raw = _b64decode(payload)
+                out.append(
+                    aead.decrypt(
+                        raw[:_NONCE_BYTES],
+                        raw[_NONCE_BYTES:],
+                        place + kid.encode() + _AAD_SUFFIX[_FLAG_JSON],
+                    )
+                )
+        except (ValueError, binascii.Error, self._invalid_tag):
+            return None
+        if len(set(envelopes)) != len(out):  # the same ciphertext twice: refused by open()
+            return None
+        return out
+
     def key_id_of(self, envelope: str, *, key: str, field: str) -> str:
         """The key id an envelope was sealed with (without decrypting it)."""
         return _split(envelope, key=key, field=field)[0]
-
-
-def _aad(place: bytes, kid: str, flags: str) -> bytes:
-    return place + kid.encode() + b"\x00" + flags.encode()
 
 
 def _split(envelope: str, *, key: str, field: str) -> tuple[str, str, str]:
@@ -520,11 +581,13 @@ class RecordCodec:
             sep = ","
         for name in self.fields.entries:
             place = self.place(id, self._entry_field(name))
-            envs = []
-            for entry in getattr(model, name):
-                text = encode(entry.model_dump_json, f"{what} {name} entry")
-                envs.append('"' + cipher.seal(text.encode(), place) + '"')
-            parts.append(f'{sep}"{name}":[{",".join(envs)}]')
+            texts = [
+                encode(entry.model_dump_json, f"{what} {name} entry").encode()
+                for entry in getattr(model, name)
+            ]
+            envs = cipher.seal_all(texts, place)
+            body = '"' + '","'.join(envs) + '"' if envs else ""
+            parts.append(f'{sep}"{name}":[{body}]')
             sep = ","
         parts.append("}")
         return "".join(parts)
@@ -625,6 +688,10 @@ class RecordCodec:
                     raise self._in_clear(key, name)
                 continue
             place = self.place(id, self._entry_field(name))
+            fast = cipher.open_all(items, place)
+            if fast is not None:
+                out[name] = fast
+                continue
             opened: list[bytes] = []
             seen: set[str] = set()
             for i, item in enumerate(items):

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+from pydantic_core import from_json, to_json
+
 from flywheel_state.errors import ConfigError, CorruptRecordError, EncryptionKeyError
 
 if TYPE_CHECKING:
@@ -439,24 +441,28 @@ class FieldCipher:
         one with :meth:`open`, which raises the precise error.
         """
         ring = self._ring
-        out = []
+        out: list[bytes] = []
+        append = out.append
+        head = ""
+        skip = 0
+        aead: Any = None
+        aad = b""
         try:
             for env in envelopes:
-                if type(env) is not str or not env.startswith(ENVELOPE_PREFIX):
-                    return None
-                kid, flags, payload = env[_PREFIX_LEN:].split(":", 2)
-                aead = ring.get(kid)
-                if aead is None or flags != _FLAG_JSON:
-                    return None
-                raw = _b64decode(payload)
-                out.append(
-                    aead.decrypt(
-                        raw[:_NONCE_BYTES],
-                        raw[_NONCE_BYTES:],
-                        place + kid.encode() + _AAD_SUFFIX[_FLAG_JSON],
-                    )
-                )
-        except (ValueError, binascii.Error, self._invalid_tag):
+                if not head or not env.startswith(head):  # type: ignore[attr-defined]
+                    # A new key id (or not an envelope: startswith or split fails).
+                    if not env.startswith(ENVELOPE_PREFIX):  # type: ignore[attr-defined]
+                        return None
+                    kid, flags, _ = env[_PREFIX_LEN:].split(":", 2)  # type: ignore[index]
+                    aead = ring.get(kid)
+                    if aead is None or flags != _FLAG_JSON:
+                        return None
+                    head = f"{ENVELOPE_PREFIX}{kid}:{flags}:"
+                    skip = len(head)
+                    aad = place + kid.encode() + _AAD_SUFFIX[_FLAG_JSON]
+                raw = _b64decode(env[skip:])  # type: ignore[index]
+                append(aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad))
+        except (ValueError, TypeError, AttributeError, binascii.Error, self._invalid_tag):
             return None
         if len(set(envelopes)) != len(out):  # the same ciphertext twice: refused by open()
             return None
@@ -619,27 +625,31 @@ class RecordCodec:
                 ciphertext that fails authentication.
         """
         try:
-            data = json.loads(raw)
-        except ValueError:
-            return raw  # validation reports it as a corrupt record
+            data = from_json(raw)
+        except ValueError as exc:
+            data = exc
         if type(data) is not dict:
-            return raw
+            # Never leave an unparsed document to validation: its envelopes could pass as
+            # content of a field typed Any.
+            raise CorruptRecordError(
+                f"{key} does not hold a JSON object", key=key, reason="not a JSON object"
+            )
         if self.cipher is None:
             self._refuse_envelopes(key, data)
             return raw
         plains = self._open_fields(key, data, clear_ok=False)
-        clear = {k: v for k, v in data.items() if k not in self._exclude}
-        text = _dumps(clear)
+        text = to_json({k: v for k, v in data.items() if k not in self._exclude})
         parts = [text[:-1]]
-        sep = "," if len(text) > 2 else ""
+        sep = b"," if len(text) > 2 else b""
         for name, plain in plains.items():
+            parts += (sep, b'"', name.encode(), b'":')
             if isinstance(plain, list):
-                parts.append(f'{sep}"{name}":[{",".join(p.decode() for p in plain)}]')
+                parts += (b"[", b",".join(plain), b"]")
             else:
-                parts.append(f'{sep}"{name}":{plain.decode()}')
-            sep = ","
-        parts.append("}")
-        return "".join(parts)
+                parts.append(plain)
+            sep = b","
+        parts.append(b"}")
+        return b"".join(parts)
 
     def _refuse_envelopes(self, key: str, data: dict[str, Any]) -> None:
         for name, value in self._encrypted_values(data):

@@ -605,3 +605,51 @@ def test_cli_encrypt_rekey_status_without_showing_keys(
     assert status["kinds"] == {"session": {"k2": 24}, "execution": {"k2": 6}}
     shown = run("sessions", "show", "s001")
     assert shown.exit_code == 0 and "secret" in shown.output  # the CLI reads through the ring
+
+
+# ---------------------------------------------------------------- the original API
+
+
+async def test_compat_managers_encrypt_with_the_ring_from_the_environment(
+    redis_url: str, namespace: str, sync_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flywheel_state import RedisConfig, RedisExecutionCache, RedisSessionManager
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("REDIS_NAMESPACE", namespace)
+    monkeypatch.setenv("FLYWHEEL_ENCRYPTION_KEYS", f"k1:{base64.b64encode(K1).decode()}")
+    config = RedisConfig.from_env()
+    assert config["cipher"].active == "k1"
+    manager = RedisSessionManager(**config)
+    cache = RedisExecutionCache(**RedisConfig.execution_from_env())
+    try:
+        assert await manager.save_session(make_session("m1")) is True
+        assert await cache.cache_result("x1", {"answer": "42-secret"}) is True
+        for key in (f"{namespace}:session:m1", f"{namespace}:execution:x1"):
+            text = sync_client.execute_command("JSON.GET", key)
+            assert "secret" not in text and "structural tension" not in text
+        loaded = await manager.load_session("m1")
+        assert loaded is not None and loaded.context["topic"] == "structural tension"
+        assert await cache.get_result("x1") == {"answer": "42-secret"}
+        # A tampered record is not read through the legacy fallbacks either.
+        key = f"{namespace}:execution:x1"
+        env = raw_doc(sync_client, key)["result"]
+        set_path(
+            sync_client, key, "$.result", env[:-6] + ("A" if env[-6] != "A" else "B") + env[-5:]
+        )
+        assert await cache.get_result("x1") is None
+        set_path(sync_client, f"{namespace}:session:m1", "$.context", env)
+        assert await manager.load_session("m1") is None
+    finally:
+        await manager.close()
+        await cache.close()
+    # Without the ring the fail-safe API returns nothing, never the ciphertext.
+    monkeypatch.delenv("FLYWHEEL_ENCRYPTION_KEYS")
+    plain = RedisSessionManager(**RedisConfig.from_env())
+    plain_cache = RedisExecutionCache(**RedisConfig.execution_from_env())
+    try:
+        assert await plain.load_session("m1") is None
+        assert await plain_cache.get_result("x1") is None
+    finally:
+        await plain.close()
+        await plain_cache.close()

@@ -587,10 +587,16 @@ class RecordCodec:
             sep = ","
         for name in self.fields.entries:
             place = self.place(id, self._entry_field(name))
-            texts = [
-                encode(entry.model_dump_json, f"{what} {name} entry").encode()
-                for entry in getattr(model, name)
-            ]
+            entries = getattr(model, name)
+            try:
+                # The serializer itself: what model_dump_json runs, without its per-call setup.
+                texts = [entry.__pydantic_serializer__.to_json(entry) for entry in entries]
+            except (ValueError, TypeError, RecursionError):
+                # Let the repository's encoder name the entry and raise its typed error.
+                texts = [
+                    encode(entry.model_dump_json, f"{what} {name} entry").encode()
+                    for entry in entries
+                ]
             envs = cipher.seal_all(texts, place)
             body = '"' + '","'.join(envs) + '"' if envs else ""
             parts.append(f'{sep}"{name}":[{body}]')

@@ -192,6 +192,24 @@ async def test_large_values_are_compressed_then_encrypted(
     assert all(h.startswith(ENVELOPE_PREFIX + "k1:j:") for h in doc["history"])
 
 
+async def test_values_json_can_not_hold_are_refused_before_anything_is_encrypted(
+    enc: Store,
+) -> None:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    for bad in (
+        make_session(history=[HistoryEntry(role="user", content="\ud800")]),
+        make_session(context={"loop": loop}),
+    ):
+        with pytest.raises(InvalidQueryError, match="can't be stored as JSON"):
+            await enc.sessions.save(bad)
+    assert await enc.sessions.get_or_none("s1") is None
+    await enc.sessions.save(make_session())
+    with pytest.raises(InvalidQueryError):
+        await enc.sessions.append_history("s1", {"role": "user", "content": "\ud800"})
+    assert len((await enc.sessions.get("s1")).history) == 2
+
+
 # ---------------------------------------------------------------- what must fail
 
 

@@ -543,9 +543,10 @@ class RecordCodec:
 
     # ------------------------------------------------------------------ writing
 
-    def seal_value(self, id: str, field: str, text: str | bytes) -> str:
-        """The stored JSON (an envelope string) of ``field``'s JSON ``text``."""
+    def seal_value(self, key: str, field: str, text: str | bytes) -> str:
+        """The stored JSON (an envelope string) of ``field``'s JSON ``text`` in record ``key``."""
         cipher = self._require()
+        id = key[len(self.prefix) :]
         data = text.encode() if isinstance(text, str) else text
         if field in self.fields.entries:
             items = json.loads(data)
@@ -558,22 +559,25 @@ class RecordCodec:
         env = cipher.seal(data, self.place(id, field), compress=field in self.fields.compressible)
         return '"' + env + '"'
 
-    def seal_entry(self, id: str, field: str, text: str) -> str:
+    def seal_entry(self, key: str, field: str, text: str) -> str:
         """The stored JSON of one list element (a history entry) given as JSON ``text``."""
         cipher = self._require()
+        id = key[len(self.prefix) :]
         return '"' + cipher.seal(text.encode(), self.place(id, self._entry_field(field))) + '"'
 
     def seal_document(
-        self, model: Document, encode: Callable[[Callable[[], str], str], str]
+        self, model: Document, encode: Callable[[Callable[[], str], str], str], *, key: str
     ) -> str:
         """The whole document as stored: clear fields as the model dumps them, the rest sealed.
 
         Args:
             model: The document.
             encode: The repository's JSON encoder (``encode_json``), for its error handling.
+            key: The Redis key it is stored at.
         """
         cipher = self._require()
-        id = model.id  # type: ignore[attr-defined]
+        # The id as the key holds it (what a read binds to), not as the model spells it.
+        id = key[len(self.prefix) :]
         what = f"{type(model).__name__} {id!r}"
         clear = encode(lambda: model.model_dump_json(exclude=self._exclude), what)
         parts = [clear[:-1]]

@@ -197,7 +197,7 @@ class Repository(QueryMixin[M], Generic[M]):
 
     def _encode(self, model: Document) -> str:
         if self._codec is not None:
-            return self._codec.seal_document(model, encode_json)
+            return self._codec.seal_document(model, encode_json, key=self.key(model.id))  # type: ignore[attr-defined]
         for name in self._detector.fields.whole:
             check_plain_value(self.model.KIND, name, getattr(model, name))
         return encode_json(model.model_dump_json, f"{self.model.__name__} {model.id!r}")  # type: ignore[attr-defined]
@@ -537,14 +537,14 @@ class Repository(QueryMixin[M], Generic[M]):
         if self._codec is None:
             check_plain_value(self.model.KIND, field, value)
         elif field in self._codec.fields.names:
-            return self._codec.seal_value(id, field, text)
+            return self._codec.seal_value(self.key(id), field, text)
         return text
 
     def _seal_entry(self, id: str, field: str, text: str) -> str:
         """A list element's JSON as stored (sealed when ``field`` is encrypted)."""
         if self._codec is None or field not in self._codec.fields.entries:
             return text
-        return self._codec.seal_entry(id, field, text)
+        return self._codec.seal_entry(self.key(id), field, text)
 
     async def _patch(
         self,

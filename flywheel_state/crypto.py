@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from flywheel_state.models._base import Document
 
 __all__ = [
+    "DEFAULT_CACHE_BYTES",
     "DEFAULT_COMPRESS_MIN_BYTES",
     "ENCRYPTED_FIELDS",
     "ENVELOPE_PREFIX",
@@ -62,6 +63,10 @@ ENVELOPE_PREFIX: Final = "$fwenc:1:"
 
 DEFAULT_COMPRESS_MIN_BYTES: Final = 4096
 """Whole-value fields whose JSON is at least this long are compressed before encryption."""
+
+DEFAULT_CACHE_BYTES: Final = 16 * 1024 * 1024
+"""Plaintext a cipher keeps of the values it sealed or opened, so that a session read again
+(every turn of a conversation) does not decrypt its older history entries again."""
 
 KEY_BYTES: Final = 32
 _NONCE_BYTES = 12
@@ -191,6 +196,10 @@ class FieldCipher:
         compress_min_bytes: Whole-value fields (session ``context``, execution ``result``)
             whose JSON is at least this many bytes are compressed with zstd before encryption.
             None turns compression off. Needs zstd (Python 3.14+, or the ``crypto`` extra).
+        cache_bytes: Bytes of plaintext kept in memory, keyed by the exact ciphertext and its
+            place (so a changed or moved ciphertext is never served from it), for the values
+            this cipher sealed or opened; oldest first out. 0 turns the cache off. The process
+            holding the keys sees the plaintexts anyway: this adds no exposure at rest.
 
     Raises:
         ConfigError: Empty ring, a key of the wrong type or length, a bad key id, an active id
@@ -203,6 +212,7 @@ class FieldCipher:
         active: str,
         *,
         compress_min_bytes: int | None = DEFAULT_COMPRESS_MIN_BYTES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         if not isinstance(keys, Mapping):
             raise ConfigError(
@@ -249,9 +259,15 @@ class FieldCipher:
                     "compression needs zstd: pip install 'flywheel-state[crypto]' (or Python "
                     "3.14+), or pass compress_min_bytes=None"
                 )
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ConfigError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
         from cryptography.exceptions import InvalidTag
 
         self._invalid_tag = InvalidTag
+        self.cache_bytes = cache_bytes
+        self._cache: dict[tuple[bytes, str], bytes] = {}
+        self._cache_size = 0
+        self._cache_lock = threading.Lock()
         self._ring = ring
         self.active = active
         self.compress_min_bytes = compress_min_bytes
@@ -269,7 +285,7 @@ class FieldCipher:
     def __repr__(self) -> str:
         return (
             f"FieldCipher(active={self.active!r}, key_ids={self.key_ids!r}, "
-            f"compress_min_bytes={self.compress_min_bytes!r})"
+            f"compress_min_bytes={self.compress_min_bytes!r}, cache_bytes={self.cache_bytes!r})"
         )
 
     __str__ = __repr__
@@ -350,16 +366,20 @@ class FieldCipher:
             compress: Compress first when at least ``compress_min_bytes`` long (and smaller).
         """
         flags = _FLAG_JSON
+        data = plaintext
         threshold = self.compress_min_bytes
         if compress and threshold is not None and len(plaintext) >= threshold:
             packed = _get_zstd().compress(plaintext)
             if len(packed) < len(plaintext):
-                plaintext, flags = packed, _FLAG_ZSTD
+                data, flags = packed, _FLAG_ZSTD
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._active_aead.encrypt(nonce, plaintext, place + self._active_aad[flags])
-        return (
+        sealed = self._active_aead.encrypt(nonce, data, place + self._active_aad[flags])
+        envelope = (
             self._active_head[flags] + binascii.b2a_base64(nonce + sealed, newline=False).decode()
         )
+        if self.cache_bytes:
+            self._remember(place, [envelope], [plaintext])
+        return envelope
 
     def open(self, envelope: str, place: bytes, *, key: str, field: str) -> bytes:
         """Decrypt an envelope sealed for ``place``; returns the value's JSON text.
@@ -374,6 +394,9 @@ class FieldCipher:
             EncryptionKeyError: The envelope names a key id not in the ring.
             CorruptRecordError: Malformed, tampered with, or sealed for another place.
         """
+        hit = self._cache.get((place, envelope))
+        if hit is not None:
+            return hit
         try:
             kid, flags, payload = envelope[_PREFIX_LEN:].split(":", 2)
         except ValueError:
@@ -418,7 +441,24 @@ class FieldCipher:
                 ) from None
             except Exception as exc:  # zstd's own error types differ between implementations
                 raise _corrupt(key, field, f"it does not decompress ({exc})") from exc
+        if self.cache_bytes:
+            self._remember(place, [envelope], [plain])
         return plain
+
+    def _remember(self, place: bytes, envelopes: Sequence[str], plains: Sequence[bytes]) -> None:
+        """Keep plaintexts by (place, ciphertext), dropping the oldest beyond ``cache_bytes``."""
+        limit = self.cache_bytes
+        cache = self._cache
+        with self._cache_lock:
+            for env, plain in zip(envelopes, plains, strict=True):
+                size = len(plain) + len(env) + _CACHE_OVERHEAD
+                if size > limit // 4 or (place, env) in cache:
+                    continue
+                cache[(place, env)] = plain
+                self._cache_size += size
+            while self._cache_size > limit and cache:
+                (_, old_env), old = _pop_oldest(cache)
+                self._cache_size -= len(old) + len(old_env) + _CACHE_OVERHEAD
 
     def seal_all(self, plaintexts: Sequence[bytes], place: bytes) -> list[str]:
         """:meth:`seal` of each of ``plaintexts`` (uncompressed), for list elements."""
@@ -431,6 +471,8 @@ class FieldCipher:
             nonce = nonces[i * _NONCE_BYTES : (i + 1) * _NONCE_BYTES]
             sealed = nonce + encrypt(nonce, plain, aad)
             out.append(head + binascii.b2a_base64(sealed, newline=False).decode())
+        if self.cache_bytes:
+            self._remember(place, out, plaintexts)
         return out
 
     def open_all(self, envelopes: Sequence[object], place: bytes) -> list[bytes] | None:
@@ -441,14 +483,20 @@ class FieldCipher:
         one with :meth:`open`, which raises the precise error.
         """
         ring = self._ring
+        cached = self._cache.get
         out: list[bytes] = []
         append = out.append
+        opened: list[tuple[str, bytes]] = []
         head = ""
         skip = 0
         aead: Any = None
         aad = b""
         try:
             for env in envelopes:
+                hit = cached((place, env))  # type: ignore[arg-type]
+                if hit is not None:
+                    append(hit)
+                    continue
                 if not head or not env.startswith(head):  # type: ignore[attr-defined]
                     # A new key id (or not an envelope: startswith or split fails).
                     if not env.startswith(ENVELOPE_PREFIX):  # type: ignore[attr-defined]
@@ -461,16 +509,29 @@ class FieldCipher:
                     skip = len(head)
                     aad = place + kid.encode() + _AAD_SUFFIX[_FLAG_JSON]
                 raw = _b64decode(env[skip:])  # type: ignore[index]
-                append(aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad))
+                plain = aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad)
+                append(plain)
+                opened.append((env, plain))  # type: ignore[arg-type]
         except (ValueError, TypeError, AttributeError, binascii.Error, self._invalid_tag):
             return None
         if len(set(envelopes)) != len(out):  # the same ciphertext twice: refused by open()
             return None
+        if opened and self.cache_bytes:
+            self._remember(place, [e for e, _ in opened], [p for _, p in opened])
         return out
 
     def key_id_of(self, envelope: str, *, key: str, field: str) -> str:
         """The key id an envelope was sealed with (without decrypting it)."""
         return _split(envelope, key=key, field=field)[0]
+
+
+_CACHE_OVERHEAD = 200
+"""Bytes a cache entry costs beyond its plaintext and ciphertext (tuple, dict slot, objects)."""
+
+
+def _pop_oldest(cache: dict[tuple[bytes, str], bytes]) -> tuple[tuple[bytes, str], bytes]:
+    oldest = next(iter(cache))
+    return oldest, cache.pop(oldest)
 
 
 def _split(envelope: str, *, key: str, field: str) -> tuple[str, str, str]:

@@ -421,6 +421,31 @@ def test_keys_come_from_the_environment_and_are_never_shown() -> None:
         pickle.dumps(s.cipher)
 
 
+async def test_the_plaintext_cache_is_bounded_and_optional(
+    settings: Settings, sync_client: redis.Redis
+) -> None:
+    small = FieldCipher({"k1": K1}, "k1", cache_bytes=20_000)
+    off = FieldCipher({"k1": K1}, "k1", cache_bytes=0)
+    async with Store(settings, auto_migrate=True, cipher=small) as a:
+        for i in range(30):
+            await a.sessions.save(make_session(f"s{i}"))
+        assert 0 < small._cache_size <= 20_000
+        assert (await a.sessions.get("s0")).context["topic"] == "structural tension"
+    async with Store(settings, cipher=off) as b:
+        got = await b.sessions.get_many([f"s{i}" for i in range(30)])
+        assert all(g is not None and g.history[0].content == "hello secret" for g in got)
+        assert off._cache == {}
+        key = b.sessions.key("s1")
+        env = raw_doc(sync_client, key)["history"][0]
+        set_path(
+            sync_client, key, "$.history[0]", env[:-3] + ("A" if env[-3] != "A" else "B") + env[-2:]
+        )
+        with pytest.raises(CorruptRecordError, match=r"history\[0\].*authentication"):
+            await b.sessions.get("s1")
+    with pytest.raises(ConfigError, match="cache_bytes"):
+        FieldCipher({"k1": K1}, "k1", cache_bytes=-1)
+
+
 def test_each_value_gets_its_own_nonce() -> None:
     c = cipher()
     place = b"ns\x00session\x00s1\x00context\x00"

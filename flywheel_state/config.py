@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from flywheel_state.crypto import FieldCipher
+from flywheel_state.crypto import ENV_ACTIVE, ENV_COMPRESS, ENV_KEYS, FieldCipher
 from flywheel_state.errors import ConfigError
 
 __all__ = ["DEFAULT_NAMESPACE", "Settings", "redact_url"]
@@ -252,17 +252,13 @@ class Settings:
             values.setdefault("_source", {})["namespace"] = found
         if (found := get("REDIS_URL")) is not None:
             values.setdefault("_source", {})["url"] = found
-        if (found := get("FLYWHEEL_ENCRYPTION_KEYS")) is not None and "cipher" not in overrides:
-            active = get("FLYWHEEL_ENCRYPTION_ACTIVE_KEY")
-            threshold = get("FLYWHEEL_COMPRESS_MIN_BYTES")
-            try:
-                values["cipher"] = FieldCipher.from_env_values(
-                    found[1],
-                    None if active is None else active[1],
-                    compress_min_bytes=None if threshold is None else threshold[1],
-                )
-            except ConfigError as exc:
-                raise ConfigError(f"FLYWHEEL_ENCRYPTION_KEYS: {exc}") from None
+        if (found := get(ENV_KEYS)) is not None and "cipher" not in overrides:
+            active, threshold = get(ENV_ACTIVE), get(ENV_COMPRESS)
+            values["cipher"] = FieldCipher.from_env_values(
+                found[1],
+                None if active is None else active[1],
+                compress_min_bytes=None if threshold is None else threshold[1],
+            )
         sources: dict[str, tuple[str, str]] = values.pop("_source", {})
         values.update(overrides)
         try:

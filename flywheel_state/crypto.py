@@ -49,6 +49,9 @@ __all__ = [
     "DEFAULT_COMPRESS_MIN_BYTES",
     "ENCRYPTED_FIELDS",
     "ENVELOPE_PREFIX",
+    "ENV_ACTIVE",
+    "ENV_COMPRESS",
+    "ENV_KEYS",
     "EncryptedFields",
     "FieldCipher",
     "RecordCodec",
@@ -69,6 +72,12 @@ DEFAULT_CACHE_BYTES: Final = 16 * 1024 * 1024
 (every turn of a conversation) does not decrypt its older history entries again."""
 
 KEY_BYTES: Final = 32
+ENV_KEYS: Final = "FLYWHEEL_ENCRYPTION_KEYS"
+"""The environment variable of the key ring: ``k1:<base64 32 bytes>,k2:...``."""
+ENV_ACTIVE: Final = "FLYWHEEL_ENCRYPTION_ACTIVE_KEY"
+"""The environment variable naming the active key (needed when the ring has several)."""
+ENV_COMPRESS: Final = "FLYWHEEL_COMPRESS_MIN_BYTES"
+"""The environment variable of ``compress_min_bytes`` (a byte count, or ``off``)."""
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _KEY_ID = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
@@ -301,7 +310,8 @@ class FieldCipher:
     def from_env_values(
         cls, keys: str, active: str | None, *, compress_min_bytes: str | None = None
     ) -> FieldCipher:
-        """Build a cipher from environment-style text.
+        """Build a cipher from the text of :data:`ENV_KEYS`, :data:`ENV_ACTIVE` and
+        :data:`ENV_COMPRESS` (``Settings.from_env`` calls this).
 
         Args:
             keys: ``"k1:<base64 key>,k2:<base64 key>"`` (standard or URL-safe base64).
@@ -309,7 +319,8 @@ class FieldCipher:
             compress_min_bytes: A byte count, ``"off"``/``"none"``, or None for the default.
 
         Raises:
-            ConfigError: Malformed text (the message never holds key material).
+            ConfigError: Malformed text; the message names the variable and never holds key
+                material.
         """
         ring: dict[str, bytes] = {}
         for n, item in enumerate((p.strip() for p in keys.split(",")), 1):
@@ -319,7 +330,7 @@ class FieldCipher:
             kid = kid.strip()
             if not sep or not kid:
                 raise ConfigError(
-                    f"encryption key #{n} must be written id:base64key (the key is not shown)"
+                    f"{ENV_KEYS}: key #{n} must be written id:base64key (the key is not shown)"
                 )
             try:
                 text = b64.strip()
@@ -329,20 +340,26 @@ class FieldCipher:
                 )
             except (binascii.Error, ValueError):
                 raise ConfigError(
-                    f"encryption key {kid!r} is not valid base64 (the key is not shown)"
+                    f"{ENV_KEYS}: key {kid!r} is not valid base64 (the key is not shown)"
                 ) from None
             if kid in ring:
-                raise ConfigError(f"encryption key id {kid!r} is given twice")
+                raise ConfigError(f"{ENV_KEYS}: key id {kid!r} is given twice")
             ring[kid] = key
+        if not ring:
+            raise ConfigError(f"{ENV_KEYS}: the encryption key ring is empty")
         if active is None or not active.strip():
             if len(ring) != 1:
                 raise ConfigError(
-                    "name the active encryption key (FLYWHEEL_ENCRYPTION_ACTIVE_KEY) when the "
-                    "ring holds several keys"
-                    if ring
-                    else "the encryption key ring is empty: give at least one key"
+                    f"{ENV_ACTIVE} must name the active key when {ENV_KEYS} holds several"
                 )
             active = next(iter(ring))
+        active = active.strip()
+        if active not in ring:
+            shown = repr(active) if len(active) <= 40 else "<too long>"
+            raise ConfigError(
+                f"{ENV_ACTIVE}: key id {shown} is not in {ENV_KEYS} "
+                f"(ids: {', '.join(sorted(ring))})"
+            )
         threshold: int | None = DEFAULT_COMPRESS_MIN_BYTES
         if compress_min_bytes is not None and compress_min_bytes.strip():
             raw = compress_min_bytes.strip()
@@ -353,9 +370,14 @@ class FieldCipher:
                     threshold = int(raw)
                 except ValueError:
                     raise ConfigError(
-                        f"compress_min_bytes must be a number of bytes or 'off', got {raw!r}"
+                        f"{ENV_COMPRESS} must be a number of bytes or 'off', got {raw!r}"
                     ) from None
-        return cls(ring, active.strip(), compress_min_bytes=threshold)
+                if threshold < 1:
+                    raise ConfigError(f"{ENV_COMPRESS} must be positive or 'off', got {raw!r}")
+        try:
+            return cls(ring, active, compress_min_bytes=threshold)
+        except ConfigError as exc:  # a key of the wrong length, a bad id: about the ring
+            raise ConfigError(f"{ENV_KEYS}: {exc}") from None
 
     # ------------------------------------------------------------------ sealing
 

@@ -597,8 +597,8 @@ def _dumps(value: Any) -> str:
 class RecordCodec:
     """Seals and opens the encrypted fields of one kind of document in one namespace.
 
-    A repository with a cipher holds one; without a cipher, :func:`RecordCodec.check_clear`
-    (a static method) still refuses to return encrypted content.
+    A repository with a cipher holds one; one without a cipher (``cipher=None``) only opens
+    documents, to refuse returning encrypted content as if it were clear.
 
     Args:
         cipher: The key ring (None: no encryption; opening only detects envelopes).
@@ -653,7 +653,12 @@ class RecordCodec:
         return '"' + cipher.seal(text.encode(), self.place(id, self._entry_field(field))) + '"'
 
     def seal_document(
-        self, model: Document, encode: Callable[[Callable[[], str], str], str], *, key: str
+        self,
+        model: Document,
+        encode: Callable[[Callable[[], str], str], str],
+        *,
+        key: str,
+        check: Callable[..., str] | None = None,
     ) -> str:
         """The whole document as stored: clear fields as the model dumps them, the rest sealed.
 
@@ -661,6 +666,9 @@ class RecordCodec:
             model: The document.
             encode: The repository's JSON encoder (``encode_json``), for its error handling.
             key: The Redis key it is stored at.
+            check: ``check(text, what, at_depth=n)``, the repository's nesting check: a value
+                is refused as it would be in clear (so that it reads back), not hidden by its
+                envelope.
         """
         cipher = self._require()
         # The id as the key holds it (what a read binds to), not as the model spells it.
@@ -671,6 +679,8 @@ class RecordCodec:
         sep = "," if len(clear) > 2 else ""
         for name in self.fields.whole:
             text = encode(partial(self._dump_field, name, getattr(model, name)), f"{what} {name}")
+            if check is not None:
+                check(text, f"field {name}", at_depth=1)
             env = cipher.seal(
                 text.encode(), self.place(id, name), compress=name in self.fields.compressible
             )
@@ -688,6 +698,9 @@ class RecordCodec:
                     encode(entry.model_dump_json, f"{what} {name} entry").encode()
                     for entry in entries
                 ]
+            if check is not None:
+                for text in texts:
+                    check(text.decode(), f"{name} entry", at_depth=2)
             envs = cipher.seal_all(texts, place)
             body = '"' + '","'.join(envs) + '"' if envs else ""
             parts.append(f'{sep}"{name}":[{body}]')

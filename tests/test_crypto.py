@@ -210,6 +210,31 @@ async def test_values_json_can_not_hold_are_refused_before_anything_is_encrypted
     assert len((await enc.sessions.get("s1")).history) == 2
 
 
+def nested(levels: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+async def test_values_nested_too_deep_are_refused_as_in_clear(enc: Store) -> None:
+    # An envelope would hide the depth from the server: the same limits apply, so that every
+    # accepted write reads back (and could be decrypted and stored in clear again).
+    with pytest.raises(InvalidQueryError, match="nest"):
+        await enc.sessions.save(make_session(context=nested(127)))
+    with pytest.raises(InvalidQueryError, match="nest"):
+        await enc.sessions.save(make_session(history=[{"content": nested(126)}]))
+    await enc.sessions.save(make_session(context=nested(126)))
+    with pytest.raises(InvalidQueryError, match="nest"):
+        await enc.sessions.update("s1", context=nested(127))
+    with pytest.raises(InvalidQueryError, match="nest"):
+        await enc.sessions.append_history("s1", {"content": nested(125)})
+    await enc.sessions.append_history("s1", {"content": nested(124)})
+    got = await enc.sessions.get("s1")
+    assert got.context == nested(126) and got.history[-1].content == nested(124)
+    await enc.sessions.save(got)
+
+
 # ---------------------------------------------------------------- what must fail
 
 

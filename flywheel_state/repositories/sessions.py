@@ -114,7 +114,10 @@ class SessionRepository(Repository[Session]):
             if model.timestamp is None:
                 model.timestamp = now
             text = encode_json(model.model_dump_json, "history entry")
-            text = self._seal_entry(id, "history", text)
+            if self._codec is not None:  # encrypted: the depth is checked before sealing
+                text = self._seal_entry(
+                    id, "history", check_nesting(text, "history entry", at_depth=2)
+                )
             ops.append(("append", "$.history", check_nesting(text, "history entry", at_depth=2)))
         if max_len is not None:
             ops.append(("keeplast", "$.history", max_len))

@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
+from aredis_om import Field
 
 from flywheel_state import (
     Backend,
@@ -27,10 +28,20 @@ from flywheel_state import (
     Settings,
     Store,
 )
-from flywheel_state.crypto import ENCRYPTED_FIELDS, ENVELOPE_PREFIX, FieldCipher
-from flywheel_state.migrations import MigrationProgress
+from flywheel_state.crypto import (
+    ENCRYPTED_FIELDS,
+    ENVELOPE_PREFIX,
+    EncryptedFields,
+    FieldCipher,
+    RecordCodec,
+)
+from flywheel_state.migrations import MigrationContext, MigrationProgress
 from flywheel_state.migrations._lock import MigrationLock
 from flywheel_state.migrations.encryption import decrypt, encrypt, encryption_status, rekey
+from flywheel_state.migrations.report import StepReport
+from flywheel_state.models._base import Document
+from flywheel_state.models._types import Id
+from flywheel_state.models._upgrades import register_upgrade
 
 K1 = bytes(range(32))
 K2 = bytes(range(100, 132))
@@ -760,3 +771,67 @@ async def test_compat_managers_encrypt_with_the_ring_from_the_environment(
     finally:
         await plain.close()
         await plain_cache.close()
+
+
+# ---------------------------------------------------------------- schema upgrades of encrypted data
+
+
+class _Note(Document):
+    KIND: ClassVar[str] = "note_enc_test"
+    SCHEMA_VERSION: ClassVar[int] = 2
+    id: Id = Field(primary_key=True)
+    title: str
+    body: dict[str, Any] = {}
+
+
+@register_upgrade("note_enc_test", 1)
+def _note_name_to_title(doc: dict[str, Any]) -> dict[str, Any]:
+    doc["title"] = doc.pop("name")
+    return doc
+
+
+async def test_upgrade_documents_decrypts_upgrades_and_seals_again(
+    store: Store, settings: Settings, sync_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(ENCRYPTED_FIELDS, "note_enc_test", EncryptedFields(whole=("body",)))  # type: ignore[index]
+    c = cipher()
+    codec = RecordCodec(c, store.namespace, _Note)
+    for i in range(5):
+        key = f"{store.namespace}:note_enc_test:n{i}"
+        body = codec.seal_value(key, "body", json.dumps({"secret": f"note-secret-{i}"}))
+        doc = f'{{"schema_version":1,"version":3,"id":"n{i}","name":"note {i}","body":{body}}}'
+        sync_client.execute_command("JSON.SET", key, "$", doc)
+
+    def context(s: Store, revision: str) -> MigrationContext:
+        return MigrationContext(
+            client=s.client,
+            namespace=s.namespace,
+            settings=s.settings,
+            revision=revision,
+            direction="upgrade",
+            dry_run=False,
+            report=StepReport(revision=revision, description="t", direction="upgrade"),
+            lock=None,
+            progress=None,
+        )
+
+    # Without the key the documents are reported, never rewritten in clear.
+    ctx = context(store, "no-key")
+    result = await ctx.ops.upgrade_documents(_Note)
+    assert result.changed == 0
+    problems = sync_client.lrange(ctx.problems_key, 0, -1)
+    assert len(json.loads(problems[0])) == 5 and "no cipher" in problems[0]
+    key0 = f"{store.namespace}:note_enc_test:n0"
+    assert json.loads(sync_client.execute_command("JSON.GET", key0))["schema_version"] == 1
+    async with Store(settings, cipher=c) as enc:
+        result = await context(enc, "with-key").ops.upgrade_documents(_Note)
+        assert result.changed == 5
+        for i in range(5):
+            key = f"{enc.namespace}:note_enc_test:n{i}"
+            text = sync_client.execute_command("JSON.GET", key)
+            assert "note-secret" not in text
+            doc = json.loads(text)
+            assert doc["schema_version"] == 2 and doc["title"] == f"note {i}"
+            assert doc["version"] == 3
+            opened = _Note.model_validate_json(codec.open_document(key, text))
+            assert opened.body == {"secret": f"note-secret-{i}"}

@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -59,6 +60,7 @@ __all__ = [
     "compression_available",
     "has_envelope_marker",
     "is_envelope",
+    "json_depth",
 ]
 
 ENVELOPE_PREFIX: Final = "$fwenc:1:"
@@ -276,7 +278,9 @@ class FieldCipher:
 
         self._invalid_tag = InvalidTag
         self.cache_bytes = cache_bytes
-        self._cache: dict[tuple[bytes, str], bytes] = {}
+        # An OrderedDict: dropping the oldest entry is O(1) (a dict's first key is not, once
+        # many have been popped from its front).
+        self._cache: OrderedDict[tuple[bytes, str], bytes] = OrderedDict()
         self._cache_size = 0
         self._cache_lock = threading.Lock()
         self._ring = ring
@@ -481,7 +485,7 @@ class FieldCipher:
                 cache[(place, env)] = plain
                 self._cache_size += size
             while self._cache_size > limit and cache:
-                (_, old_env), old = _pop_oldest(cache)
+                (_, old_env), old = cache.popitem(last=False)
                 self._cache_size -= len(old) + len(old_env) + _CACHE_OVERHEAD
 
     def seal_all(self, plaintexts: Sequence[bytes], place: bytes) -> list[str]:
@@ -553,11 +557,6 @@ _CACHE_OVERHEAD = 200
 """Bytes a cache entry costs beyond its plaintext and ciphertext (tuple, dict slot, objects)."""
 
 
-def _pop_oldest(cache: dict[tuple[bytes, str], bytes]) -> tuple[tuple[bytes, str], bytes]:
-    oldest = next(iter(cache))
-    return oldest, cache.pop(oldest)
-
-
 def _split(envelope: str, *, key: str, field: str) -> tuple[str, str, str]:
     parts = envelope[len(ENVELOPE_PREFIX) :].split(":", 2)
     if len(parts) != 3 or parts[1] not in (_FLAG_JSON, _FLAG_ZSTD) or not _KEY_ID.match(parts[0]):
@@ -585,6 +584,46 @@ def has_envelope_marker(raw: bytes | str) -> bool:
     if isinstance(raw, str):
         return "$" in raw and _MARK_STR in raw
     return b"$" in raw and _MARK_BYTES in raw
+
+
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_NOT_BRACKETS_B = re.compile(rb"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\{\}|\[\]")
+_INNERMOST_B = re.compile(rb"\{\}|\[\]")
+
+
+def json_depth(text: str | bytes) -> int:
+    """How deeply valid JSON ``text`` nests (``{}``: 1), fast on large values.
+
+    Strings are cut out with C-speed replaces and a split (escaped backslashes first, then
+    escaped quotes, so every quote left delimits a string), then innermost pairs of brackets are
+    removed until none is left: one pass per level, over the brackets only.
+    """
+    if isinstance(text, str):
+        if text.count("{") + text.count("[") <= 1:
+            return text.count("{") + text.count("[")
+        outside = "".join(text.replace("\\\\", "").replace('\\"', "").split('"')[::2])
+        skeleton = _NOT_BRACKETS.sub("", outside)
+        depth = 0
+        while skeleton:
+            shorter = _INNERMOST.sub("", skeleton)
+            if len(shorter) == len(skeleton):  # not valid JSON: the worst is assumed
+                return depth + len(skeleton)
+            skeleton = shorter
+            depth += 1
+        return depth
+    if text.count(b"{") + text.count(b"[") <= 1:
+        return text.count(b"{") + text.count(b"[")
+    outside_b = b"".join(text.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')[::2])
+    skeleton_b = _NOT_BRACKETS_B.sub(b"", outside_b)
+    depth = 0
+    while skeleton_b:
+        shorter_b = _INNERMOST_B.sub(b"", skeleton_b)
+        if len(shorter_b) == len(skeleton_b):  # not valid JSON: the worst is assumed
+            return depth + len(skeleton_b)
+        skeleton_b = shorter_b
+        depth += 1
+    return depth
 
 
 def _dumps(value: Any) -> str:
@@ -659,6 +698,7 @@ class RecordCodec:
         *,
         key: str,
         check: Callable[..., str] | None = None,
+        max_depth: int = 0,
     ) -> str:
         """The whole document as stored: clear fields as the model dumps them, the rest sealed.
 
@@ -668,7 +708,9 @@ class RecordCodec:
             key: The Redis key it is stored at.
             check: ``check(text, what, at_depth=n)``, the repository's nesting check: a value
                 is refused as it would be in clear (so that it reads back), not hidden by its
-                envelope.
+                envelope. Called only for values that may nest deeper than ``max_depth``
+                (:func:`json_depth` is much faster on large values).
+            max_depth: The deepest nesting a stored document may have (with ``check``).
         """
         cipher = self._require()
         # The id as the key holds it (what a read binds to), not as the model spells it.
@@ -679,7 +721,12 @@ class RecordCodec:
         sep = "," if len(clear) > 2 else ""
         for name in self.fields.whole:
             text = encode(partial(self._dump_field, name, getattr(model, name)), f"{what} {name}")
-            if check is not None:
+            # Brackets bound the depth from above: most values need no closer look.
+            if (
+                check is not None
+                and text.count("{") + text.count("[") + 1 > max_depth
+                and json_depth(text) + 1 > max_depth
+            ):
                 check(text, f"field {name}", at_depth=1)
             env = cipher.seal(
                 text.encode(), self.place(id, name), compress=name in self.fields.compressible
@@ -699,8 +746,12 @@ class RecordCodec:
                     for entry in entries
                 ]
             if check is not None:
-                for text in texts:
-                    check(text.decode(), f"{name} entry", at_depth=2)
+                for entry_text in texts:
+                    if (
+                        entry_text.count(b"{") + entry_text.count(b"[") + 2 > max_depth
+                        and json_depth(entry_text) + 2 > max_depth
+                    ):
+                        check(entry_text.decode(), f"{name} entry", at_depth=2)
             envs = cipher.seal_all(texts, place)
             body = '"' + '","'.join(envs) + '"' if envs else ""
             parts.append(f'{sep}"{name}":[{body}]')

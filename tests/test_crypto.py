@@ -489,6 +489,32 @@ async def test_the_plaintext_cache_is_bounded_and_optional(
         FieldCipher({"k1": K1}, "k1", cache_bytes=-1)
 
 
+def test_json_depth_matches_the_structure_whatever_the_strings_hold() -> None:
+    from flywheel_state.crypto import json_depth
+
+    def depth(v: Any) -> int:
+        if isinstance(v, dict):
+            return 1 + max((depth(x) for x in v.values()), default=0)
+        if isinstance(v, list):
+            return 1 + max((depth(x) for x in v), default=0)
+        return 0
+
+    tricky = ['a"b\\', '[{"\\"}', 'x\\"[', "\\", '"', "{[", "ok"]
+    values: list[Any] = [
+        {},
+        [],
+        {"a": tricky},
+        [[[[{"k": "]]]"}]]]],
+        {"\\": [{"x[": ["{", {"y": tricky}]}]},
+        nested(60),
+        [nested(30), {"b": [nested(10)]}],
+    ]
+    for v in values:
+        text = json.dumps(v)
+        assert json_depth(text) == depth(v), text
+        assert json_depth(text.encode()) == depth(v), text
+
+
 def test_each_value_gets_its_own_nonce() -> None:
     c = cipher()
     place = b"ns\x00session\x00s1\x00context\x00"

@@ -711,7 +711,7 @@ def _crypto_hooks(
     """How :meth:`Operations.upgrade_documents` opens and seals encrypted documents of
     ``model`` (``(None, None)``: the kind has no encrypted fields)."""
     from flywheel_state.crypto import ENCRYPTED_FIELDS, RecordCodec, has_envelope_marker
-    from flywheel_state.repositories.base import check_nesting, encode_json
+    from flywheel_state.repositories.base import _MAX_JSON_DEPTH, check_nesting, encode_json
 
     if model.KIND not in ENCRYPTED_FIELDS:
         return None, None
@@ -725,7 +725,9 @@ def _crypto_hooks(
         return detect, None
 
     def seal(key: str, doc: Document) -> str:
-        return codec.seal_document(doc, encode_json, key=key, check=check_nesting)
+        return codec.seal_document(
+            doc, encode_json, key=key, check=check_nesting, max_depth=_MAX_JSON_DEPTH
+        )
 
     return codec.open_document, seal
 

@@ -198,7 +198,9 @@ class Repository(QueryMixin[M], Generic[M]):
     def _encode(self, model: Document) -> str:
         if self._codec is not None:
             key = self.key(model.id)  # type: ignore[attr-defined]
-            return self._codec.seal_document(model, encode_json, key=key, check=check_nesting)
+            return self._codec.seal_document(
+                model, encode_json, key=key, check=check_nesting, max_depth=_MAX_JSON_DEPTH
+            )
         for name in self._detector.fields.whole:
             check_plain_value(self.model.KIND, name, getattr(model, name))
         return encode_json(model.model_dump_json, f"{self.model.__name__} {model.id!r}")  # type: ignore[attr-defined]

@@ -499,8 +499,8 @@ class FieldCipher:
             nonce = nonces[i * _NONCE_BYTES : (i + 1) * _NONCE_BYTES]
             sealed = nonce + encrypt(nonce, plain, aad)
             out.append(head + binascii.b2a_base64(sealed, newline=False).decode())
-        if self.cache_bytes:
-            self._remember(place, out, plaintexts)
+        # Not remembered: a whole-document save re-seals every entry with new nonces, and
+        # caching them all would only churn the cache (reads fill it).
         return out
 
     def open_all(self, envelopes: Sequence[object], place: bytes) -> list[bytes] | None:

@@ -281,6 +281,7 @@ class FieldCipher:
         # An OrderedDict: dropping the oldest entry is O(1) (a dict's first key is not, once
         # many have been popped from its front).
         self._cache: OrderedDict[tuple[bytes, str], bytes] = OrderedDict()
+        self._reuse: dict[tuple[bytes, bytes], str] = {}
         self._cache_size = 0
         self._cache_lock = threading.Lock()
         self._ring = ring
@@ -473,34 +474,69 @@ class FieldCipher:
             self._remember(place, [envelope], [plain])
         return plain
 
-    def _remember(self, place: bytes, envelopes: Sequence[str], plains: Sequence[bytes]) -> None:
-        """Keep plaintexts by (place, ciphertext), dropping the oldest beyond ``cache_bytes``."""
+    def _remember(
+        self,
+        place: bytes,
+        envelopes: Sequence[str],
+        plains: Sequence[bytes],
+        *,
+        reusable: bool = False,
+    ) -> None:
+        """Keep plaintexts by (place, ciphertext), dropping the oldest beyond ``cache_bytes``.
+
+        With ``reusable`` (list elements), also the ciphertext by (place, plaintext), so that a
+        save of an unchanged history entry writes its ciphertext again instead of a new one.
+        """
         limit = self.cache_bytes
         cache = self._cache
+        reuse = self._reuse
         with self._cache_lock:
             for env, plain in zip(envelopes, plains, strict=True):
                 size = len(plain) + len(env) + _CACHE_OVERHEAD
                 if size > limit // 4 or (place, env) in cache:
                     continue
                 cache[(place, env)] = plain
+                if reusable:
+                    reuse[(place, plain)] = env
                 self._cache_size += size
             while self._cache_size > limit and cache:
-                (_, old_env), old = cache.popitem(last=False)
+                (old_place, old_env), old = cache.popitem(last=False)
+                if reuse.get((old_place, old)) == old_env:
+                    del reuse[(old_place, old)]
                 self._cache_size -= len(old) + len(old_env) + _CACHE_OVERHEAD
 
     def seal_all(self, plaintexts: Sequence[bytes], place: bytes) -> list[str]:
-        """:meth:`seal` of each of ``plaintexts`` (uncompressed), for list elements."""
-        nonces = os.urandom(_NONCE_BYTES * len(plaintexts))
+        """:meth:`seal` of each of ``plaintexts`` (uncompressed), for list elements.
+
+        An element this cipher sealed or opened before at the same place, under the active
+        key, with the same plaintext gets the same ciphertext again (a history entry unchanged
+        since it was read is not re-encrypted on save); the others get new nonces.
+        """
         encrypt = self._active_aead.encrypt
         aad = place + self._active_aad[_FLAG_JSON]
         head = self._active_head[_FLAG_JSON]
-        out = []
-        for i, plain in enumerate(plaintexts):
-            nonce = nonces[i * _NONCE_BYTES : (i + 1) * _NONCE_BYTES]
-            sealed = nonce + encrypt(nonce, plain, aad)
-            out.append(head + binascii.b2a_base64(sealed, newline=False).decode())
-        # Not remembered: a whole-document save re-seals every entry with new nonces, and
-        # caching them all would only churn the cache (reads fill it).
+        reuse = self._reuse.get
+        out: list[str] = []
+        new_envs: list[str] = []
+        new_plains: list[bytes] = []
+        nonces = b""
+        for plain in plaintexts:
+            env = reuse((place, plain))
+            if env is not None and env.startswith(head):
+                out.append(env)
+                continue
+            if not nonces:
+                nonces = os.urandom(_NONCE_BYTES * 64)  # one draw for many elements
+            nonce, nonces = nonces[:_NONCE_BYTES], nonces[_NONCE_BYTES:]
+            env = (
+                head
+                + binascii.b2a_base64(nonce + encrypt(nonce, plain, aad), newline=False).decode()
+            )
+            out.append(env)
+            new_envs.append(env)
+            new_plains.append(plain)
+        if new_envs and self.cache_bytes:
+            self._remember(place, new_envs, new_plains, reusable=True)
         return out
 
     def open_all(self, envelopes: Sequence[object], place: bytes) -> list[bytes] | None:
@@ -545,7 +581,7 @@ class FieldCipher:
         if len(set(envelopes)) != len(out):  # the same ciphertext twice: refused by open()
             return None
         if opened and self.cache_bytes:
-            self._remember(place, [e for e, _ in opened], [p for _, p in opened])
+            self._remember(place, [e for e, _ in opened], [p for _, p in opened], reusable=True)
         return out
 
     def key_id_of(self, envelope: str, *, key: str, field: str) -> str:
@@ -677,11 +713,8 @@ class RecordCodec:
         if field in self.fields.entries:
             items = json.loads(data)
             place = self.place(id, self._entry_field(field))
-            return (
-                "["
-                + ",".join('"' + cipher.seal(_dumps(item).encode(), place) + '"' for item in items)
-                + "]"
-            )
+            envs = cipher.seal_all([_dumps(item).encode() for item in items], place)
+            return "[" + ",".join('"' + env + '"' for env in envs) + "]"
         env = cipher.seal(data, self.place(id, field), compress=field in self.fields.compressible)
         return '"' + env + '"'
 
@@ -689,7 +722,8 @@ class RecordCodec:
         """The stored JSON of one list element (a history entry) given as JSON ``text``."""
         cipher = self._require()
         id = key[len(self.prefix) :]
-        return '"' + cipher.seal(text.encode(), self.place(id, self._entry_field(field))) + '"'
+        place = self.place(id, self._entry_field(field))
+        return '"' + cipher.seal_all([text.encode()], place)[0] + '"'
 
     def seal_document(
         self,

@@ -481,7 +481,7 @@ async def test_the_plaintext_cache_is_bounded_and_optional(
         key = b.sessions.key("s1")
         env = raw_doc(sync_client, key)["history"][0]
         set_path(
-            sync_client, key, "$.history[0]", env[:-3] + ("A" if env[-3] != "A" else "B") + env[-2:]
+            sync_client, key, "$.history[0]", env[:-9] + ("A" if env[-9] != "A" else "B") + env[-8:]
         )
         with pytest.raises(CorruptRecordError, match=r"history\[0\].*authentication"):
             await b.sessions.get("s1")
@@ -558,6 +558,26 @@ async def test_older_keys_stay_readable_and_new_writes_use_the_active_key(
         await new.sessions.save(make_session("b"))
         assert key_ids(sync_client, new.sessions.key("b")) == {"k2"}
         assert [h.content for h in (await new.sessions.get("a")).history][-1] == "new"
+
+
+async def test_a_save_reuses_unchanged_entries_only_under_the_active_key(
+    settings: Settings, sync_client: redis.Redis
+) -> None:
+    async with Store(settings, auto_migrate=True, cipher=FieldCipher(RING_1, "k1")) as old:
+        await old.sessions.save(make_session("a"))
+        s = await old.sessions.get("a")
+        before = raw_doc(sync_client, old.sessions.key("a"))
+        s.history.append(HistoryEntry(role="user", content="third"))
+        await old.sessions.save(s)
+        after = raw_doc(sync_client, old.sessions.key("a"))
+        assert after["history"][:2] == before["history"][:2]  # unchanged: the same ciphertext
+        assert after["context"] != before["context"]  # whole values always get a new nonce
+        assert len(after["history"]) == 3
+    async with Store(settings, cipher=FieldCipher(RING_12, "k2")) as new:
+        s = await new.sessions.get("a")  # opened (and cached) under k1
+        await new.sessions.save(s)
+        assert key_ids(sync_client, new.sessions.key("a")) == {"k2"}
+        assert [h.content for h in (await new.sessions.get("a")).history][-1] == "third"
 
 
 async def test_rekey_killed_midway_resumes_and_leaves_every_record_under_k2(

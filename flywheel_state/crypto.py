@@ -406,8 +406,8 @@ class FieldCipher:
         envelope = (
             self._active_head[flags] + binascii.b2a_base64(nonce + sealed, newline=False).decode()
         )
-        if self.cache_bytes:
-            self._remember(place, [envelope], [plaintext])
+        # Not remembered: hashing a large new ciphertext costs a save more than it saves the
+        # next read (which fills the cache).
         return envelope
 
     def open(self, envelope: str, place: bytes, *, key: str, field: str) -> bytes:

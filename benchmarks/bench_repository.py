@@ -52,6 +52,20 @@ With ``--check`` the exit status is 1 when a target is missed: (a)/(b) >= 0.9 fo
 operations, >= 0.8 for save_many / get_many, append at 1,000 entries <= 1.5x the time at 10,
 the last-20 read of a 1,000-entry session <= 1.2x a whole get of a 20-entry one, and the two
 overhead targets above.
+Last, the cost of encryption at rest (``Store(..., cipher=FieldCipher(...))``): save, get and
+append_history of the same realistic sessions on a plain store, an encrypting one (compression
+off, default plaintext cache: the values it sealed or opened before are not decrypted again), the
+same with the cache off (``cache_bytes=0``: every read decrypts, as in a process that never saw
+the session), and one that also compresses, cache off (threshold 1 KB, so the ~3 KB context is
+compressed), each as a time ratio to the plain store in the same run (target: encryption
+<= 1.3x, checked on the default configuration); then what compression saves on large execution
+results (stored bytes, plain vs compressed + encrypted) and its cost on save / get of those
+results. The synthetic prose repeats a small vocabulary, so it compresses better than most
+real text: read the byte ratios as an upper bound.
+
+With ``--check`` the exit status is 1 when a target is missed: (a)/(b) >= 0.8 for the single
+operations and for save_many / get_many, append at 1,000 entries <= 1.5x the time at 10, and
+encryption within 1.3x of the plain store on save, get and append_history.
 """
 
 from __future__ import annotations
@@ -82,7 +96,8 @@ from _harness import (
 from redis.asyncio import Redis
 
 from flywheel_state import Settings, Store
-from flywheel_state.models import Session, SessionStatus
+from flywheel_state.crypto import FieldCipher
+from flywheel_state.models import ExecutionResult, Session, SessionStatus
 from flywheel_state.repositories.base import BATCH_SIZE, Repository
 from flywheel_state.repositories.sessions import SessionRepository
 
@@ -776,6 +791,160 @@ def print_overhead(rows: list[Row], columns: list[str]) -> list[str]:
     return missed
 
 
+# ---------------------------------------------------------------------- encryption at rest
+
+PLAIN, ENC, COLD, ZSTD = "plain", "encrypted", "no cache", "zstd, no cache"
+CRYPTO_TARGET = 1.3
+
+
+def make_result(seed: int, rows: int) -> dict[str, Any]:
+    """A large flow result: retrieved rows of prose with scores and metadata."""
+    return {
+        "answer": _text(seed, 600),
+        "rows": [
+            {
+                "id": f"row-{seed}-{j}",
+                "text": _text(seed * 5 + j, 240),
+                "score": round(1 / (j + 1), 6),
+                "source": {"doc": f"doc-{j % 17}", "page": j % 40},
+            }
+            for j in range(rows)
+        ],
+        "usage": {"prompt_tokens": 1200 + seed, "completion_tokens": 300},
+    }
+
+
+async def crypto_costs(url: str, args: argparse.Namespace) -> tuple[list[list[str]], list[str]]:
+    """Rows of the encryption table, and the targets it missed."""
+    key = bytes(range(32))
+    ciphers = {
+        PLAIN: None,
+        ENC: FieldCipher({"k1": key}, "k1", compress_min_bytes=None),
+        COLD: FieldCipher({"k1": key}, "k1", compress_min_bytes=None, cache_bytes=0),
+        ZSTD: FieldCipher({"k1": key}, "k1", compress_min_bytes=1024, cache_bytes=0),
+    }
+    stores: dict[str, Store] = {}
+    raw = Redis.from_url(url, protocol=2)
+    try:
+        for name, cipher in ciphers.items():
+            settings = Settings(url=url, namespace=fresh_namespace("benchc"), cipher=cipher)
+            stores[name] = await Store(settings, auto_migrate=True).connect()
+        ids = [f"s-{k}" for k in range(KEYS)]
+        models = [make_session(sid, k) for k, sid in enumerate(ids)]
+
+        async def reset() -> None:
+            for store in stores.values():
+                await store.sessions.save_many(models)
+
+        await reset()
+
+        def ops_for(store: Store) -> dict[str, Op]:
+            repo = store.sessions
+
+            async def save(i: int) -> object:
+                return await repo.save(models[i % KEYS])
+
+            async def get(i: int) -> object:
+                return await repo.get(ids[i % KEYS])
+
+            async def append(i: int) -> object:
+                return await repo.append_history(ids[i % KEYS], make_entry(i))
+
+            return {"save": save, "get": get, "append": append}
+
+        per_store = {name: ops_for(store) for name, store in stores.items()}
+        out: list[list[str]] = []
+        missed: list[str] = []
+        for op in ("save", "get", "append"):
+            best = await compare(
+                {name: per_store[name][op] for name in stores},
+                args.n,
+                tasks=1,
+                repeat=args.repeat,
+                before_run=reset if op == "append" else no_op,
+            )
+            cost_enc = best[PLAIN] / best[ENC]
+            cost_zstd = best[PLAIN] / best[ZSTD]
+            out.append(
+                [
+                    LABELS[op],
+                    f"{best[PLAIN]:,.0f}",
+                    f"{best[ENC]:,.0f}",
+                    f"{best[COLD]:,.0f}",
+                    f"{best[ZSTD]:,.0f}",
+                    f"{cost_enc:.2f}x",
+                    f"{best[PLAIN] / best[COLD]:.2f}x",
+                    f"{cost_zstd:.2f}x",
+                ]
+            )
+            if cost_enc > CRYPTO_TARGET:
+                missed.append(f"encryption costs {cost_enc:.2f}x on {op} (> {CRYPTO_TARGET}x)")
+
+        # Large execution results: what compression saves, and its cost.
+        n_results = max(5, args.n // 30)
+        for rows_per_result in (50, 500):
+            results = [
+                ExecutionResult(
+                    id=f"r-{rows_per_result}-{k}", result=make_result(k, rows_per_result)
+                )
+                for k in range(n_results)
+            ]
+            sizes: dict[str, int] = {}
+            rates = {name: {"save": 0.0, "get": 0.0} for name in stores}
+            # Best of repeat runs, alternating between the stores (load hits them alike).
+            for _ in range(max(3, args.repeat)):
+                for name, store in stores.items():
+                    repo = store.executions
+                    began = time.perf_counter()
+                    for r in results:
+                        await repo.save(r)
+                    rate = len(results) / (time.perf_counter() - began)
+                    rates[name]["save"] = max(rates[name]["save"], rate)
+                    began = time.perf_counter()
+                    for r in results:
+                        await repo.get(r.id)
+                    rate = len(results) / (time.perf_counter() - began)
+                    rates[name]["get"] = max(rates[name]["get"], rate)
+            for name, store in stores.items():
+                total = 0
+                for r in results:
+                    text = await raw.execute_command("JSON.GET", store.executions.key(r.id))
+                    total += len(text)
+                sizes[name] = total // len(results)
+            label = f"{rows_per_result}-row result"
+            for op in ("save", "get"):
+                out.append(
+                    [
+                        f"{op}, {label}",
+                        f"{rates[PLAIN][op]:,.0f}",
+                        f"{rates[ENC][op]:,.0f}",
+                        f"{rates[COLD][op]:,.0f}",
+                        f"{rates[ZSTD][op]:,.0f}",
+                        f"{rates[PLAIN][op] / rates[ENC][op]:.2f}x",
+                        f"{rates[PLAIN][op] / rates[COLD][op]:.2f}x",
+                        f"{rates[PLAIN][op] / rates[ZSTD][op]:.2f}x",
+                    ]
+                )
+            out.append(
+                [
+                    f"bytes, {label}",
+                    f"{sizes[PLAIN]:,}",
+                    f"{sizes[ENC]:,}",
+                    f"{sizes[COLD]:,}",
+                    f"{sizes[ZSTD]:,}",
+                    f"{sizes[ENC] / sizes[PLAIN]:.2f}x",
+                    f"{sizes[COLD] / sizes[PLAIN]:.2f}x",
+                    f"{sizes[ZSTD] / sizes[PLAIN]:.2f}x",
+                ]
+            )
+    finally:
+        for store in stores.values():
+            await drop_namespace(raw, store.namespace)
+            await store.close()
+        await raw.aclose()
+    return out, missed
+
+
 _STARTED = time.perf_counter()
 
 
@@ -795,12 +964,28 @@ LABELS = {
 CONCURRENT_OPS = ("save", "get", "append")
 
 
+def print_crypto(rows: list[list[str]], args: argparse.Namespace) -> None:
+    print_cells(
+        f"Encryption at rest: ops/s (bytes: stored per record), one connection, best of "
+        f"{args.repeat}; cost = time ratio to the plain store (target: encrypted <= "
+        f"{CRYPTO_TARGET}x)",
+        ["operation", PLAIN, ENC, COLD, ZSTD, "cost", "cost, no cache", "cost, zstd"],
+        rows,
+    )
+
+
 async def run(url: str, args: argparse.Namespace) -> int:
     if args.overhead_only:
         missed = print_overhead(*await overhead_rows(url, args))
         for line in missed:
             console.print(f"target missed: {line}", style="bold red")
         return 1 if missed and args.check else 0
+    if args.crypto_only:
+        crypto_rows, crypto_missed = await crypto_costs(url, args)
+        print_crypto(crypto_rows, args)
+        for line in crypto_missed:
+            console.print(f"target missed: {line}", style="bold red")
+        return 1 if crypto_missed and args.check else 0
     namespace = fresh_namespace("bench")
     settings = Settings(url=url, namespace=namespace)
     store = Store(settings, auto_migrate=True)
@@ -920,6 +1105,8 @@ async def run(url: str, args: argparse.Namespace) -> int:
         f"{scaling[A][big]:.0f} us at {big:,} entries: {growth:.2f}x "
         f"(redis-py: {scaling[B][big] / scaling[B][small]:.2f}x)"
     )
+    crypto_rows, crypto_missed = await crypto_costs(url, args)
+    print_crypto(crypto_rows, args)
     if args.markdown:
         print_markdown(rows, impls)
 
@@ -935,6 +1122,7 @@ async def run(url: str, args: argparse.Namespace) -> int:
         missed.append(f"history(last=20) is {lastn_ratio:.2f}x a whole 20-entry get (> 1.2)")
     if growth > 1.5:
         missed.append(f"append_history at {big} entries is {growth:.2f}x the time at {small}")
+    missed += crypto_missed
     for line in missed:
         console.print(f"target missed: {line}", style="bold red")
     if not missed:
@@ -962,6 +1150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
     parser.add_argument(
         "--overhead-only", action="store_true", help="only the observability/events table"
+    )
+    parser.add_argument(
+        "--crypto-only", action="store_true", help="only the encryption at rest table"
     )
     args = parser.parse_args(argv)
     if args.quick:

@@ -74,10 +74,12 @@ from flywheel_state._compat_mapping import (
     session_from,
 )
 from flywheel_state.config import DEFAULT_NAMESPACE, Settings
+from flywheel_state.crypto import FieldCipher
 from flywheel_state.errors import (
     ConfigError,
     ConflictError,
     CorruptRecordError,
+    EncryptionKeyError,
     FlywheelStateError,
     InvalidIdError,
     InvalidQueryError,
@@ -114,6 +116,7 @@ _RECORD_ERRORS: tuple[type[FlywheelStateError], ...] = (
     InvalidIdError,
     InvalidQueryError,
     CorruptRecordError,
+    EncryptionKeyError,
     ConflictError,
     NotFoundError,
 )
@@ -194,7 +197,8 @@ class RedisConfig:
 
         Always has ``enabled``, ``ttl_seconds``, ``host`` and ``port``; has ``db``,
         ``password``, ``username``, ``url``, ``namespace``, ``connect_timeout`` and
-        ``command_timeout`` when their variables are set. Variables: ``REDIS_ENABLED`` /
+        ``command_timeout`` when their variables are set, and ``cipher`` when
+        ``FLYWHEEL_ENCRYPTION_KEYS`` is (see ``Settings.from_env``). Variables: ``REDIS_ENABLED`` /
         ``REDIS_STATE_ENABLED``; ``REDIS_SESSION_TTL_SECONDS`` / ``REDIS_TTL_SECONDS`` (default
         604800, 7 days); ``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_DB``, ``REDIS_USERNAME``,
         ``REDIS_PASSWORD``, ``REDIS_URL``; ``REDIS_NAMESPACE`` / ``REDIS_KEY_PREFIX``;
@@ -252,6 +256,8 @@ class RedisConfig:
         for var, key, value in optional:
             if _env_value(env, var) is not None:
                 config[key] = value
+        if settings.cipher is not None:  # FLYWHEEL_ENCRYPTION_KEYS
+            config["cipher"] = settings.cipher
         return config
 
 
@@ -288,6 +294,7 @@ class _FailSafe:
         command_timeout: float = 2.0,
         auto_migrate: bool = True,
         search: bool = True,
+        cipher: FieldCipher | None = None,
     ) -> None:
         self.search = search
         if key_prefix is not None:
@@ -307,6 +314,7 @@ class _FailSafe:
             namespace=namespace,
             connect_timeout=connect_timeout,
             command_timeout=command_timeout,
+            cipher=cipher,
             **ttl,
         )
         self.ttl_seconds: int | float | None = (
@@ -569,6 +577,8 @@ class RedisSessionManager(_FailSafe):
             try:
                 return await store.sessions.get_or_none(session_id)
             except CorruptRecordError:
+                if store.settings.cipher is not None:
+                    raise  # tampered, or in clear under encryption: never mapped as content
                 # A string the original wrote, or a document the model rejects (an unknown
                 # status, say): map it the way save_session maps its input, without writing.
                 _, raw = await _raw_value(store, store.sessions.key(session_id))
@@ -758,6 +768,8 @@ class RedisExecutionCache(_FailSafe):
             try:
                 doc = await store.executions.get_or_none(execution_id)
             except CorruptRecordError:
+                if store.settings.cipher is not None:
+                    raise  # tampered, or in clear under encryption: never mapped as content
                 ktype, raw = await _raw_value(store, store.executions.key(execution_id))
                 if raw is None:
                     raise

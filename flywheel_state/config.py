@@ -23,6 +23,7 @@ from flywheel_state._urls import (
     redact,
     redact_url,
 )
+from flywheel_state.crypto import ENV_ACTIVE, ENV_COMPRESS, ENV_KEYS, FieldCipher
 from flywheel_state.errors import ConfigError
 
 __all__ = ["DEFAULT_NAMESPACE", "Settings", "redact_url"]
@@ -127,6 +128,9 @@ class Settings:
     append-only file (and to ``wait_replicas`` replicas' files) before it returns. Needs
     ``appendonly yes`` on those servers (Redis 7.2+); otherwise writes raise
     OutcomeUnknownError."""
+    cipher: FieldCipher | None = None
+    """Encrypts content fields at rest (see ``flywheel_state.crypto``); its repr shows key ids
+    only. None: stored in clear."""
 
     def __post_init__(self) -> None:
         for name in ("sentinel_hosts", "cluster_hosts"):
@@ -179,6 +183,10 @@ class Settings:
         maxlen = self.events_maxlen
         if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
             raise ConfigError(f"events_maxlen must be an int >= 1, got {maxlen!r}")
+        if self.cipher is not None and not isinstance(self.cipher, FieldCipher):
+            raise ConfigError(
+                f"cipher must be a FieldCipher or None, got a {type(self.cipher).__name__}"
+            )
 
     def _make_endpoint(self) -> Endpoint:
         if self.url is not None:
@@ -322,7 +330,11 @@ class Settings:
         ``REDIS_SENTINEL_USERNAME``, ``REDIS_SENTINEL_PASSWORD``; ``REDIS_CLUSTER_HOSTS``
         (``h:p,h:p``); ``REDIS_WAIT_REPLICAS``; ``REDIS_WAIT_AOF`` (``1``/``true``);
         ``REDIS_EVENTS`` (``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``) and
-        ``REDIS_EVENTS_MAXLEN``.
+        ``REDIS_EVENTS_MAXLEN``. Encryption at rest: ``FLYWHEEL_ENCRYPTION_KEYS``
+        (``k1:<base64 32-byte key>,k2:...``),
+        ``FLYWHEEL_ENCRYPTION_ACTIVE_KEY`` (needed when the ring has several keys) and
+        ``FLYWHEEL_COMPRESS_MIN_BYTES`` (a byte count, or ``off``); key material is never
+        echoed in errors.
 
         Args:
             environ: The mapping to read (default ``os.environ``).
@@ -405,6 +417,13 @@ class Settings:
             values.setdefault("_source", {})["namespace"] = found
         if (found := get("REDIS_URL")) is not None:
             values.setdefault("_source", {})["url"] = found
+        if (found := get(ENV_KEYS)) is not None and "cipher" not in overrides:
+            active, threshold = get(ENV_ACTIVE), get(ENV_COMPRESS)
+            values["cipher"] = FieldCipher.from_env_values(
+                found[1],
+                None if active is None else active[1],
+                compress_min_bytes=None if threshold is None else threshold[1],
+            )
         sources: dict[str, tuple[str, str]] = values.pop("_source", {})
         values.update(overrides)
         try:

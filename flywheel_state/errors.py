@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CorruptRecordError",
+    "EncryptionKeyError",
     "FlywheelStateError",
     "InvalidIdError",
     "InvalidQueryError",
@@ -81,6 +82,21 @@ class CorruptRecordError(FlywheelStateError):
         super().__init__(message)
         self.key = key
         self.reason = reason
+
+
+class EncryptionKeyError(FlywheelStateError):
+    """A record is encrypted with a key this store does not have (no cipher, or a key id not in
+    its key ring). The record is left as it is; nothing encrypted is returned as content.
+
+    Attributes:
+        key: The Redis key of the record.
+        key_id: The id of the key the value was encrypted with (never the key itself).
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.key_id = key_id
 
 
 class StoreUnavailableError(FlywheelStateError, ConnectionError):

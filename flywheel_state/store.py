@@ -14,6 +14,7 @@ from redis.backoff import NoBackoff
 from flywheel_state import _topology
 from flywheel_state._redis import BudgetPool, Client, as_str, translate_errors
 from flywheel_state.config import Settings
+from flywheel_state.crypto import FieldCipher
 from flywheel_state.errors import ConfigError, ModuleMissingError, StoreUnavailableError
 from flywheel_state.events import EventFeed, EventSink
 from flywheel_state.observability import instrument_library, register_store
@@ -49,6 +50,8 @@ class Store:
             SearchUnavailableError; ``connect`` creates no index on a fresh namespace.
         events: Shortcut for ``settings.events``: write a change event with every write
             (read them with :attr:`events`).
+        cipher: Shortcut for ``settings.cipher``: encrypt content fields at rest
+            (:class:`~flywheel_state.crypto.FieldCipher`).
     """
 
     def __init__(
@@ -61,11 +64,14 @@ class Store:
         refresh_on_read: bool = False,
         search: bool = True,
         events: bool | None = None,
+        cipher: FieldCipher | None = None,
     ) -> None:
         base = settings or Settings()
         changes: dict[str, Any] = {}
         if events is not None:
             changes["events"] = events
+        if cipher is not None:
+            changes["cipher"] = cipher
         if url is not None:
             changes["url"] = url
         if namespace is not None:
@@ -81,11 +87,13 @@ class Store:
             namespace=self.settings.namespace,
             default_ttl=self.settings.session_ttl,
             refresh_on_read=refresh_on_read,
+            cipher=self.settings.cipher,
         )
         self.executions = ExecutionRepository(
             client=self._client_for_loop,
             namespace=self.settings.namespace,
             default_ttl=self.settings.execution_ttl,
+            cipher=self.settings.cipher,
         )
         self._migrations: MigrationRunner | None = None
         self.search = search

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from flywheel_state import __version__
+from flywheel_state.cli.crypto import crypto
 from flywheel_state.cli.demo import demo
 from flywheel_state.cli.doctor import doctor
 from flywheel_state.cli.events import events
@@ -26,7 +27,7 @@ def cli() -> None:
     """
 
 
-for _command in (doctor, demo, server, sessions, executions, migrate, events):
+for _command in (doctor, demo, server, sessions, executions, migrate, events, crypto):
     cli.add_command(_command)
 
 

@@ -238,10 +238,13 @@ class Operations:
         Each document is read through the model (which applies the registered upgrade
         functions, see ``flywheel_state.models._upgrades``) and written back with the model's
         encoding, keeping its TTL and its ``version``. Documents already current are skipped;
-        ones the model can't read are reported and left as they are.
+        ones the model can't read are reported and left as they are. Encrypted fields are
+        decrypted for the upgrade and sealed again with the store's cipher (without the key,
+        such documents are reported and left as they are).
         """
         ctx = self._ctx
         target = model.SCHEMA_VERSION
+        opener, sealer = _crypto_hooks(ctx, model)
 
         def transform(key: str, raw: bytes) -> Rewrite | None:
             try:
@@ -251,11 +254,13 @@ class Operations:
             if not isinstance(data, dict) or data.get("schema_version") == target:
                 return None
             try:
+                if opener is not None:
+                    data = json.loads(opener(key, raw))
                 doc = model.model_validate(data)
+                return Rewrite(doc.model_dump_json() if sealer is None else sealer(key, doc))
             except (ValidationError, FlywheelStateError, ValueError) as exc:
                 msg = f"can't be read as {model.__name__}: {exc}; left as it is"
                 return Rewrite(None, (ctx.problem(key, msg.replace("\n", " ")),))
-            return Rewrite(doc.model_dump_json())
 
         return await self.rewrite_keys(
             match=f"{ctx.namespace}:{model.KIND}:*",
@@ -708,6 +713,33 @@ def _apply(
         else:
             items.append((key, raw, result))
     return items, left_alone
+
+
+def _crypto_hooks(
+    ctx: MigrationContext, model: type[Document]
+) -> tuple[Callable[[str, bytes], bytes | str] | None, Callable[[str, Document], str] | None]:
+    """How :meth:`Operations.upgrade_documents` opens and seals encrypted documents of
+    ``model`` (``(None, None)``: the kind has no encrypted fields)."""
+    from flywheel_state.crypto import ENCRYPTED_FIELDS, RecordCodec, has_envelope_marker
+    from flywheel_state.repositories.base import _MAX_JSON_DEPTH, check_nesting, encode_json
+
+    if model.KIND not in ENCRYPTED_FIELDS:
+        return None, None
+    cipher = ctx.settings.cipher
+    codec = RecordCodec(cipher, ctx.namespace, model)
+    if cipher is None:
+        # No key: a document holding envelopes is refused (EncryptionKeyError), not rewritten.
+        def detect(key: str, raw: bytes) -> bytes | str:
+            return codec.open_document(key, raw) if has_envelope_marker(raw) else raw
+
+        return detect, None
+
+    def seal(key: str, doc: Document) -> str:
+        return codec.seal_document(
+            doc, encode_json, key=key, check=check_nesting, max_depth=_MAX_JSON_DEPTH
+        )
+
+    return codec.open_document, seal
 
 
 def _problems_json(problems: Sequence[MigrationProblem]) -> str:

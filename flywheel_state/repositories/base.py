@@ -20,6 +20,7 @@ from redis.commands.core import AsyncScript
 from flywheel_state import _topology
 from flywheel_state._redis import Client, as_str, execute_write, translate_errors
 from flywheel_state.config import _NAMESPACE_RE
+from flywheel_state.crypto import FieldCipher, RecordCodec, check_plain_value, has_envelope_marker
 from flywheel_state.errors import (
     ConfigError,
     ConflictError,
@@ -322,6 +323,7 @@ class Repository(QueryMixin[M], Generic[M]):
         client: Client | Callable[[], Client],
         namespace: str,
         default_ttl: timedelta | None,
+        cipher: FieldCipher | None = None,
     ) -> None:
         # A Store passes a callable returning the client of the running event loop, so a
         # repository works in whatever loop it is used in.
@@ -341,6 +343,9 @@ class Repository(QueryMixin[M], Generic[M]):
         self._script = AsyncScript(None, WRITE_SCRIPT.encode())  # type: ignore[arg-type]
         self._adapters: dict[str, TypeAdapter[Any]] = {}
         self._events: EventSink | None = None
+        # Encryption at rest (flywheel_state.crypto): None keeps the plain, zero-overhead path.
+        self._codec = None if cipher is None else RecordCodec(cipher, namespace, self.model)
+        self._detector = RecordCodec(None, namespace, self.model)
 
     @property
     def _client(self) -> Client:
@@ -410,11 +415,23 @@ class Repository(QueryMixin[M], Generic[M]):
 
     def _encode(self, model: Document) -> str:
         what = f"{self.model.__name__} {model.id!r}"  # type: ignore[attr-defined]
+        # The value rules hold whether or not the content is then encrypted.
         for name in model.FREE_FORM:
             check_free_form(getattr(model, name), f"{what} {name}", at_depth=1)
+        if self._codec is not None:
+            key = self.key(model.id)  # type: ignore[attr-defined]
+            return self._codec.seal_document(
+                model, encode_json, key=key, check=check_nesting, max_depth=_MAX_JSON_DEPTH
+            )
+        for name in self._detector.fields.whole:
+            check_plain_value(self.model.KIND, name, getattr(model, name))
         return encode_json(model.model_dump_json, what)
 
     def _decode(self, key: str, raw: bytes | str) -> M:
+        if self._codec is not None:
+            raw = self._codec.open_document(key, raw)
+        elif has_envelope_marker(raw):
+            raw = self._detector.open_document(key, raw)  # raises on encrypted content
         try:
             return self.model.model_validate_json(raw)  # type: ignore[return-value]
         except ValidationError as exc:
@@ -784,6 +801,21 @@ class Repository(QueryMixin[M], Generic[M]):
         text = encode_json(lambda: adapter.dump_json(validated).decode(), f"field {field}")
         return check_nesting(text, f"field {field}", at_depth=1)
 
+    def _stored_field_json(self, id: str, field: str, value: Any) -> str:
+        """``_field_json``, sealed when the field is encrypted (flywheel_state.crypto)."""
+        text = self._field_json(field, value)
+        if self._codec is None:
+            check_plain_value(self.model.KIND, field, value)
+        elif field in self._codec.fields.names:
+            return self._codec.seal_value(self.key(id), field, text)
+        return text
+
+    def _seal_entry(self, id: str, field: str, text: str) -> str:
+        """A list element's JSON as stored (sealed when ``field`` is encrypted)."""
+        if self._codec is None or field not in self._codec.fields.entries:
+            return text
+        return self._codec.seal_entry(self.key(id), field, text)
+
     async def _patch(
         self,
         id: str,
@@ -864,7 +896,8 @@ class Repository(QueryMixin[M], Generic[M]):
         if not fields:
             raise InvalidQueryError("update() needs at least one field to change")
         ops: list[tuple[str, str, Any]] = [
-            ("set", f"$.{name}", self._field_json(name, value)) for name, value in fields.items()
+            ("set", f"$.{name}", self._stored_field_json(id, name, value))
+            for name, value in fields.items()
         ]
         stamped = {path for _, path, _ in ops}
         ops.extend(op for op in self._stamp_ops(utcnow()) if op[1] not in stamped)

@@ -8,9 +8,11 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import from_json, to_json
 from redis.commands.core import AsyncScript
 
 from flywheel_state._redis import Client, as_str, translate_errors
+from flywheel_state.crypto import FieldCipher, has_envelope_marker
 from flywheel_state.errors import CorruptRecordError, InvalidQueryError, NotFoundError
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import utcnow
@@ -109,8 +111,9 @@ class SessionRepository(Repository[Session]):
         namespace: str,
         default_ttl: timedelta | None,
         refresh_on_read: bool = False,
+        cipher: FieldCipher | None = None,
     ) -> None:
-        super().__init__(client=client, namespace=namespace, default_ttl=default_ttl)
+        super().__init__(client=client, namespace=namespace, default_ttl=default_ttl, cipher=cipher)
         self.refresh_on_read = refresh_on_read
         self._history_script = AsyncScript(None, _HISTORY_SCRIPT.encode())  # type: ignore[arg-type]
 
@@ -203,6 +206,10 @@ class SessionRepository(Repository[Session]):
                 model.timestamp = now
             check_free_form(model, "history entry", at_depth=2)
             text = encode_json(model.model_dump_json, "history entry")
+            if self._codec is not None:  # encrypted: the depth is checked before sealing
+                text = self._seal_entry(
+                    id, "history", check_nesting(text, "history entry", at_depth=2)
+                )
             ops.append(("append", "$.history", check_nesting(text, "history entry", at_depth=2)))
         if max_len is not None:
             ops.append(("keeplast", "$.history", max_len))
@@ -210,6 +217,19 @@ class SessionRepository(Repository[Session]):
         ops.append(("set", "$.updated_at", _epoch(now)))
         ops.append(("incr", "$.total_queries", 1))
         return await self._patch(id, ops, ttl=ttl, expected_version=None, event="history_appended")
+
+    def _open_history(self, key: str, raw: bytes | str) -> bytes | str:
+        """A slice of ``$.history`` as JSON, its entries decrypted when they are encrypted.
+
+        Under a cipher every entry must be an envelope (one in clear is a CorruptRecordError);
+        without one, an encrypted entry raises EncryptionKeyError, never returns an envelope.
+        """
+        if self._codec is None and not has_envelope_marker(raw):
+            return raw
+        codec = self._codec or self._detector
+        text = raw.encode() if isinstance(raw, str) else raw
+        opened = codec.open_document(key, b'{"history":' + text + b"}")
+        return to_json(from_json(opened)["history"])
 
     async def history(self, id: str, *, last: int, before: int | None = None) -> HistoryPage:
         """The last ``last`` history entries of a session, without reading the rest of it.
@@ -257,6 +277,7 @@ class SessionRepository(Repository[Session]):
                 reason="bad path $.history",
             )
         total, start, raw = int(reply[1]), int(reply[2]), reply[3]
+        raw = self._open_history(key, raw)
         try:
             entries = _HISTORY_LIST.validate_json(raw)
         except ValidationError as exc:

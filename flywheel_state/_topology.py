@@ -157,29 +157,30 @@ class DurablePipeline(Pipeline):  # type: ignore[type-arg]
                 connection, self.wait_replicas, self.wait_ms, "a pipelined write", self.wait_aof
             )
 
-    async def _execute_pipeline(self, connection: Any, commands: Any, raise_on_error: bool) -> Any:
+    async def _waited(self, run: Any, connection: Any, commands: Any) -> Any:
+        """Run ``run()`` (the pipeline's round trip), then WAIT, also when a reply is an error
+        (the other commands of the batch were applied)."""
         try:
-            response = await super()._execute_pipeline(  # type: ignore[misc]
-                connection, commands, raise_on_error
-            )
+            response = await run()
         except redis_exc.ResponseError:
             await self._after(connection, commands)
             raise
         await self._after(connection, commands)
         return response
 
+    async def _execute_pipeline(self, connection: Any, commands: Any, raise_on_error: bool) -> Any:
+        parent = super()._execute_pipeline  # type: ignore[misc]
+        return await self._waited(
+            lambda: parent(connection, commands, raise_on_error), connection, commands
+        )
+
     async def _execute_transaction(
         self, connection: Any, commands: Any, raise_on_error: bool
     ) -> Any:
-        try:
-            response = await super()._execute_transaction(  # type: ignore[misc]
-                connection, commands, raise_on_error
-            )
-        except redis_exc.ResponseError:
-            await self._after(connection, commands)
-            raise
-        await self._after(connection, commands)
-        return response
+        parent = super()._execute_transaction  # type: ignore[misc]
+        return await self._waited(
+            lambda: parent(connection, commands, raise_on_error), connection, commands
+        )
 
 
 _loaded_scripts: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()

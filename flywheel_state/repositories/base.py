@@ -427,11 +427,17 @@ class Repository(QueryMixin[M], Generic[M]):
             check_plain_value(self.model.KIND, name, getattr(model, name))
         return encode_json(model.model_dump_json, what)
 
-    def _decode(self, key: str, raw: bytes | str) -> M:
+    def _open(self, key: str, raw: bytes | str) -> bytes | str:
+        """``raw`` (a stored document's JSON) with its encrypted fields decrypted; without a
+        cipher, encrypted content raises EncryptionKeyError instead of passing as content."""
         if self._codec is not None:
-            raw = self._codec.open_document(key, raw)
-        elif has_envelope_marker(raw):
-            raw = self._detector.open_document(key, raw)  # raises on encrypted content
+            return self._codec.open_document(key, raw)
+        if has_envelope_marker(raw):
+            return self._detector.open_document(key, raw)  # raises on encrypted content
+        return raw
+
+    def _decode(self, key: str, raw: bytes | str) -> M:
+        raw = self._open(key, raw)
         try:
             return self.model.model_validate_json(raw)  # type: ignore[return-value]
         except ValidationError as exc:

@@ -219,17 +219,11 @@ class SessionRepository(Repository[Session]):
         return await self._patch(id, ops, ttl=ttl, expected_version=None, event="history_appended")
 
     def _open_history(self, key: str, raw: bytes | str) -> bytes | str:
-        """A slice of ``$.history`` as JSON, its entries decrypted when they are encrypted.
-
-        Under a cipher every entry must be an envelope (one in clear is a CorruptRecordError);
-        without one, an encrypted entry raises EncryptionKeyError, never returns an envelope.
-        """
+        """A slice of ``$.history`` as JSON, its entries decrypted as a document's would be."""
         if self._codec is None and not has_envelope_marker(raw):
             return raw
-        codec = self._codec or self._detector
         text = raw.encode() if isinstance(raw, str) else raw
-        opened = codec.open_document(key, b'{"history":' + text + b"}")
-        return to_json(from_json(opened)["history"])
+        return to_json(from_json(self._open(key, b'{"history":' + text + b"}"))["history"])
 
     async def history(self, id: str, *, last: int, before: int | None = None) -> HistoryPage:
         """The last ``last`` history entries of a session, without reading the rest of it.

@@ -20,14 +20,12 @@ from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from flywheel_state.errors import FlywheelStateError, InvalidQueryError
+from flywheel_state.errors import FlywheelStateError, InvalidIdError, InvalidQueryError
 
 if TYPE_CHECKING:
     from flywheel_state.models import ExecutionResult, Session
 
 __all__ = [
-    "STATUS_ALIASES",
-    "UNKNOWN_SESSION_STATUS",
     "check_paging",
     "execution_from",
     "glob_regex",
@@ -40,38 +38,7 @@ __all__ = [
     "session_from",
 ]
 
-STATUS_ALIASES = {
-    "canceled": "cancelled",
-    "cancel": "cancelled",
-    "aborted": "cancelled",
-    "stopped": "cancelled",
-    "error": "failed",
-    "errored": "failed",
-    "failure": "failed",
-    "done": "completed",
-    "complete": "completed",
-    "finished": "completed",
-    "success": "completed",
-    "succeeded": "completed",
-    "in_progress": "running",
-    "in-progress": "running",
-    "started": "running",
-    "processing": "running",
-    "executing": "running",
-    "paused": "idle",
-    "inactive": "idle",
-    "waiting": "idle",
-    "new": "pending",
-    "created": "pending",
-    "queued": "pending",
-    "open": "active",
-    "ongoing": "active",
-}
-UNKNOWN_SESSION_STATUS = "active"
-"""The status an unmappable value is stored as (the session is being saved, so it is live)."""
-
-_SESSION_DATETIMES = ("created_at", "updated_at", "last_active")
-_DROPPED_KEYS = frozenset({"_schema_version", "schema_version", "version", "pk"})
+_DROPPED_KEYS = ("schema_version", "version", "pk")
 
 
 @functools.cache
@@ -121,122 +88,63 @@ def _as_mapping(obj: Any) -> dict[str, Any]:
     )
 
 
-def session_from(obj: Any, notes: list[str]) -> Session:
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """The caller's value as the JSON data the original would have written (``default=str``
+    for what JSON has no type for): Enum members as their value, datetimes in ISO, models and
+    dataclasses as dicts."""
+    from pydantic import BaseModel
+
+    if depth > 200:
+        return value  # json_safe reports it
+    if isinstance(value, Enum):
+        return plain(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = _as_mapping(value)
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in value]
+    return value
+
+
+def session_from(obj: Any, notes: list[str], *, session_id: str | None = None) -> Session:
     """Map a Session, a UniversalSession-like object or a dict (both legacy shapes) to Session.
 
-    Values that can't be mapped are kept, never dropped: an unknown status or backend is stored
-    as a known one with the original in ``metadata`` (``original_status`` /
-    ``original_backend``), and unknown fields go into ``metadata`` under their own names.
+    Everything but a Session goes through the legacy codec
+    (:mod:`flywheel_state.migrations.legacy_codec`), the mapping migration 0002 uses: the same
+    input gives the same document on both paths. Values that can't be mapped are kept, never
+    dropped: an unknown status or backend is stored as a known one with the original in
+    ``metadata["_legacy"]["raw"]``, unknown fields go into ``metadata`` under their own names.
     ``notes`` receives a line per such value.
-    """
-    from pydantic import ValidationError
 
-    from flywheel_state.models import Backend, HistoryEntry, Session, SessionStatus
-    from flywheel_state.models._types import utcnow
+    Raises:
+        InvalidIdError: The session has no usable id.
+        ValueError: A value can't be stored even as JSON text, or the session can't be mapped.
+        TypeError: ``obj`` is not a session of a known kind.
+    """
+    from flywheel_state.migrations.legacy_codec import import_session, stored_now
+    from flywheel_state.models import Session
 
     if isinstance(obj, Session):
         return obj
     data = _as_mapping(obj)
-    metadata_raw = data.pop("metadata", None)
-    metadata: dict[str, Any] = dict(metadata_raw) if isinstance(metadata_raw, Mapping) else {}
-    if metadata_raw is not None and not isinstance(metadata_raw, Mapping):
-        metadata["original_metadata"] = metadata_raw
-    # Shape B kept created_at / last_active inside metadata.
-    for name in _SESSION_DATETIMES:
-        if data.get(name) is None and metadata.get(name) is not None:
-            data[name] = metadata.pop(name)
+    # A dict of the current model's dump: its bookkeeping is the repository's, not data.
     for key in _DROPPED_KEYS:
         data.pop(key, None)
-
-    out: dict[str, Any] = {"id": data.pop("id", None)}
-
-    backend = plain(data.pop("backend", None))
-    known_backend = _enum_value(backend, Backend)
-    out["backend"] = known_backend or Backend.CUSTOM.value
-    if known_backend is None and backend is not None:
-        metadata["original_backend"] = backend
-        notes.append(f"unknown backend {backend!r} stored as 'custom'")
-
-    status = plain(data.pop("status", None))
-    if status is None:
-        out["status"] = SessionStatus.PENDING.value
-    else:
-        known = _enum_value(status, SessionStatus, STATUS_ALIASES)
-        out["status"] = known or UNKNOWN_SESSION_STATUS
-        if out["status"] != status:
-            metadata["original_status"] = status
-            if known is None:
-                notes.append(f"unknown status {status!r} stored as {UNKNOWN_SESSION_STATUS!r}")
-
-    for name in ("backend_session_id", "current_flow_id", "user_id"):
-        value = plain(data.pop(name, None))
-        if value is not None:
-            out[name] = value if isinstance(value, str) else str(value)
-
-    context = data.pop("context", None)
-    if context is None:
-        out["context"] = {}
-    elif isinstance(context, Mapping):
-        out["context"] = dict(context)
-    else:
-        out["context"] = {"value": context}
-
-    out["history"] = _history_entries(data.pop("history", None), HistoryEntry)
-
-    datetime_adapter = _adapter("datetime")
-    for name in _SESSION_DATETIMES:
-        value = data.pop(name, None)
-        if value is None:
-            continue
-        try:
-            out[name] = datetime_adapter.validate_python(value)
-        except ValidationError:
-            metadata[f"original_{name}"] = value if isinstance(value, str) else str(value)
-            notes.append(f"{name} {value!r} is not a date and time; kept in metadata")
-    # The original wrote last_active = now on every save: saving is activity.
-    out.setdefault("last_active", utcnow())
-
-    for name, kind in (
-        ("total_queries", int),
-        ("successful_queries", int),
-        ("total_response_time", float),
-    ):
-        value = data.pop(name, None)
-        if value is not None:
-            out[name] = kind(value)
-
-    expires_at = data.pop("expires_at", None)
-    if expires_at is not None:
-        metadata["expires_at"] = (
-            expires_at.isoformat() if isinstance(expires_at, datetime) else expires_at
-        )
-    for key, value in data.items():
-        metadata.setdefault(key, plain(value))
-    out["metadata"] = metadata
-    return Session.model_validate(out)
-
-
-def _history_entries(history: Any, entry_type: Any) -> list[Any]:
-    from pydantic import ValidationError
-
-    if history is None:
-        return []
-    items = history if isinstance(history, (list, tuple)) else [history]
-    entries: list[Any] = []
-    for item in items:
-        if isinstance(item, entry_type):
-            entries.append(item)
-            continue
-        raw = dict(item) if isinstance(item, Mapping) else {"content": item}
-        try:
-            entries.append(entry_type.model_validate(raw))
-        except ValidationError:
-            # A timestamp that is not a date (the original accepted any text): keep it aside.
-            if "timestamp" not in raw:
-                raise
-            raw["original_timestamp"] = str(raw.pop("timestamp"))
-            entries.append(entry_type.model_validate(raw))
-    return entries
+    if session_id is None:
+        session_id = plain(data.get("id"))
+    if not isinstance(session_id, str):
+        raise InvalidIdError(f"a session needs a string id, got {session_id!r}")
+    prepared = json_safe(_jsonable(data))
+    rewrite = import_session(f"session:{session_id}", session_id, prepared, stored_now())
+    if rewrite.value is None:
+        raise ValueError("; ".join(p.message for p in rewrite.problems))
+    notes.extend(p.message for p in rewrite.problems)
+    return Session.model_validate_json(rewrite.value)
 
 
 def json_safe(value: Any) -> Any:
@@ -335,7 +243,7 @@ def readable_session(session_id: str, raw: Any) -> Session | None:
     if not isinstance(raw, Mapping):
         return None
     try:
-        return session_from({**raw, "id": session_id}, [])
+        return session_from(raw, [], session_id=session_id)
     except (FlywheelStateError, ValueError, TypeError):
         return None
 
@@ -347,6 +255,7 @@ def result_fields(result: Any, *, skip: Iterable[str] = ()) -> dict[str, Any]:
     """
     from pydantic import ValidationError
 
+    from flywheel_state.migrations.legacy_codec import STATUS_ALIASES
     from flywheel_state.models import Backend, ExecutionStatus
 
     if not isinstance(result, Mapping):

@@ -75,14 +75,14 @@ def test_up_reports_legacy_values_it_could_not_map(
     legacy = {
         "id": "s1",
         "backend": "flowise",
-        "status": "paused",
+        "status": "hibernating",
         "created_at": "2025-11-18 10:00:00",
         "last_active": "2025-11-18T10:05:00",
     }
     sync_client.set(f"{namespace}:session:s1", json.dumps(legacy), ex=3600)
     dry = run(redis_url, namespace, "migrate", "up", "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert "would apply 0002" in dry.output and "unknown status 'paused'" in dry.output
+    assert "would apply 0002" in dry.output and "unknown status 'hibernating'" in dry.output
     assert "sample" in dry.output
     assert sync_client.type(f"{namespace}:session:s1") == "string"
 

@@ -232,6 +232,11 @@ async def test_session_saved_by_manager_reads_through_store_and_back(
 # ---------------------------------------------------------------- mapping the inputs
 
 
+def original(session: Session, field: str) -> Any:
+    """The original value of ``field`` the legacy codec kept in ``metadata._legacy.raw``."""
+    return session.metadata["_legacy"]["raw"][field]["value"]
+
+
 async def test_unknown_status_is_saved_with_the_original_kept_and_logged_once(
     address: dict[str, Any],
     namespace: str,
@@ -245,17 +250,19 @@ async def test_unknown_status_is_saved_with_the_original_kept_and_logged_once(
     assert await manager.save_session(make_session("s-paused", status=FlowStatus.PAUSED))
     assert await manager.save_session({"id": "s-odd-backend", "backend": "n8n", "status": "DONE"})
 
+    # The legacy codec's rules (the same as migration 0002's): an unknown status is "idle",
+    # aliases map, the original is kept in metadata._legacy.raw.
     weird = await store.sessions.get("s-weird")
-    assert weird.status is SessionStatus.ACTIVE
-    assert weird.metadata["original_status"] == "half-baked"
+    assert weird.status is SessionStatus.IDLE
+    assert original(weird, "status") == "half-baked"
     paused = await store.sessions.get("s-paused")
     assert paused.status is SessionStatus.IDLE
-    assert paused.metadata["original_status"] == "paused"
+    assert original(paused, "status") == "paused"
     odd = await store.sessions.get("s-odd-backend")
     assert (odd.backend, odd.status) == (Backend.CUSTOM, SessionStatus.COMPLETED)
-    assert odd.metadata == {"original_backend": "n8n", "original_status": "DONE"}
+    assert (original(odd, "backend"), original(odd, "status")) == ("n8n", "DONE")
     # Indexed under the mapped value.
-    assert sorted(await store.sessions.ids(status="active")) == ["s-weird", "s-weird-2"]
+    assert sorted(await store.sessions.ids(status="idle")) == ["s-paused", "s-weird", "s-weird-2"]
 
     warnings = [r.getMessage() for r in compat_records(caplog, logging.WARNING)]
     assert sum("'half-baked'" in m for m in warnings) == 1  # once per distinct value
@@ -299,9 +306,9 @@ async def test_dict_sessions_in_both_legacy_shapes(
     assert a.created_at == datetime(2025, 11, 18, 10, 0, 0, 123456, tzinfo=timezone.utc)
     assert a.last_active == datetime(2025, 11, 18, 10, 5, 0, 654321, tzinfo=timezone.utc)
     assert a.history[0].timestamp is None
-    assert a.history[0].model_extra == {"original_timestamp": "not a date"}
+    assert a.history[0].model_extra == {"_legacy_timestamp": "not a date"}
     assert a.history[1].content == "plain text"
-    assert a.metadata == {
+    assert {k: v for k, v in a.metadata.items() if k != "_legacy"} == {
         "origin": "mcp",
         "expires_at": "2025-11-25T00:00:00+00:00",
         "extra_field": [1, 2],
@@ -411,7 +418,7 @@ async def test_legacy_string_values_written_later_are_still_read(
     sync_client.execute_command("JSON.SET", f"{namespace}:session:odd", "$", json.dumps(odd_doc))
     odd = await manager.load_session("odd")
     assert odd is not None
-    assert (odd.status, odd.metadata) == (SessionStatus.ACTIVE, {"original_status": "hibernating"})
+    assert (odd.status, original(odd, "status")) == (SessionStatus.IDLE, "hibernating")
     assert odd.created_at == datetime.fromtimestamp(1763460000.0, timezone.utc)
     bad_exec = {"id": "exec_c", "status": "hibernating", "result": {"r": 1}}
     sync_client.execute_command(

@@ -211,7 +211,7 @@ async def test_legacy_import_keeps_every_field_and_ttl(bare: Store) -> None:
     await bare.migrations.upgrade("0001")
     ns = bare.namespace
     a = session_a("s_a", expires_at="2025-11-25T10:00:00", user_id="u1", total_queries=4)
-    b = session_b("s_b", status="paused", weird=[1, 2])
+    b = session_b("s_b", status="hibernating", weird=[1, 2])
     exec_a = {"result": "Structural tension is...", "metadata": {"duration_ms": 1234}}
     exec_b = {
         "execution_id": "exec_b",
@@ -242,7 +242,7 @@ async def test_legacy_import_keeps_every_field_and_ttl(bare: Store) -> None:
     step = report.steps[0]
     assert step.revision == "0002" and step.documents_changed == 6
     messages = {(p.key.rsplit(":", 1)[1], p.field): p for p in step.problems}
-    assert messages[("s_b", "status")].value == "paused"
+    assert messages[("s_b", "status")].value == "hibernating"
     assert "stored as idle" in messages[("s_b", "status")].message
     assert ("garbage", None) in messages  # reported and left as it was
     assert await bare.client.get(f"{ns}:session:garbage") == b"not json {"
@@ -265,8 +265,8 @@ async def test_legacy_import_keeps_every_field_and_ttl(bare: Store) -> None:
 
         sb = await store.sessions.get("s_b")
         assert sb.backend is Backend.LANGFLOW
-        assert sb.status is SessionStatus.IDLE  # unknown "paused": kept with a fallback
-        assert sb.metadata["_legacy"]["raw"]["status"] == {"value": "paused", "stored": "idle"}
+        assert sb.status is SessionStatus.IDLE  # unknown "hibernating": kept with a fallback
+        assert sb.metadata["_legacy"]["raw"]["status"] == {"value": "hibernating", "stored": "idle"}
         assert sb.created_at == utc("2025-11-17T07:59:00")
         assert sb.last_active == utc("2025-11-17 08:00:00.5")
         assert sb.metadata["client"] == "claude" and sb.metadata["weird"] == [1, 2]

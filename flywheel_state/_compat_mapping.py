@@ -90,15 +90,15 @@ def _as_mapping(obj: Any) -> dict[str, Any]:
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
     """The caller's value as the JSON data the original would have written (``default=str``
-    for what JSON has no type for): Enum members as their value, datetimes in ISO, models and
-    dataclasses as dicts."""
+    for what JSON has no type for): Enum members as their value, datetime fields in ISO (nested
+    datetimes as ``str``), models and dataclasses as dicts."""
     from pydantic import BaseModel
 
     if depth > 200:
         return value  # json_safe reports it
     if isinstance(value, Enum):
         return plain(value)
-    if isinstance(value, datetime):
+    if isinstance(value, datetime) and depth == 1:  # a field: as the original's isoformat()
         return value.isoformat()
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude_none=True)

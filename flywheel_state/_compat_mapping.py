@@ -9,10 +9,8 @@ as a known value with the original kept in ``metadata``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -29,6 +27,7 @@ __all__ = [
     "check_paging",
     "execution_from",
     "glob_regex",
+    "history_entry",
     "history_prefix",
     "json_safe",
     "make_json_safe",
@@ -57,17 +56,6 @@ def plain(value: Any) -> Any:
         return value.value if isinstance(value.value, str) else value.name
     return value
 
-
-def _enum_value(
-    value: Any, enum: type[Enum], aliases: Mapping[str, str] | None = None
-) -> str | None:
-    """The value of ``enum`` that ``value`` names (trimmed, any case, or an alias), or None."""
-    if value is None:
-        return None
-    text = str(value).strip().lower()
-    if aliases is not None:
-        text = aliases.get(text, text)
-    return text if text in {m.value for m in enum} else None
 
 
 def _as_mapping(obj: Any) -> dict[str, Any]:
@@ -251,61 +239,51 @@ def readable_session(session_id: str, raw: Any) -> Session | None:
 def result_fields(result: Any, *, skip: Iterable[str] = ()) -> dict[str, Any]:
     """Indexed ExecutionResult fields found in a result dict (top level, then ``metadata``).
 
-    Only values the model accepts are taken; anything else stays only in ``result``.
+    The legacy codec's rule (:func:`~flywheel_state.migrations.legacy_codec.execution_fields`),
+    which migration 0002 applies too; only values the model accepts are taken, anything else
+    stays only in ``result``.
     """
     from pydantic import ValidationError
 
-    from flywheel_state.migrations.legacy_codec import STATUS_ALIASES
-    from flywheel_state.models import Backend, ExecutionStatus
+    from flywheel_state.migrations.legacy_codec import execution_fields
 
     if not isinstance(result, Mapping):
         return {}
-    inner = result.get("metadata")
-    sources: list[Mapping[str, Any]] = [result]
-    if isinstance(inner, Mapping):
-        sources.append(inner)
-
-    def pick(*names: str) -> Any:
-        for source in sources:
-            for name in names:
-                value = source.get(name)
-                if value is not None:
-                    return plain(value)
-        return None
-
-    fields: dict[str, Any] = {}
+    fields = {k: v for k, v in execution_fields(dict(result)).items() if k not in skip}
     tag = _adapter("tag")
-    for field in ("session_id", "flow_id"):
-        value = pick(field)
-        if field not in skip and isinstance(value, str):
-            with contextlib.suppress(ValidationError):
-                fields[field] = tag.validate_python(value)
-    backend = _enum_value(pick("backend"), Backend)
-    if backend is not None:
-        fields["backend"] = backend
-    status = _enum_value(pick("status"), ExecutionStatus, STATUS_ALIASES)
-    if status is not None:
-        fields["status"] = status
-    elif result.get("error"):
-        fields["status"] = ExecutionStatus.FAILED.value
-    error = result.get("error")
-    if isinstance(error, str) and error:
-        fields["error"] = error
-    duration = pick("duration_ms")
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration >= 0:
-        fields["duration_ms"] = float(duration)
-    if "created_at" not in skip:
-        when = pick("timestamp", "created_at")
-        if when is not None:
-            with contextlib.suppress(ValidationError):
-                fields["created_at"] = _adapter("datetime").validate_python(when)
+    for name in ("session_id", "flow_id"):
+        if name in fields:
+            try:
+                fields[name] = tag.validate_python(fields[name])
+            except ValidationError:
+                del fields[name]
+    if "created_at" in fields:
+        try:
+            fields["created_at"] = _adapter("datetime").validate_python(fields["created_at"])
+        except ValidationError:
+            del fields["created_at"]
     return fields
+
+
+def history_entry(
+    session_id: str, flow_id: str, position: int, count: int, item: Any
+) -> ExecutionResult:
+    """Execution ``position`` of a flow history as the ExecutionResult the legacy codec
+    defines (the documents migration 0002 imports flow histories as)."""
+    from flywheel_state.migrations.legacy_codec import history_entry as codec_entry
+
+    doc_id, _, metadata = codec_entry(session_id, flow_id, position, count, item)
+    fields = result_fields(item, skip=("session_id", "flow_id"))
+    return execution_from(
+        doc_id, item, {**fields, "session_id": session_id, "flow_id": flow_id}, metadata
+    )
 
 
 def history_prefix(session_id: str, flow_id: str) -> str:
     """The id prefix of the flow-history documents of one session on one flow."""
-    digest = hashlib.blake2b(f"{session_id}\x00{flow_id}".encode(), digest_size=10).hexdigest()
-    return f"history_{digest}_"
+    from flywheel_state.migrations.legacy_codec import history_prefix as codec_prefix
+
+    return codec_prefix(session_id, flow_id)
 
 
 def execution_from(

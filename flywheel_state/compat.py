@@ -67,6 +67,7 @@ from flywheel_state._compat_mapping import (
     check_paging,
     execution_from,
     glob_regex,
+    history_entry,
     history_prefix,
     make_json_safe,
     readable_session,
@@ -716,7 +717,8 @@ class RedisExecutionCache(_FailSafe):
 
     Flow history (:meth:`cache_flow_history`) is stored as one ExecutionResult per execution,
     with ``session_id`` and ``flow_id`` set, ``result`` holding the execution record, and
-    ``metadata`` ``{"source": "flow_history", "position": i}``; their ids are
+    ``metadata`` ``{"source": "flow_history", "position": i, "count": n}`` (the legacy codec's
+    documents: migration 0002 imports the original's flow histories as the same); their ids are
     ``history_<hash of session and flow>_<position>``, so they never collide with the ids of
     :meth:`cache_result`. ``store.executions.find(session_id=..., flow_id=...)`` finds them.
 
@@ -806,18 +808,10 @@ class RedisExecutionCache(_FailSafe):
             return False
         prefix = history_prefix(session_id, flow_id)
         try:
+            items = list(executions)
             docs = [
-                execution_from(
-                    f"{prefix}{position:05d}",
-                    item,
-                    {
-                        **result_fields(item, skip=("session_id", "flow_id")),
-                        "session_id": session_id,
-                        "flow_id": flow_id,
-                    },
-                    {"source": "flow_history", "position": position},
-                )
-                for position, item in enumerate(executions)
+                history_entry(session_id, flow_id, position, len(items), item)
+                for position, item in enumerate(items)
             ]
         except (FlywheelStateError, ValueError, TypeError) as exc:
             logger.warning("caching the history of %r on %r failed: %s", session_id, flow_id, exc)

@@ -34,11 +34,11 @@ def test_status_up_history_down_stamp(
     redis_url: str, namespace: str, sync_client: redis.Redis
 ) -> None:
     status = run_json(redis_url, namespace, "migrate", "status")
-    assert status["current"] is None and status["pending"] == ["0001", "0002"]
+    assert status["current"] is None and status["pending"] == ["0001", "0002", "0003"]
     assert not status["up_to_date"]
 
     dry = run_json(redis_url, namespace, "migrate", "up", "--dry-run")
-    assert dry["dry_run"] and [s["revision"] for s in dry["steps"]] == ["0001", "0002"]
+    assert dry["dry_run"] and [s["revision"] for s in dry["steps"]] == ["0001", "0002", "0003"]
     assert keys(sync_client, namespace) == set()  # a dry run writes nothing, not even a lock
 
     result = run(redis_url, namespace, "migrate", "up")
@@ -47,19 +47,20 @@ def test_status_up_history_down_stamp(
     assert f"now at revision {HEAD}" in result.output
     assert run_json(redis_url, namespace, "migrate", "status")["up_to_date"]
     text = run(redis_url, namespace, "migrate", "status").output
-    assert "up to date" in text and "0002" in text
+    assert "up to date" in text and HEAD in text
 
     history = run_json(redis_url, namespace, "migrate", "history")
     assert [(h["action"], h["revision"]) for h in history] == [
         ("upgrade", "0001"),
         ("upgrade", "0002"),
+        ("upgrade", "0003"),
     ]
     assert all(h["host"] and h["pid"] for h in history)
 
     # down asks first; answering no changes nothing.
     refused = run(redis_url, namespace, "migrate", "down", "0001", input="n\n")
-    assert refused.exit_code == 1 and "Undo 0002" in refused.output
-    assert run_json(redis_url, namespace, "migrate", "status")["current"] == "0002"
+    assert refused.exit_code == 1 and "Undo 0003" in refused.output
+    assert run_json(redis_url, namespace, "migrate", "status")["current"] == "0003"
     down = run_json(redis_url, namespace, "migrate", "down", "0001", "--yes")
     assert down["direction"] == "downgrade" and down["to_revision"] == "0001"
 

@@ -160,9 +160,13 @@ async def test_upgrade_of_an_empty_namespace_creates_indexes_and_records(store: 
             await alias_target(client, store.namespace, kind) == f"{store.namespace}:{kind}:idx:v1"
         )
     records = await store.migrations.history()
-    assert [(r.action, r.revision) for r in records] == [("upgrade", "0001"), ("upgrade", "0002")]
+    assert [(r.action, r.revision) for r in records] == [
+        ("upgrade", "0001"),
+        ("upgrade", "0002"),
+        ("upgrade", "0003"),
+    ]
     assert all(r.host == socket.gethostname() and r.pid == os.getpid() for r in records)
-    assert [r.revision for r in status.applied] == ["0001", "0002"]
+    assert [r.revision for r in status.applied] == ["0001", "0002", "0003"]
     assert records[1].from_revision == "0001" and records[1].to_revision == "0002"
     # Connecting again without auto_migrate is fine now, and upgrading again does nothing.
     async with Store(store.settings) as again:
@@ -174,7 +178,7 @@ async def test_store_raises_when_behind(bare: Store) -> None:
     with pytest.raises(SchemaOutOfDateError, match="migrate up"):
         await bare.connect()
     await bare.migrations.upgrade("0001")
-    with pytest.raises(SchemaOutOfDateError, match=r"0001.*1 pending: 0002"):
+    with pytest.raises(SchemaOutOfDateError, match=r"0001.*2 pending: 0002, 0003"):
         await bare.connect()
     async with Store(bare.settings, auto_migrate=True) as store:
         assert (await store.migrations.status()).up_to_date
@@ -240,7 +244,8 @@ async def test_legacy_import_keeps_every_field_and_ttl(bare: Store) -> None:
 
     report = await bare.migrations.upgrade()
     step = report.steps[0]
-    assert step.revision == "0002" and step.documents_changed == 6
+    # 6 strings rewritten, and the flow history's one execution written as an ExecutionResult
+    assert step.revision == "0002" and step.documents_changed == 7
     messages = {(p.key.rsplit(":", 1)[1], p.field): p for p in step.problems}
     assert messages[("s_b", "status")].value == "hibernating"
     assert "stored as idle" in messages[("s_b", "status")].message
@@ -283,11 +288,12 @@ async def test_legacy_import_keeps_every_field_and_ttl(bare: Store) -> None:
         assert eb.result == {"answer": 42} and eb.created_at == utc("2025-11-18T10:00:00")
         assert 3500_000 < await store.client.pttl(f"{ns}:execution:exec_a") <= 3600_000
 
-        raw_flow = await store.client.execute_command("JSON.GET", f"{ns}:history:s_a:csv2507")
-        doc = json.loads(raw_flow)
-        assert doc["executions"] == flow["executions"] and doc["session_id"] == "s_a"
-        assert doc["cached_at"] == utc("2025-11-18 11:00:00").timestamp()
-        assert 0 < await store.client.pttl(f"{ns}:history:s_a:csv2507") <= 900_000
+        # The flow history: one ExecutionResult per execution, found by session and flow.
+        assert await store.client.exists(f"{ns}:history:s_a:csv2507") == 0
+        found = (await store.executions.find(session_id="s_a", flow_id="csv2507")).items
+        assert [e.result for e in found] == flow["executions"]
+        assert found[0].created_at == utc("2025-11-18 11:00:00")  # cached_at
+        assert 0 < await store.client.pttl(store.executions.key(found[0].id)) <= 900_000
 
         # Converted documents are in the index (same key prefix) and queryable.
         assert {s.id for s in (await store.sessions.find(status="idle")).items} == {"s_b"}
@@ -308,13 +314,22 @@ async def test_downgrade_then_upgrade_round_trips(bare: Store) -> None:
             "cached_at": "2025-11-18T09:00:00",
         },
         "history:a1:f": {"session_id": "a1", "flow_id": "f", "executions": [], "cached_at": "x?"},
+        "history:a2:g": {
+            "session_id": "a2",
+            "flow_id": "g",
+            "executions": [{"execution_id": "e1", "status": "done"}, {"q": 1}, "text"],
+            "cached_at": "2025-11-18 11:00:00",
+            "note": "kept",
+        },
     }
     await write_legacy(bare, {k: (v, 5 * DAY) for k, v in originals.items()})
     await bare.migrations.upgrade()
     first = await dump(bare)
 
     report = await bare.migrations.downgrade("0001")
-    assert report.steps[0].documents_changed == len(originals)
+    assert [s.revision for s in report.steps] == ["0003", "0002"]
+    assert report.steps[0].documents_changed == 1  # the flow history with executions
+    assert report.steps[1].documents_changed == len(originals)
     for suffix, original in originals.items():
         key = f"{ns}:{suffix}"
         assert await bare.client.type(key) == b"string"
@@ -402,7 +417,7 @@ async def test_dry_run_writes_nothing(bare: Store) -> None:
     )
     before = await dump(bare)
     report = await bare.migrations.upgrade(dry_run=True)
-    assert report.dry_run and [s.revision for s in report.steps] == ["0001", "0002"]
+    assert report.dry_run and [s.revision for s in report.steps] == ["0001", "0002", "0003"]
     assert f"would create index {ns}:session:idx:v1" in report.steps[0].actions
     legacy = report.steps[1]
     assert legacy.documents_changed == 3 and legacy.documents_scanned == 3
@@ -422,8 +437,8 @@ async def test_dry_run_writes_nothing(bare: Store) -> None:
     await bare.migrations.upgrade()
     before = await dump(bare)
     report = await bare.migrations.downgrade("base", dry_run=True)
-    assert [s.revision for s in report.steps] == ["0002", "0001"]
-    assert report.steps[0].documents_changed == 3
+    assert [s.revision for s in report.steps] == ["0003", "0002", "0001"]
+    assert report.steps[1].documents_changed == 3
     same_dump(before, await dump(bare))
 
 
@@ -461,8 +476,8 @@ async def test_interrupted_run_resumes_and_rewrites_each_document_once(bare: Sto
     async with Store(bare.settings) as store:
         docs = await store.sessions.get_many([f"s{i}" for i in range(n)])
         assert all(d is not None and d.version == 1 for d in docs)  # written exactly once
-    record = (await runner.history())[-1]
-    assert record.revision == "0002" and record.documents_changed == n
+    record = [r for r in await runner.history() if r.revision == "0002"][-1]
+    assert record.documents_changed == n
     assert (await runner.status()).up_to_date
     assert events[-1].done and events[-1].changed == n
 
@@ -758,8 +773,8 @@ _NOTES_V2 = '''
     from flywheel_state.models._types import Id
     from flywheel_state.models._upgrades import register_upgrade
 
-    revision = "0003"
-    down_revision = "0002"
+    revision = "0004"
+    down_revision = "0003"
     description = "notes v2"
 
 
@@ -827,7 +842,8 @@ async def test_upgrade_documents_rewrites_older_versions_keeping_ttl(
         tmp_path,
         "0001_initial.py",
         "0002_import_legacy_strings.py",
-        extra={"0003_notes_v2.py": _NOTES_V2},
+        "0003_flow_history_executions.py",
+        extra={"0004_notes_v2.py": _NOTES_V2},
     )
     ns = store.namespace
     async with store.client.pipeline(transaction=False) as pipe:

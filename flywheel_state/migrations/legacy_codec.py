@@ -36,6 +36,7 @@ back byte for byte (see that module's docstring).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -793,3 +794,167 @@ def export_history(doc: dict[str, Any]) -> str:
         out["cached_at"] = _datetime_out(legacy, "cached_at", out["cached_at"], "cached_at")
     out.update(legacy.get("own", {}))
     return json.dumps(out)
+
+
+# ---------------------------------------------------------------------- flow history
+
+HISTORY_SOURCE = "flow_history"
+"""``metadata["source"]`` of the ExecutionResult documents that hold a flow history."""
+
+
+def history_prefix(session_id: str, flow_id: str) -> str:
+    """The id prefix of the flow-history documents of one session on one flow."""
+    digest = hashlib.blake2b(f"{session_id}\x00{flow_id}".encode(), digest_size=10).hexdigest()
+    return f"history_{digest}_"
+
+
+def history_id(session_id: str, flow_id: str, position: int) -> str:
+    """The id of the ExecutionResult holding execution ``position`` of a flow history."""
+    return f"{history_prefix(session_id, flow_id)}{position:05d}"
+
+
+def execution_fields(result: Any) -> dict[str, Any]:
+    """Indexed ExecutionResult fields found in a result (top level, then its ``metadata``).
+
+    ``session_id`` / ``flow_id`` (strings), ``backend`` and ``status`` (known values or
+    aliases; ``failed`` when there is an ``error`` and no status), ``error`` (a non-empty
+    string), ``duration_ms`` (a finite number >= 0) and ``created_at`` (epoch seconds, from
+    ``timestamp`` or ``created_at``). Anything else stays only in ``result``.
+    """
+    if not isinstance(result, dict):
+        return {}
+    sources: list[dict[str, Any]] = [result]
+    inner = result.get("metadata")
+    if isinstance(inner, dict):
+        sources.append(inner)
+
+    def pick(*names: str) -> Any:
+        for source in sources:
+            for name in names:
+                value = source.get(name)
+                if value is not None:
+                    return value
+        return None
+
+    fields: dict[str, Any] = {}
+    for name in ("session_id", "flow_id"):
+        value = pick(name)
+        if isinstance(value, str):
+            fields[name] = value
+    backend = enum_value(pick("backend"), BACKENDS)
+    if backend is not None:
+        fields["backend"] = backend
+    status = enum_value(pick("status"), EXECUTION_STATUSES, STATUS_ALIASES)
+    error = result.get("error")
+    if status is None and error:
+        status = "failed"
+    if status is not None:
+        fields["status"] = status
+    if isinstance(error, str) and error:
+        fields["error"] = error
+    duration = pick("duration_ms")
+    if (
+        isinstance(duration, (int, float))
+        and not isinstance(duration, bool)
+        and math.isfinite(duration)
+        and duration >= 0
+    ):
+        fields["duration_ms"] = float(duration)
+    when = parse_datetime(pick("timestamp", "created_at"))
+    if when is not None:
+        fields["created_at"] = when
+    return fields
+
+
+def history_entry(
+    session_id: str, flow_id: str, position: int, count: int, item: Any
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Execution ``position`` (of ``count``) of a flow history: its id, indexed fields (with
+    ``session_id`` / ``flow_id`` set) and metadata. ``result`` is the item, as it is."""
+    fields = execution_fields(item)
+    fields["session_id"] = session_id
+    fields["flow_id"] = flow_id
+    metadata = {"source": HISTORY_SOURCE, "position": position, "count": count}
+    return history_id(session_id, flow_id, position), fields, metadata
+
+
+def history_documents(key_id: str, doc: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The ExecutionResult documents (dicts) of a flow history in migration 0002's JSON shape.
+
+    ``key_id`` is the key's ``<session_id>:<flow_id>`` part. Each document keeps, in
+    ``metadata["_legacy"]``, the history record without its executions and the key, so
+    :func:`history_record` rebuilds the record exactly. None when the record can't become
+    documents: no executions (nothing to read; the record stays as it is), or a record that
+    names no session and flow.
+    """
+    executions = doc.get("executions")
+    session_id, flow_id = doc.get("session_id"), doc.get("flow_id")
+    if not isinstance(session_id, str) or not isinstance(flow_id, str):
+        if ":" not in key_id:
+            return None
+        session_id, flow_id = key_id.rsplit(":", 1)
+    if not isinstance(executions, list) or not executions:
+        return None
+    record = {k: (None if k == "executions" else v) for k, v in doc.items()}
+    cached_at = doc.get("cached_at")
+    created = cached_at if isinstance(cached_at, (int, float)) else None
+    out: list[dict[str, Any]] = []
+    for position, item in enumerate(executions):
+        doc_id, fields, metadata = history_entry(
+            session_id, flow_id, position, len(executions), item
+        )
+        metadata[LEGACY] = {"history": record, "key": key_id}
+        if "created_at" not in fields and created is not None:
+            fields["created_at"] = created
+        out.append(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "version": 1,
+                "id": doc_id,
+                **fields,
+                "result": item,
+                "metadata": metadata,
+            }
+        )
+    return out
+
+
+def history_record(docs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """The flow history (``<session>:<flow>`` key part, record in 0002's JSON shape) that the
+    ExecutionResult documents ``docs`` of one session and flow hold; None when some of them
+    are missing (the record can't be rebuilt whole)."""
+    if not docs:
+        return None
+    docs = sorted(docs, key=lambda d: _position(d))
+    positions = [_position(d) for d in docs]
+    counts = {d.get("metadata", {}).get("count") for d in docs}
+    count = counts.pop() if len(counts) == 1 else None
+    expected = count if isinstance(count, int) else len(docs)
+    if positions != list(range(expected)):
+        return None
+    items = [d.get("result") for d in docs]
+    legacies = [d.get("metadata", {}).get(LEGACY) for d in docs]
+    first = legacies[0]
+    if (
+        isinstance(first, dict)
+        and isinstance(first.get("history"), dict)
+        and isinstance(first.get("key"), str)
+        and all(x == first for x in legacies)
+    ):
+        record = dict(first["history"])
+        record["executions"] = items
+        return first["key"], record
+    session_id, flow_id = docs[0].get("session_id"), docs[0].get("flow_id")
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "session_id": session_id,
+        "flow_id": flow_id,
+        "executions": items,
+        "cached_at": docs[0].get("created_at"),
+    }
+    return f"{session_id}:{flow_id}", record
+
+
+def _position(doc: dict[str, Any]) -> int:
+    position = doc.get("metadata", {}).get("position")
+    return position if isinstance(position, int) and not isinstance(position, bool) else -1

@@ -15,10 +15,13 @@ remaining TTL, as a RedisJSON document:
 - executions become ``ExecutionResult`` documents: shape A (the raw result dict) as
   ``result=<the dict>`` (its ``metadata.duration_ms`` copied to the indexed ``duration_ms``);
   shape B (``execution_id``, ``result``, ``cached_at``) field by field.
-- flow histories stay where they are as a JSON document of the same fields (``cached_at`` as
-  epoch seconds, like every stored datetime) plus ``schema_version``. No model or index reads
-  them (``{ns}:history:`` is outside the index prefixes); converting keeps the namespace free of
-  legacy strings and their data readable with JSON.GET.
+- flow histories become one ``ExecutionResult`` per execution (``session_id`` / ``flow_id`` set,
+  ``result`` the execution record, ids ``history_<hash>_<position>``), exactly what the compat
+  layer's ``cache_flow_history`` writes, so ``get_flow_history`` and
+  ``store.executions.find(session_id=..., flow_id=...)`` read them
+  (:mod:`flywheel_state.migrations.legacy_history`). A history with no executions stays a JSON
+  document of its fields at its key. (Before 0003 existed, 0002 stopped at that JSON document
+  for every history; 0003 converts those.)
 
 ``metadata["_legacy"]`` (a few bytes per document; omitted parts are empty) records what the
 downgrade needs to write the original string back: the shape (``A``/``B``), shape B's
@@ -53,6 +56,7 @@ from flywheel_state.migrations.legacy_codec import (
     parse_datetime,
     stored_now,
 )
+from flywheel_state.migrations.legacy_history import join_histories, split_histories
 
 __all__ = ["_parse_slow", "parse_datetime"]  # the frozen parser, for tests and tools
 
@@ -108,10 +112,14 @@ async def upgrade(ctx: MigrationContext) -> None:
         transform=_dispatch(ctx, handlers),
         label="legacy strings -> documents",
     )
+    # Flow histories, now JSON records: one ExecutionResult per execution, as the compat
+    # layer's cache_flow_history writes them (legacy_history.py).
+    await split_histories(ctx)
 
 
 async def downgrade(ctx: MigrationContext) -> None:
     """Write every session, execution and flow history document back as a legacy string."""
+    await join_histories(ctx)  # flow-history executions back into one record each
 
     def exporter(fn: Callable[[dict[str, Any]], str]) -> Handler:
         def handler(key: str, key_id: str, data: Any) -> Rewrite:

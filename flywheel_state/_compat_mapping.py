@@ -57,7 +57,6 @@ def plain(value: Any) -> Any:
     return value
 
 
-
 def _as_mapping(obj: Any) -> dict[str, Any]:
     if isinstance(obj, Mapping):
         return dict(obj)

@@ -1,0 +1,329 @@
+"""One legacy codec: the original code's data reads the same through compat and migrations.
+
+Also migrated flow history (0002 for fresh runs, 0003 for namespaces an earlier 0002 converted):
+readable by ``get_flow_history`` and ``store.executions.find``; 0003 upgrades, downgrades and
+resumes after an injected failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from flywheel_state import RedisExecutionCache, RedisSessionManager, Settings, Store
+from flywheel_state._compat_mapping import session_from
+from flywheel_state.errors import MigrationError
+from flywheel_state.migrations import legacy_history
+from flywheel_state.migrations.legacy_codec import history_prefix
+from flywheel_state.models import Session
+
+DAY = 86400
+
+
+@pytest.fixture
+async def bare(settings: Settings) -> AsyncIterator[Store]:
+    """A Store that is not connected: its namespace has no revision applied."""
+    store = Store(settings)
+    yield store
+    await store.close()
+
+
+Case = Callable[[str], dict[str, Any]]
+
+
+def _a(sid: str, **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": sid,
+        "backend": "flowise",
+        "backend_session_id": "flowise_xyz",
+        "status": "running",
+        "current_flow_id": "csv2507",
+        "context": {"topic": "structural tension"},
+        "history": [
+            {"role": "user", "content": "hi", "timestamp": "2025-11-18T10:00:01.250000"},
+            {"q": "what?", "a": "that"},
+        ],
+        "metadata": {"source": "mcp"},
+        "created_at": "2025-11-18 10:00:00.123456",
+        "last_active": "2025-11-18T10:05:00.654321",
+    }
+    doc.update(extra)
+    return doc
+
+
+def _b(sid: str, **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_schema_version": "1.0",
+        "id": sid,
+        "backend": "langflow",
+        "backend_session_id": None,
+        "status": "active",
+        "current_flow_id": None,
+        "context": {},
+        "history": [],
+        "metadata": {"created_at": "2025-11-17T07:59:00", "last_active": "2025-11-17 08:00:00.5"},
+    }
+    doc.update(extra)
+    return doc
+
+
+# The shared table: every rule where the two paths used to disagree, and the plain shapes.
+TABLE: dict[str, Case] = {
+    "shape_a": _a,
+    "shape_b": _b,
+    "unknown_status": lambda sid: _a(sid, status="hibernating"),
+    "alias_done": lambda sid: _a(sid, status="done"),
+    "alias_canceled_any_case": lambda sid: _b(sid, status="Canceled"),
+    "alias_paused": lambda sid: _a(sid, status="paused"),
+    "enum_repr": lambda sid: _a(sid, status="SessionStatus.COMPLETED", backend="LANGFLOW"),
+    "null_status": lambda sid: _b(sid, status=None),
+    "missing_status": lambda sid: {k: v for k, v in _a(sid).items() if k != "status"},
+    "unknown_backend": lambda sid: _a(sid, backend="n8n"),
+    "missing_backend": lambda sid: {k: v for k, v in _a(sid).items() if k != "backend"},
+    "context_not_an_object": lambda sid: _a(sid, context="just text"),
+    "history_not_a_list": lambda sid: _a(sid, history={"role": "user"}),
+    "odd_history_items": lambda sid: _a(
+        sid, history=["plain text", {"role": "user", "timestamp": "not a date"}]
+    ),
+    "bad_created_at": lambda sid: _a(sid, created_at="junk"),
+    "metadata_not_an_object": lambda sid: _a(sid, metadata=[1, 2]),
+    "extra_fields_colliding": lambda sid: _a(
+        sid, source="top", weird=[1], metadata={"source": "mcp", "weird": "meta"}
+    ),
+    "optional_fields": lambda sid: _a(
+        sid, user_id="u1", total_queries=4, updated_at="2025-11-18T10:06:00"
+    ),
+    "shape_b_metadata_datetimes_only": lambda sid: _b(sid, created_at="2025-11-16T00:00:00"),
+}
+
+
+def _comparable(session: Session, *, stored: bool) -> dict[str, Any]:
+    out = session.model_dump(mode="json", exclude={"id", "version", "pk"})
+    if stored:  # a save through the repository stamps updated_at
+        out.pop("updated_at")
+    return out
+
+
+def _address(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    return {"host": parts.hostname, "port": parts.port}
+
+
+async def test_a_shared_table_of_legacy_sessions_gives_the_same_document_on_every_path(
+    bare: Store, redis_url: str
+) -> None:
+    ns = bare.namespace
+    # Path 1: strings the original wrote, then `migrate up` (migration 0002).
+    for name, case in TABLE.items():
+        await bare.client.set(f"{ns}:session:m-{name}", json.dumps(case(f"m-{name}")), ex=DAY)
+    report = await bare.migrations.upgrade()
+    assert report.to_revision == "0003"
+
+    manager = RedisSessionManager(namespace=ns, **_address(redis_url))
+    # Path 2: a string written after the migration, read by the original API's load_session.
+    for name, case in TABLE.items():
+        await bare.client.set(f"{ns}:session:l-{name}", json.dumps(case(f"l-{name}")), ex=DAY)
+    # Path 3: the dict given to the original API's save_session.
+    for name, case in TABLE.items():
+        assert await manager.save_session(case(f"s-{name}")), name
+
+    async with Store(bare.settings) as store:
+        for name, case in TABLE.items():
+            migrated = await store.sessions.get(f"m-{name}")
+            loaded = await manager.load_session(f"l-{name}")
+            saved = await store.sessions.get(f"s-{name}")
+            assert loaded is not None, name
+            expected = _comparable(migrated, stored=False)
+            assert _comparable(loaded, stored=False) == expected, name
+            assert _comparable(saved, stored=True) == {
+                k: v for k, v in expected.items() if k != "updated_at"
+            }, name
+            # The pure mapping (no server) is the same codec.
+            mapped = session_from(case(f"x-{name}"), [])
+            assert _comparable(mapped, stored=False) == expected, name
+    await manager.close()
+
+    # The decided rules, spelled out.
+    async with Store(bare.settings) as store:
+        status = {n: (await store.sessions.get(f"m-{n}")).status.value for n in TABLE}
+        assert status["unknown_status"] == "idle"
+        assert status["alias_done"] == "completed"
+        assert status["alias_canceled_any_case"] == "cancelled"
+        assert status["alias_paused"] == "idle"
+        assert status["enum_repr"] == "completed"
+        assert status["null_status"] == status["missing_status"] == "pending"
+        weird = await store.sessions.get("m-unknown_status")
+        assert weird.metadata["_legacy"]["raw"]["status"] == {
+            "value": "hibernating",
+            "stored": "idle",
+        }
+        colliding = await store.sessions.get("m-extra_fields_colliding")
+        assert colliding.metadata["source"] == "mcp"  # never overwritten
+        assert colliding.metadata["legacy_source"] == "top"
+
+    # And the original strings still come back byte for byte (0002's downgrade).
+    await bare.migrations.downgrade("0001")
+    for name, case in TABLE.items():
+        raw = await bare.client.get(f"{ns}:session:m-{name}")
+        assert raw == json.dumps(case(f"m-{name}")).encode(), name
+
+
+# ---------------------------------------------------------------------- flow history
+
+FLOW = {
+    "session_id": "s1",
+    "flow_id": "csv2507",
+    "executions": [
+        {"execution_id": "e1", "status": "done", "result": "first", "timestamp": "2025-11-18"},
+        {"execution_id": "e2", "error": "boom"},
+        "a plain value",
+    ],
+    "cached_at": "2025-11-18 11:00:00",
+}
+
+
+async def test_migrated_flow_history_is_read_by_get_flow_history_and_find(
+    bare: Store, redis_url: str
+) -> None:
+    ns = bare.namespace
+    await bare.client.set(f"{ns}:history:s1:csv2507", json.dumps(FLOW), ex=900)
+    empty = {"session_id": "s2", "flow_id": "f", "executions": [], "cached_at": "2025-11-18"}
+    await bare.client.set(f"{ns}:history:s2:f", json.dumps(empty), ex=900)
+    await bare.migrations.upgrade()
+
+    cache = RedisExecutionCache(namespace=ns, **_address(redis_url))
+    assert await cache.get_flow_history("s1", "csv2507") == FLOW["executions"]
+    async with Store(bare.settings) as store:
+        found = (await store.executions.find(session_id="s1", flow_id="csv2507")).items
+        by_position = sorted(found, key=lambda e: e.metadata["position"])
+        assert [e.result for e in by_position] == FLOW["executions"]
+        assert [e.status.value for e in by_position] == ["completed", "failed", "completed"]
+        assert by_position[1].error == "boom"
+        assert all(e.id.startswith(history_prefix("s1", "csv2507")) for e in found)
+        for e in found:
+            assert 0 < await store.client.pttl(store.executions.key(e.id)) <= 900_000
+        assert await store.client.exists(f"{ns}:history:s1:csv2507") == 0
+        # An empty history has nothing to read: it stays a JSON record at its key.
+        assert await store.client.type(f"{ns}:history:s2:f") == b"ReJSON-RL"
+
+        # The compat API writes the same documents for the same history.
+        assert await cache.cache_flow_history("s9", "csv2507", FLOW["executions"])
+        mine = (await store.executions.find(session_id="s9", flow_id="csv2507")).items
+        assert sorted(
+            (e.metadata["position"], e.status, e.error, e.result, e.metadata["count"]) for e in mine
+        ) == sorted(
+            (e.metadata["position"], e.status, e.error, e.result, e.metadata["count"])
+            for e in found
+        )
+    await cache.close()
+
+    # Down to the strings: the original history string comes back.
+    await bare.migrations.downgrade("0001")
+    assert json.loads(await bare.client.get(f"{ns}:history:s1:csv2507")) == FLOW
+    assert json.loads(await bare.client.get(f"{ns}:history:s2:f")) == empty
+
+
+def _old_0002_record(sid: str, n: int) -> dict[str, Any]:
+    """A flow history as 0002 wrote it before 0003 existed (a JSON document of its fields)."""
+    return {
+        "schema_version": 1,
+        "session_id": sid,
+        "flow_id": "f",
+        "executions": [{"execution_id": f"{sid}-{i}", "n": i} for i in range(n)],
+        "cached_at": 1763463600.0,
+        "_legacy": {"dates": {"cached_at": "2025-11-18 11:00:00"}},
+    }
+
+
+async def _old_namespace(bare: Store, count: int) -> dict[str, dict[str, Any]]:
+    await bare.migrations.upgrade("0002")
+    records = {
+        f"{bare.namespace}:history:s{i}:f": _old_0002_record(f"s{i}", 3) for i in range(count)
+    }
+    for key, record in records.items():
+        await bare.client.execute_command("JSON.SET", key, "$", json.dumps(record))
+        await bare.client.expire(key, DAY)
+    return records
+
+
+async def _state(bare: Store) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    async for raw in bare.client.scan_iter(match=f"{bare.namespace}:*", count=1000):
+        key = raw.decode()
+        if ":_migrations:" in key:
+            continue
+        if (await bare.client.type(key)) == b"ReJSON-RL":
+            out[key] = json.loads(await bare.client.execute_command("JSON.GET", key))
+    return out
+
+
+async def test_0003_converts_what_an_earlier_0002_wrote_and_back(
+    bare: Store, redis_url: str
+) -> None:
+    records = await _old_namespace(bare, 3)
+    report = await bare.migrations.upgrade()
+    assert [s.revision for s in report.steps] == ["0003"]
+    assert report.steps[0].documents_changed == 9
+    cache = RedisExecutionCache(namespace=bare.namespace, **_address(redis_url))
+    for i in range(3):
+        assert (
+            await cache.get_flow_history(f"s{i}", "f")
+            == records[f"{bare.namespace}:history:s{i}:f"]["executions"]
+        )
+    await cache.close()
+    async with Store(bare.settings) as store:
+        assert await store.executions.count(flow_id="f") == 9
+        assert len((await store.executions.find(session_id="s1", flow_id="f")).items) == 3
+
+    report = await bare.migrations.downgrade("0002")
+    assert report.steps[0].documents_changed == 3
+    assert await _state(bare) == records  # 0002's shape again, exactly
+    for key in records:
+        assert DAY * 1000 - 10_000 < await bare.client.pttl(key) <= DAY * 1000
+
+
+@pytest.mark.parametrize("direction", ["upgrade", "downgrade"])
+async def test_0003_resumes_after_an_injected_failure(
+    bare: Store, monkeypatch: pytest.MonkeyPatch, direction: str
+) -> None:
+    records = await _old_namespace(bare, 6)
+    if direction == "downgrade":
+        await bare.migrations.upgrade()
+    converted = await _state(bare)
+    real = legacy_history._delete_if_same
+    calls = 0
+
+    async def failing(ctx: Any, key: str, raw: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RuntimeError("injected failure")
+        await real(ctx, key, raw)
+
+    monkeypatch.setattr(legacy_history, "_delete_if_same", failing)
+    run = bare.migrations.upgrade if direction == "upgrade" else bare.migrations.downgrade
+    target = "head" if direction == "upgrade" else "0002"
+    with pytest.raises(MigrationError, match="injected failure"):
+        await run(target)
+    assert (await bare.migrations.status()).interrupted is not None
+    monkeypatch.setattr(legacy_history, "_delete_if_same", real)
+    await run(target)
+    assert (await bare.migrations.status()).interrupted is None
+    if direction == "downgrade":
+        assert await _state(bare) == records
+        return
+    after = await _state(bare)
+    # As an uninterrupted run: no record left, every execution once, each written once.
+    assert not [k for k in after if ":history:" in k]
+    docs = {k: v for k, v in after.items() if ":execution:" in k}
+    assert len(docs) == 18
+    assert all(v["version"] == 1 for v in docs.values())
+    assert sorted(v["result"]["execution_id"] for v in docs.values()) == sorted(
+        f"s{i}-{n}" for i in range(6) for n in range(3)
+    )
+    del converted

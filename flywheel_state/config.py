@@ -26,7 +26,7 @@ from flywheel_state._urls import (
 from flywheel_state.crypto import ENV_ACTIVE, ENV_COMPRESS, ENV_KEYS, FieldCipher
 from flywheel_state.errors import ConfigError
 
-__all__ = ["DEFAULT_NAMESPACE", "Settings", "redact_url"]
+__all__ = ["DEFAULT_NAMESPACE", "Settings", "env_flag", "redact_url"]
 
 DEFAULT_NAMESPACE = "agentic_flywheel"
 DEFAULT_SESSION_TTL = timedelta(days=7)
@@ -37,6 +37,26 @@ DEFAULT_EXECUTION_TTL = timedelta(hours=1)
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def env_flag(environ: Mapping[str, str] | None, name: str) -> bool | None:
+    """The true/false environment variable ``name``: None when unset or blank.
+
+    Accepts ``1``/``true``/``yes``/``on`` and ``0``/``false``/``no``/``off`` (any case, trimmed):
+    the one reading of a flag for :meth:`Settings.from_env` and the compat layer's
+    ``REDIS_ENABLED``.
+
+    Raises:
+        ConfigError: Another value (the message names the variable).
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    flag = raw.strip().lower()
+    if flag not in _TRUE | _FALSE:
+        raise ConfigError(f"{name} must be true or false (or 1/0, yes/no, on/off), got {raw!r}")
+    return flag in _TRUE
 
 
 def _ttl(value: int | float | timedelta | None, name: str) -> timedelta | None:
@@ -384,23 +404,14 @@ class Settings:
             if value is not None:
                 values[field_name] = value
                 values.setdefault("_source", {})[field_name] = get(*names)
-        if (found := get("REDIS_EVENTS")) is not None:
-            flag = found[1].lower()
-            if flag not in _TRUE | _FALSE:
-                raise ConfigError(
-                    f"REDIS_EVENTS must be one of {', '.join(sorted(_TRUE | _FALSE))}, "
-                    f"got {found[1]!r}"
-                )
-            values["events"] = flag in _TRUE
+        if (events := env_flag(env, "REDIS_EVENTS")) is not None:
+            values["events"] = events
         if (found := get("REDIS_USERNAME")) is not None:
             values["username"] = found[1]
         if (found := get("REDIS_PASSWORD")) is not None:
             values["password"] = found[1]
-        if (found := get("REDIS_WAIT_AOF")) is not None:
-            flag = found[1].lower()
-            if flag not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                raise ConfigError(f"REDIS_WAIT_AOF must be 1/true or 0/false, got {found[1]!r}")
-            values["wait_aof"] = flag in ("1", "true", "yes", "on")
+        if (wait_aof := env_flag(env, "REDIS_WAIT_AOF")) is not None:
+            values["wait_aof"] = wait_aof
         for field_name, var in (
             ("sentinel_hosts", "REDIS_SENTINEL_HOSTS"),
             ("service_name", "REDIS_SENTINEL_SERVICE"),

@@ -18,6 +18,7 @@ __all__ = [
     "MigrationError",
     "MigrationLockedError",
     "ModuleMissingError",
+    "NotConnectedError",
     "NotFoundError",
     "OutcomeUnknownError",
     "SchemaOutOfDateError",
@@ -121,6 +122,11 @@ class SearchUnavailableError(ModuleMissingError):
     """A query (find/count/ids/iterate/stats) or a migration that needs the query engine, on a
     Store opened with ``search=False`` (a server or cluster with JSON but no distributed search).
     """
+
+
+class NotConnectedError(FlywheelStateError, RuntimeError):
+    """A Store's records were used before :meth:`Store.connect` (or ``async with``) checked the
+    server and the schema."""
 
 
 class SchemaOutOfDateError(FlywheelStateError):

@@ -15,7 +15,12 @@ from flywheel_state import _topology
 from flywheel_state._redis import BudgetPool, Client, as_str, translate_errors
 from flywheel_state.config import Settings
 from flywheel_state.crypto import FieldCipher
-from flywheel_state.errors import ConfigError, ModuleMissingError, StoreUnavailableError
+from flywheel_state.errors import (
+    ConfigError,
+    ModuleMissingError,
+    NotConnectedError,
+    StoreUnavailableError,
+)
 from flywheel_state.events import EventFeed, EventSink
 from flywheel_state.observability import instrument_library, register_store
 from flywheel_state.repositories.executions import ExecutionRepository
@@ -34,8 +39,11 @@ class Store:
     """The entry point: a connection to Redis and the repositories bound to it.
 
     ``Store(settings)`` or ``Store(url=..., namespace=...)``; use ``async with`` or call
-    :meth:`connect` / :meth:`close`. The Store keeps one client per event loop, so it works in
-    whatever loop it is used in. Nothing is global: two Stores never share state.
+    :meth:`connect` / :meth:`close`. The repositories (``sessions``, ``executions``) raise
+    NotConnectedError until :meth:`connect` has checked the server and the schema; migrations,
+    the event feed (a stream, whatever the schema) and :attr:`client` work before it. The
+    Store keeps one client per event loop, so it works in whatever loop it is used in.
+    Nothing is global: two Stores never share state.
 
     Args:
         settings: Connection and storage settings (default: ``Settings()``).
@@ -83,14 +91,14 @@ class Store:
         )
         self._connected = False
         self.sessions = SessionRepository(
-            client=self._client_for_loop,
+            client=self._connected_client,
             namespace=self.settings.namespace,
             default_ttl=self.settings.session_ttl,
             refresh_on_read=refresh_on_read,
             cipher=self.settings.cipher,
         )
         self.executions = ExecutionRepository(
-            client=self._client_for_loop,
+            client=self._connected_client,
             namespace=self.settings.namespace,
             default_ttl=self.settings.execution_ttl,
             cipher=self.settings.cipher,
@@ -162,6 +170,17 @@ class Store:
             self._clients[loop] = client
         return client
 
+    def _connected_client(self) -> Client:
+        """The client for the repositories: only once :meth:`connect` has checked the server and
+        the schema (a Store used without it raises, never skips them)."""
+        if not self._connected:
+            raise NotConnectedError(
+                f"this Store ({self.settings.safe_url}, namespace {self.namespace!r}) is not "
+                "connected: use `async with Store(...) as store:` or `await store.connect()` "
+                "first (it checks the server's modules and the schema revision)"
+            )
+        return self._client_for_loop()
+
     @property
     def client(self) -> Client:
         """The ``redis.asyncio`` client of the running event loop (for advanced use)."""
@@ -219,11 +238,11 @@ class Store:
                 "distributed), Redis Software or Redis Cloud; or open the Store with "
                 "search=False for the key-value API only."
             )
-        self._connected = True
         if self.search:
             await self.migrations.check_on_connect(auto_migrate=self.auto_migrate)
         else:
             await self._check_without_search()
+        self._connected = True  # only once every check passed
         return self
 
     @property

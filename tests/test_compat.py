@@ -546,7 +546,7 @@ def test_missing_driver_disables_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    monkeypatch.setattr(compat, "_warned_missing_driver", False)
+    monkeypatch.setattr(compat._failsafe, "_warned_missing_driver", False)
     monkeypatch.setitem(sys.modules, "flywheel_state.store", None)  # import raises ImportError
 
     first = RedisSessionManager()

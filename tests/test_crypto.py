@@ -39,9 +39,9 @@ from flywheel_state.migrations import MigrationContext, MigrationProgress
 from flywheel_state.migrations._lock import MigrationLock
 from flywheel_state.migrations.encryption import decrypt, encrypt, encryption_status, rekey
 from flywheel_state.migrations.report import StepReport
+from flywheel_state.models import register_upgrade
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import Id
-from flywheel_state.models._upgrades import register_upgrade
 
 K1 = bytes(range(32))
 K2 = bytes(range(100, 132))
@@ -195,7 +195,7 @@ async def test_last_n_history_reads_decrypt_their_entries(
     page = await enc.sessions.history("s1", last=2)
     assert [h.content for h in page.entries] == ["turn 3", "turn 4"]
     assert (page.start, page.total) == (3, 5)
-    plain = Store(enc.settings.replace(cipher=None))
+    plain = await Store(enc.settings.replace(cipher=None)).connect()
     with pytest.raises(EncryptionKeyError):
         await plain.sessions.history("s1", last=2)
     await plain.close()

@@ -25,8 +25,7 @@ from flywheel_state.migrations import (
     ScriptDirectory,
     default_scripts,
 )
-from flywheel_state.models import Backend, Document, SessionStatus
-from flywheel_state.models._upgrades import register_upgrade
+from flywheel_state.models import Backend, Document, SessionStatus, register_upgrade
 
 HEAD = default_scripts().head
 DAY = 86400
@@ -771,7 +770,7 @@ _NOTES_V2 = '''
 
     from flywheel_state.models import Document
     from flywheel_state.models._types import Id
-    from flywheel_state.models._upgrades import register_upgrade
+    from flywheel_state.models import register_upgrade
 
     revision = "0004"
     down_revision = "0003"

@@ -332,7 +332,7 @@ async def test_migration_and_compat_calls_have_spans(
     assert names(finished) == ["migrations.upgrade", "migrations.status"]
     up = finished[0].attributes or {}
     assert up["db.operation.name"] == "migrations.upgrade"
-    assert up["flywheel_state.migration.steps"] == len(report.steps) == 2
+    assert up["flywheel_state.migration.steps"] == len(report.steps) == 3
     spans.clear()
     manager = RedisSessionManager(url=settings.url, namespace=settings.namespace)
     try:

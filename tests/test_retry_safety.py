@@ -91,8 +91,11 @@ async def test_reads_stay_unavailable_and_unsent_writes_are_not_outcome_unknown(
     stores = {name: Store(stalling.settings) for name in [*writes, "read", "fresh"]}
     try:
         for name, store in stores.items():
+            await store.connect()  # a Store's records need connect() (NotConnectedError)
             if name != "fresh":
                 assert await store.sessions.exists("s1")  # a connected connection, idle
+            else:  # connected and checked, but no pooled connection left
+                await store.client.connection_pool.disconnect()
         with stalled(own_server):
             for name, write in writes.items():
                 with pytest.raises(OutcomeUnknownError, match="may have been applied"):

@@ -5,6 +5,7 @@ Models do no I/O of their own; repositories (``store.sessions``, ``store.executi
 
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import MAX_ID_LENGTH, validate_id
+from flywheel_state.models._upgrades import UpgradeFn, register_upgrade
 from flywheel_state.models.enums import Backend, ExecutionStatus, SessionStatus
 from flywheel_state.models.execution import ExecutionResult
 from flywheel_state.models.session import HistoryEntry, Session
@@ -18,5 +19,7 @@ __all__ = [
     "HistoryEntry",
     "Session",
     "SessionStatus",
+    "UpgradeFn",
+    "register_upgrade",
     "validate_id",
 ]

@@ -72,7 +72,8 @@ class Document(JsonModel, abc.ABC):
 
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
-    # Stored documents of an older shape are upgraded in memory (see models/_upgrades.py).
+    # Stored documents of an older shape are upgraded in memory (register_upgrade, see
+    # models/_upgrades.py).
     # This is done around validation rather than in a mode="before" model validator: such a
     # validator makes pydantic build the whole document as Python objects before validating,
     # which costs about a third of a read. Reads of current documents pay one int comparison.
@@ -129,5 +130,6 @@ class Document(JsonModel, abc.ABC):
         return model
 
     class Meta:
+        # The only redis-om setting the models use: their own I/O methods fail clearly. Keys and
+        # indexes are the repositories' and the migrations' (no redis-om key prefix).
         database = _UnboundDatabase()
-        global_key_prefix = "flywheel_state"

@@ -1,13 +1,18 @@
 """In-memory upgrades of stored documents written with an older ``schema_version``.
 
 When a model's shape changes, its ``SCHEMA_VERSION`` is bumped and one function per step is
-registered here, turning the raw dict of a version-``n`` document into the raw dict of version
-``n + 1``. :class:`~flywheel_state.models.Document` applies the chain in a ``mode="before"``
-validator, so documents of older shapes stay readable while a data migration rewrites them
+registered with :func:`register_upgrade` (public as ``flywheel_state.models.register_upgrade``),
+turning the raw dict of a version-``n`` document into the raw dict of version ``n + 1``.
+:class:`~flywheel_state.models.Document` applies the chain around validation (in
+``model_validate`` / ``model_validate_json`` and its constructor, not in a ``mode="before"``
+validator, which would cost every read of a current document; see ``models/_base.py``), so
+documents of older shapes stay readable while a data migration rewrites them
 (``ctx.ops.upgrade_documents(Model)`` in a migration script). A document already at the current
-version costs one dict lookup and one comparison.
+version costs one comparison.
 
 Example (next to the model, when ``Session.SCHEMA_VERSION`` becomes 2)::
+
+    from flywheel_state.models import register_upgrade
 
     @register_upgrade("session", 1)
     def _session_1_to_2(doc: dict[str, Any]) -> dict[str, Any]:
@@ -15,8 +20,7 @@ Example (next to the model, when ``Session.SCHEMA_VERSION`` becomes 2)::
         return doc
 
 The function receives a shallow copy (replace nested values rather than mutate them) and
-returns the new dict; the registry sets
-``schema_version`` itself.
+returns the new dict; the registry sets ``schema_version`` itself.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["UpgradeFn", "register_upgrade", "registered_upgrades", "upgrade_document"]
+__all__ = ["UpgradeFn", "register_upgrade", "upgrade_document"]
 
 UpgradeFn = Callable[[dict[str, Any]], dict[str, Any]]
 """Turns the raw dict of a version-``n`` document into the raw dict of version ``n + 1``."""
@@ -53,11 +57,6 @@ def register_upgrade(kind: str, from_version: int) -> Callable[[UpgradeFn], Upgr
         return fn
 
     return decorator
-
-
-def registered_upgrades(kind: str) -> dict[int, UpgradeFn]:
-    """The upgrade functions of ``kind``, by the version they read."""
-    return {v: fn for (k, v), fn in _REGISTRY.items() if k == kind}
 
 
 def upgrade_document(kind: str, data: dict[str, Any], target: int) -> dict[str, Any]:

@@ -173,6 +173,49 @@ async def test_a_shared_table_of_legacy_sessions_gives_the_same_document_on_ever
         assert raw == json.dumps(case(f"m-{name}")).encode(), name
 
 
+EXECUTIONS: dict[str, Any] = {
+    "plain": {"result": "Structural tension is...", "metadata": {"duration_ms": 1234}},
+    "error": {"error": "boom"},
+    "named": {
+        "status": "done",
+        "session_id": "s1",
+        "flow_id": "f1",
+        "backend": "Flowise",
+        "timestamp": "2025-11-18T10:00:00",
+    },
+    "status_in_metadata": {"metadata": {"status": "canceled", "duration_ms": 5}},
+    "text": "a plain string",
+    "list": [1, 2],
+}
+
+
+async def test_a_shared_table_of_legacy_results_gives_the_same_fields_on_both_paths(
+    bare: Store, redis_url: str
+) -> None:
+    ns = bare.namespace
+    for name, value in EXECUTIONS.items():
+        await bare.client.set(f"{ns}:execution:m-{name}", json.dumps(value), ex=DAY)
+    await bare.migrations.upgrade()
+    cache = RedisExecutionCache(namespace=ns, **_address(redis_url))
+    for name, value in EXECUTIONS.items():
+        assert await cache.cache_result(f"c-{name}", value), name
+    fields = ("status", "session_id", "flow_id", "backend", "error", "duration_ms", "result")
+    async with Store(bare.settings) as store:
+        for name, value in EXECUTIONS.items():
+            migrated = await store.executions.get(f"m-{name}")
+            cached = await store.executions.get(f"c-{name}")
+            assert [getattr(migrated, f) for f in fields] == [getattr(cached, f) for f in fields], (
+                name
+            )
+            assert await cache.get_result(f"m-{name}") == value
+        named = await store.executions.get("m-named")
+        assert (named.status.value, named.backend.value) == ("completed", "flowise")
+        assert named.created_at == (await store.executions.get("c-named")).created_at
+        assert (await store.executions.get("m-error")).status.value == "failed"
+        assert (await store.executions.get("m-status_in_metadata")).status.value == "cancelled"
+    await cache.close()
+
+
 # ---------------------------------------------------------------------- flow history
 
 FLOW = {

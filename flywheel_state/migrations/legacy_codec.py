@@ -545,23 +545,18 @@ def import_execution(key: str, key_id: str, data: Any, now: float) -> Rewrite:
     if not shape_b:
         imp.legacy["shape"] = "A"
         imp.legacy["absent"] = ["created_at"]
+        # The indexed fields the result itself names (as the compat layer's cache_result).
+        fields = execution_fields(data)
         doc: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "version": 1,
             "id": key_id,
-            "status": FALLBACK_EXECUTION_STATUS,
+            "status": fields.pop("status", FALLBACK_EXECUTION_STATUS),
             "result": data,
-            "created_at": now,
+            "created_at": fields.pop("created_at", now),
             "metadata": {},
+            **fields,
         }
-        inner = data.get("metadata") if isinstance(data, dict) else None
-        duration = inner.get("duration_ms") if isinstance(inner, dict) else None
-        if (
-            isinstance(duration, (int, float))
-            and not isinstance(duration, bool)
-            and math.isfinite(duration)
-        ):
-            doc["duration_ms"] = float(duration)
         return imp.result(imp.encode(ExecutionResult, doc, EXECUTION_DEFAULTS))
 
     src = dict(data)

@@ -2,9 +2,13 @@
 
 Sessions come as flywheel_state ``Session`` objects, as dataclasses with the original
 ``UniversalSession`` fields (Enum members for backend and status), or as dicts in either legacy
-shape (legacy-data.md); execution results are free-form values. Nothing is dropped: values the
-models can't hold as given (an unknown status or backend, a text that is not a date) are stored
-as a known value with the original kept in ``metadata``.
+shape (legacy-data.md); execution results are free-form values. The rules are the legacy
+codec's (:mod:`flywheel_state.migrations.legacy_codec`, imported on first use so this module
+imports without the redis package), the ones migration 0002 applies: nothing is dropped, values
+the models can't hold as given (an unknown status or backend, a text that is not a date) are
+stored as a known value with the original kept in ``metadata["_legacy"]``. This module adds
+what only the live API needs: the caller's Python values as JSON data, the models' tag and
+datetime checks, glob patterns and paging arguments.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         Session,
         SessionStatus,
     )
-    from flywheel_state.repositories import DEFAULT
+    from flywheel_state.repositories import DEFAULT, F
     from flywheel_state.store import Store
 
 __version__ = "0.1.0"
@@ -55,6 +55,7 @@ _LAZY = {
     "Session": "flywheel_state.models",
     "SessionStatus": "flywheel_state.models",
     "DEFAULT": "flywheel_state.repositories",
+    "F": "flywheel_state.repositories",
     "Store": "flywheel_state.store",
 }
 
@@ -81,6 +82,7 @@ __all__ = [
     "EncryptionKeyError",
     "ExecutionResult",
     "ExecutionStatus",
+    "F",
     "FlywheelStateError",
     "HistoryEntry",
     "InvalidIdError",

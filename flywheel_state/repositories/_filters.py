@@ -536,7 +536,11 @@ def _compile_cmp(schema: QuerySchema, model_name: str, cmp: _Cmp) -> str | None:
         )
     name, attr = cmp.name, spec.name
     if cmp.op == "missing":
-        return f"ismissing(@{attr})"
+        # ismissing() only sees absent fields, not JSON nulls (which a None field is stored
+        # as): "missing" is "holds no value", the complement of any-value-at-all.
+        if spec.type == "TAG":
+            return f"-@{attr}:{{w'*'}}"
+        return f"-@{attr}:[-inf +inf]"
     if spec.type == "TAG":
         if cmp.op not in ("==", "in"):
             raise InvalidQueryError(
@@ -588,6 +592,11 @@ def compile_filters(
             raise InvalidQueryError(
                 f"where takes a filter expression (F.field == value ...) or a mapping of "
                 f"filters, got {_type_name(where)}"
+            )
+        both = set(where).intersection(filters)
+        if both:
+            raise InvalidQueryError(
+                f"filter {sorted(both)[0]!r} is given both as a keyword and in where="
             )
         filters = {**where, **filters} if filters else where
         where = None

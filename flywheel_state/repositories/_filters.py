@@ -94,7 +94,7 @@ class RangeFilter:
     datetimes: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QuerySchema:
     """What one kind of record is indexed, filtered, sorted and counted by: the one declaration.
 

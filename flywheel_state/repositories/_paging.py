@@ -93,6 +93,7 @@ its key (the default), or ``"skip"`` it, logging a warning with the key and coun
 :attr:`QueryMixin.corrupt_skipped`."""
 _KEY = "@__key"
 _COUNT_ALIAS = "__count"
+_COMPILED: dict[tuple[Any, ...], str | None] = {}
 
 # ---------------------------------------------------------------------------------- results
 
@@ -267,19 +268,44 @@ class QueryMixin(Generic[M]):
         return alias_name(self.namespace, self.model.KIND)
 
     def _compile(self, filters: Mapping[str, Any], where: Where = None) -> str | None:
-        return compile_filters(self._schema, self.model.__name__, filters, where)
+        schema = self._schema
+        if where is not None or len(filters) > 4:
+            return compile_filters(schema, self.model.__name__, filters, where)
+        # Plain-string keyword filters (the common admin query) compile to the same text every
+        # time: remember the last few. Only exact ``str`` values: their hash and equality are
+        # the value itself, so a cached text is the one compiling would give.
+        for value in filters.values():
+            if type(value) is not str:
+                return compile_filters(schema, self.model.__name__, filters, where)
+        key = (schema, *filters.items())
+        cache = _COMPILED
+        if key in cache:
+            return cache[key]
+        query = compile_filters(schema, self.model.__name__, filters, where)
+        if len(cache) >= 512:
+            cache.clear()
+        cache[key] = query
+        return query
 
     def _tail(self) -> list[Any]:
         # Past the server's own TIMEOUT (500 ms by default, ON_TIMEOUT RETURN) a query silently
         # returns what it has so far: a count of 43,999 instead of 100,000, an empty GROUPBY.
         # Give the server a longer budget than the client's read timeout instead, so a slow
         # query ends as a clear client-side timeout error, never as a wrong answer.
+        # Computed once per client (a per-query fixed cost otherwise).
         client: Any = self._client
+        cached = self._tail_cache
+        if cached is not None and cached[0] is client:
+            return cached[1]
         pool = getattr(client, "connection_pool", None)  # a RedisCluster has none
         kwargs = pool.connection_kwargs if pool is not None else client.get_connection_kwargs()
         timeout = kwargs.get("socket_timeout")
         ms = 0 if timeout is None else max(1000, int(float(timeout) * 2000))
-        return ["TIMEOUT", ms, *_DIALECT]
+        tail = ["TIMEOUT", ms, *_DIALECT]
+        self._tail_cache = (client, tail)
+        return tail
+
+    _tail_cache: tuple[Any, list[Any]] | None = None
 
     def _sort_args(self, attr: str, descending: bool) -> list[Any]:
         return ["SORTBY", 4, f"@{attr}", "DESC" if descending else "ASC", _KEY, "ASC"]
@@ -365,8 +391,9 @@ class QueryMixin(Generic[M]):
         for i in range(1, len(reply) - step + 1, step):
             row: dict[str, Any] = {"__key": reply[i]}
             if docs:
-                fields = list(reply[i + 2] or [])
-                row.update({as_str(fields[j]): fields[j + 1] for j in range(0, len(fields) - 1, 2)})
+                fields = reply[i + 2]
+                if fields:  # RETURN 1 $: [b"$", document]; nothing when it expired meanwhile
+                    row["$"] = fields[1]
             rows.append(row)
             sort_keys.append(reply[i + 1])
         total = int(reply[0])

@@ -247,6 +247,8 @@ class FieldRef:
 
     def is_in(self, values: Iterable[Any]) -> Expr:
         """Equal to any of ``values`` (TAG fields; an empty collection matches nothing)."""
+        if isinstance(values, Collection) and not isinstance(values, (str, bytes, Mapping)):
+            values = tuple(values)  # a snapshot: the expression is immutable (and cached)
         return _Cmp(self.name, "in", values)
 
     def __ge__(self, value: Any) -> Expr:
@@ -603,7 +605,7 @@ def compile_filters(
     query = _compile_kwargs(schema, model_name, filters) if filters else _ALL
     if where is None:
         return query
-    expr = _compile_expr(schema, model_name, where)
+    expr = _compiled_expr(schema, model_name, where)
     if query is _NOTHING or expr is _NOTHING:
         return _NOTHING
     if query == _ALL:
@@ -611,6 +613,18 @@ def compile_filters(
     if expr == _ALL:
         return query
     return f"{query} ({expr})"
+
+
+def _compiled_expr(schema: QuerySchema, model_name: str, expr: Expr) -> str | None:
+    """``expr`` compiled for ``schema``, remembered on the (immutable) expression itself, so a
+    module-level expression reused by every call compiles once."""
+    cached = expr.__dict__.get("_compiled")
+    if cached is not None and cached[0] is schema:
+        text: str | None = cached[1]
+        return text
+    text = _compile_expr(schema, model_name, expr)
+    expr.__dict__["_compiled"] = (schema, text)
+    return text
 
 
 def parse_sort(schema: QuerySchema, sort: str | None) -> tuple[str, bool]:

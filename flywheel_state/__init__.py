@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         Session,
         SessionStatus,
     )
-    from flywheel_state.repositories import DEFAULT
+    from flywheel_state.repositories import DEFAULT, F
     from flywheel_state.store import Store
 
 __version__ = "0.1.0"
@@ -56,6 +56,7 @@ _LAZY = {
     "Session": "flywheel_state.models",
     "SessionStatus": "flywheel_state.models",
     "DEFAULT": "flywheel_state.repositories",
+    "F": "flywheel_state.repositories",
     "Store": "flywheel_state.store",
 }
 
@@ -82,6 +83,7 @@ __all__ = [
     "EncryptionKeyError",
     "ExecutionResult",
     "ExecutionStatus",
+    "F",
     "FlywheelStateError",
     "HistoryEntry",
     "InvalidIdError",

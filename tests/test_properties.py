@@ -357,3 +357,166 @@ def test_no_namespace_covers_another(a: str, b: str, id: str) -> None:
         # No key, index or bookkeeping record of one namespace lies under the other's prefix.
         assert not key.startswith(f"{second}:")
         assert not f"{first}:{kind}:idx".startswith(f"{second}:")
+
+
+# ------------------------------------------------------------ filter expressions (where=)
+
+EXPR_TAGS = st.one_of(
+    st.sampled_from(["", " ", "x", " x ", "a b", "{b}", "x|y", "-n", "@a", "*", "é", "日本", "\\"]),
+    st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=5),
+)
+EXPR_TIMES = [datetime(2026, 3, 1, 12, 0, s, tzinfo=timezone.utc) for s in range(4)]
+_OPS = {
+    ">=": lambda a, b: a >= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    "==": lambda a, b: a == b,
+}
+
+
+def _tag_eq(stored: Any, wanted: list[str]) -> bool:
+    trim = " \t\n\v\f\r"
+    if stored is None:
+        return False
+    stored = stored.value if hasattr(stored, "value") else stored
+    return any(stored.strip(trim) == w.strip(trim) for w in wanted)
+
+
+@st.composite
+def expr_leaf(draw: Any, kind: str, pool: list[str]) -> tuple[Any, Any]:
+    """One comparison: (the expression, the same test in Python on a record)."""
+    from flywheel_state import F
+
+    values = st.one_of(st.sampled_from(pool), EXPR_TAGS)
+    if kind == "session":
+        tags = ["current_flow_id", "user_id", "flow_id"]
+        ranges, missing = ["created_at", "last_active"], ["user_id", "current_flow_id"]
+        enums = {"backend": [b.value for b in Backend], "status": ["pending", "active", "idle"]}
+    else:
+        tags = ["session_id", "flow_id"]
+        ranges, missing = ["created_at", "duration_ms"], ["session_id", "flow_id", "duration_ms"]
+        enums = {"status": ["completed", "failed"], "backend": [b.value for b in Backend]}
+    shape = draw(st.sampled_from(["tag", "in", "enum", "range", "missing", "present"]))
+    if shape in ("tag", "in"):
+        name = draw(st.sampled_from(tags))
+        attr = "current_flow_id" if (kind, name) == ("session", "flow_id") else name
+        wanted = [draw(values)] if shape == "tag" else draw(st.lists(values, max_size=3))
+        expr = F(name) == wanted[0] if shape == "tag" else F(name).is_in(wanted)
+        return expr, lambda r: _tag_eq(getattr(r, attr), wanted)
+    if shape == "enum":
+        name = draw(st.sampled_from(sorted(enums)))
+        wanted = draw(st.lists(st.sampled_from(enums[name]), min_size=1, max_size=2))
+        return F(name).is_in(wanted), lambda r: _tag_eq(getattr(r, name), wanted)
+    if shape == "range":
+        name = draw(st.sampled_from(ranges))
+        op = draw(st.sampled_from(sorted(_OPS)))
+        if name == "duration_ms":
+            bound: Any = draw(st.sampled_from([0, 1.5, 2, -3.0, 250.25, 1e-05]))
+        else:
+            bound = draw(st.sampled_from(EXPR_TIMES))
+        cmp = _OPS[op]
+        expr = {
+            ">=": lambda f: f >= bound,
+            ">": lambda f: f > bound,
+            "<": lambda f: f < bound,
+            "<=": lambda f: f <= bound,
+            "==": lambda f: f == bound,
+        }[op](F(name))
+
+        def check(r: Any) -> bool:
+            value = getattr(r, name)
+            return value is not None and cmp(value, bound)
+
+        return expr, check
+    name = draw(st.sampled_from(missing))
+    if shape == "missing":
+        return F(name).is_missing(), lambda r: getattr(r, name) is None
+    return F(name).is_present(), lambda r: getattr(r, name) is not None
+
+
+def expr_tree(kind: str, pool: list[str]) -> Any:
+    def extend(children: Any) -> Any:
+        return st.one_of(
+            st.tuples(children, children).map(
+                lambda ab: (ab[0][0] & ab[1][0], lambda r, a=ab[0][1], b=ab[1][1]: a(r) and b(r))
+            ),
+            st.tuples(children, children).map(
+                lambda ab: (ab[0][0] | ab[1][0], lambda r, a=ab[0][1], b=ab[1][1]: a(r) or b(r))
+            ),
+            children.map(lambda a: (~a[0], lambda r, f=a[1]: not f(r))),
+        )
+
+    return st.recursive(expr_leaf(kind, pool), extend, max_leaves=6)
+
+
+@st.composite
+def expression_case(draw: Any, kind: str) -> tuple[str, list[Any], Any, Any, str]:
+    from flywheel_state.models import ExecutionResult, ExecutionStatus
+
+    pool = draw(st.lists(EXPR_TAGS, min_size=1, max_size=3))
+    maybe = st.one_of(st.none(), st.sampled_from(pool))
+    ids = draw(st.lists(st.text("aZé_-:9", min_size=1, max_size=4), max_size=10, unique=True))
+    records: list[Any] = []
+    for id in ids:
+        if kind == "session":
+            records.append(
+                Session(
+                    id=id,
+                    backend=draw(st.sampled_from(list(Backend))),
+                    status=draw(st.sampled_from(list(SessionStatus)[:3])),
+                    current_flow_id=draw(maybe),
+                    user_id=draw(maybe),
+                    created_at=draw(st.sampled_from(EXPR_TIMES)),
+                    last_active=draw(st.sampled_from(EXPR_TIMES)),
+                )
+            )
+        else:
+            records.append(
+                ExecutionResult(
+                    id=id,
+                    session_id=draw(maybe),
+                    flow_id=draw(maybe),
+                    backend=draw(st.one_of(st.none(), st.sampled_from(list(Backend)))),
+                    status=draw(
+                        st.sampled_from([ExecutionStatus.COMPLETED, ExecutionStatus.FAILED])
+                    ),
+                    duration_ms=draw(st.one_of(st.none(), st.sampled_from([0, 1.5, 2, -3.0]))),
+                    created_at=draw(st.sampled_from(EXPR_TIMES)),
+                )
+            )
+    expr, check = draw(expr_tree(kind, pool))
+    sorts = ["last_active", "-created_at"] if kind == "session" else ["duration_ms", "-created_at"]
+    return kind, records, expr, check, draw(st.sampled_from(sorts))
+
+
+def _brute_order(records: list[Any], attr: str, descending: bool) -> list[str]:
+    present = sorted((r for r in records if getattr(r, attr) is not None), key=lambda r: r.id)
+    present.sort(key=lambda r: getattr(r, attr), reverse=descending)
+    missing = sorted((r for r in records if getattr(r, attr) is None), key=lambda r: r.id)
+    return [r.id for r in present + missing]
+
+
+@SETTINGS
+@given(case=st.one_of(expression_case("session"), expression_case("execution")))
+async def test_filter_expressions_equal_brute_force(
+    store: Store, case: tuple[str, list[Any], Any, Any, str]
+) -> None:
+    kind, records, expr, check, sort = case
+    repo: Any = store.sessions if kind == "session" else store.executions
+    await repo.save_many(records)
+    try:
+        attr = sort.lstrip("-")
+        want = _brute_order([r for r in records if check(r)], attr, sort.startswith("-"))
+        assert await repo.count(where=expr) == len(want)
+        page = await repo.find(where=expr, sort=sort, limit=4, offset=1)
+        assert [r.id for r in page.items] == want[1:5]
+        assert page.total == len(want)
+        assert await repo.ids(where=expr, sort=sort) == want
+        assert [r.id async for r in repo.iterate(where=expr, sort=sort, batch_size=3)] == want
+        assert (await repo.stats(where=expr)).total == len(want)
+        # NOT of the expression is the complement, in the same query language.
+        assert await repo.count(where=~expr) == len(records) - len(want)
+    finally:
+        await repo.delete_many([r.id for r in records])
+        await wipe(store)

@@ -390,7 +390,7 @@ async def _queries(store: Store, data: DemoData) -> None:
     console.print()
     _say("[bold]Counts per backend and per status[/bold]")
     _code("await store.sessions.stats()")
-    stats = await store.sessions.stats()
+    stats = (await store.sessions.stats()).as_dict()
     console.print(counts_columns(stats, {"backend": "backend", "status": "status"}, titled=False))
     brute = {
         "backend": dict(Counter(s.backend.value for s in data.sessions)),
@@ -475,7 +475,7 @@ async def _queries(store: Store, data: DemoData) -> None:
     console.print()
     _say("[bold]Executions per flow in the last hour[/bold]")
     _code("await store.executions.stats()")
-    estats = await store.executions.stats()
+    estats = (await store.executions.stats()).as_dict()
     console.print(counts_columns(estats, {"flow_id": "flow", "status": "status"}, titled=False))
 
 

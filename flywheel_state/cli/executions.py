@@ -22,10 +22,11 @@ from flywheel_state.cli._tables import (
     ttl_cell,
 )
 from flywheel_state.models import Backend, ExecutionStatus
+from flywheel_state.repositories.executions import EXECUTION_QUERIES
 
 __all__ = ["executions"]
 
-_SORTS = ("-created_at", "created_at", "-duration_ms", "duration_ms")
+_SORTS = EXECUTION_QUERIES.sort_options  # from the one declaration of what is indexed
 
 
 @click.group()
@@ -142,4 +143,4 @@ def stats(ctx: CliContext) -> None:
     --json prints the library's stats(): {"flow_id": {...}, "status": {...}, "total": {"all": n}}.
     """
     counts = ctx.run_with_store(lambda store: store.executions.stats())
-    print_stats(ctx, counts, {"flow_id": "flow", "status": "status"}, noun="executions")
+    print_stats(ctx, counts.as_dict(), {"flow_id": "flow", "status": "status"}, noun="executions")

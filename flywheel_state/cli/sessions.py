@@ -33,11 +33,12 @@ from flywheel_state.cli._tables import (
 )
 from flywheel_state.models import Backend, SessionStatus
 from flywheel_state.repositories import DEFAULT, TTLArg
+from flywheel_state.repositories.sessions import SESSION_QUERIES
 from flywheel_state.store import Store
 
 __all__ = ["sessions"]
 
-_SORTS = ("-last_active", "last_active", "-created_at", "created_at")
+_SORTS = SESSION_QUERIES.sort_options  # from the one declaration of what is indexed
 _PREVIEW = 5
 
 
@@ -274,4 +275,4 @@ def stats(ctx: CliContext) -> None:
     --json prints the library's stats(): {"backend": {...}, "status": {...}, "total": {"all": n}}.
     """
     counts = ctx.run_with_store(lambda store: store.sessions.stats())
-    print_stats(ctx, counts, {"backend": "backend", "status": "status"}, noun="sessions")
+    print_stats(ctx, counts.as_dict(), {"backend": "backend", "status": "status"}, noun="sessions")

@@ -207,7 +207,8 @@ class RedisSessionManager(_FailSafe):
         """
 
         async def op(store: Store) -> list[str]:
-            from flywheel_state.repositories.query import MAX_PAGE_SIZE, SESSION_QUERIES
+            from flywheel_state.repositories.query import MAX_PAGE_SIZE
+            from flywheel_state.repositories.sessions import SESSION_QUERIES
 
             check_paging(limit, offset)
             if not isinstance(pattern, str):

@@ -16,7 +16,10 @@ from flywheel_state.crypto import FieldCipher, has_envelope_marker
 from flywheel_state.errors import CorruptRecordError, InvalidQueryError, NotFoundError
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import utcnow
+from flywheel_state.models.enums import Backend, SessionStatus
 from flywheel_state.models.session import HistoryEntry, Session
+from flywheel_state.repositories._filters import Indexed, QuerySchema
+from flywheel_state.repositories._paging import Stats
 from flywheel_state.repositories._scripts import IDEMPOTENCY_MEMBER, IDEMPOTENCY_WINDOW
 from flywheel_state.repositories.base import (
     DEFAULT,
@@ -27,7 +30,44 @@ from flywheel_state.repositories.base import (
     encode_json,
 )
 
-__all__ = ["IDEMPOTENCY_WINDOW", "HistoryPage", "SessionRepository"]
+__all__ = [
+    "IDEMPOTENCY_WINDOW",
+    "SESSION_QUERIES",
+    "HistoryPage",
+    "SessionRepository",
+    "SessionStats",
+]
+
+
+@dataclass(frozen=True)
+class SessionStats(Stats):
+    """``sessions.stats()``: records per backend and per status (every member listed)."""
+
+    backend: dict[str, int]
+    status: dict[str, int]
+
+
+SESSION_QUERIES = QuerySchema(
+    fields=(
+        Indexed("backend", "TAG", sortable=True, enum=Backend),
+        Indexed("status", "TAG", sortable=True, enum=SessionStatus),
+        Indexed("current_flow_id", "TAG", sortable=True),
+        Indexed("user_id", "TAG"),
+        Indexed("created_at", "NUMERIC", sortable=True, datetimes=True),
+        Indexed("last_active", "NUMERIC", sortable=True, datetimes=True),
+    ),
+    aliases={
+        "flow_id": ("current_flow_id", "=="),
+        "active_after": ("last_active", ">="),
+        "active_before": ("last_active", "<"),
+        "created_after": ("created_at", ">="),
+        "created_before": ("created_at", "<"),
+    },
+    default_sort="-last_active",
+    stats_fields=("backend", "status"),
+    stats_type=SessionStats,
+)
+"""What sessions are indexed by: the one declaration (the index, filters, sorts, stats)."""
 
 _HISTORY_ENTRY = TypeAdapter(HistoryEntry)
 _MAX_IDEMPOTENCY_KEY = 200
@@ -103,6 +143,9 @@ class SessionRepository(Repository[Session]):
 
     model: ClassVar[type[Document]] = Session
     sliding: ClassVar[bool] = True
+    query_schema: ClassVar[QuerySchema | None] = SESSION_QUERIES
+    #: The fields ``sort`` may name (``-`` prefix: descending).
+    sortable_fields: ClassVar[tuple[str, ...]] = SESSION_QUERIES.sort_fields
 
     def __init__(
         self,

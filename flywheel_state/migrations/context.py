@@ -19,7 +19,13 @@ if TYPE_CHECKING:
     from flywheel_state.migrations._lock import MigrationLock
     from flywheel_state.migrations.ops import Operations
 
-__all__ = ["DEFAULT_BATCH_SIZE", "MigrationContext", "ProgressCallback", "checkpoint_keys"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "MigrationContext",
+    "ProgressCallback",
+    "bookkeeping_prefix",
+    "checkpoint_keys",
+]
 
 ProgressCallback = Callable[[MigrationProgress], None]
 """Called after each batch of a data operation (see :class:`MigrationProgress`)."""
@@ -28,9 +34,25 @@ DEFAULT_BATCH_SIZE = 500
 """Keys per batch (one pipelined round trip of reads and one of writes) in data operations."""
 
 
-def checkpoint_keys(namespace: str, revision: str, direction: Direction) -> tuple[str, str]:
+def bookkeeping_prefix(namespace: str, *, cluster: bool = False) -> str:
+    """Where a namespace's migration bookkeeping lives: ``{ns}:_migrations`` on one node.
+
+    On a Redis Cluster the keys carry the namespace as a hash tag (``ns:_migrations:{ns}``), so
+    the lock, the records and the checkpoints share one slot and the commit script can touch
+    them together. Single-node names are unchanged (namespaces migrated before keep working);
+    migrations never ran on a cluster before, so no cluster data uses other names.
+    """
+    base = namespace + ":_migrations"
+    return f"{base}:{{{namespace}}}" if cluster else base
+
+
+def checkpoint_keys(
+    namespace: str, revision: str, direction: Direction, *, cluster: bool = False
+) -> tuple[str, str]:
     """The checkpoint hash and the problem list of one step (deleted when it is recorded)."""
-    checkpoint = ":".join((namespace, "_migrations", "checkpoint", revision, direction))
+    checkpoint = ":".join(
+        (bookkeeping_prefix(namespace, cluster=cluster), "checkpoint", revision, direction)
+    )
     return checkpoint, checkpoint + ":problems"
 
 
@@ -61,6 +83,7 @@ class MigrationContext:
         lock: MigrationLock | None,
         progress: ProgressCallback | None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        cluster: bool = False,
     ) -> None:
         from flywheel_state.migrations.ops import Operations
 
@@ -77,6 +100,11 @@ class MigrationContext:
         self._op_count = 0
         self.search = True
         """False when the Store was opened with ``search=False``: index operations refuse."""
+        self.cluster = cluster
+        """True on a Redis Cluster: rewrites walk every primary, one key per script call."""
+        self.skip_index_ops = False
+        """True on a cluster without a distributed query engine: index operations are not
+        applicable there and are skipped (reported as such), data operations run."""
         self.ops: Operations = Operations(self)
 
     def key(self, *parts: str) -> str:
@@ -86,12 +114,16 @@ class MigrationContext:
     @property
     def checkpoint_key(self) -> str:
         """The hash holding this step's checkpoints (deleted when the step is recorded)."""
-        return checkpoint_keys(self.namespace, self.revision, self.direction)[0]
+        return checkpoint_keys(self.namespace, self.revision, self.direction, cluster=self.cluster)[
+            0
+        ]
 
     @property
     def problems_key(self) -> str:
         """The list holding this step's problems until the step is recorded."""
-        return checkpoint_keys(self.namespace, self.revision, self.direction)[1]
+        return checkpoint_keys(self.namespace, self.revision, self.direction, cluster=self.cluster)[
+            1
+        ]
 
     def action(self, text: str) -> None:
         """Record a schema action in the report (``created index ...``)."""

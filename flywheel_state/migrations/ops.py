@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import ValidationError
 from redis import exceptions as redis_exc
+from redis.commands.core import AsyncScript
 
 from flywheel_state._redis import as_str, translate_errors
 from flywheel_state.errors import FlywheelStateError, MigrationError, SearchUnavailableError
@@ -43,7 +44,12 @@ from flywheel_state.indexes import (
     point_alias,
     wait_until_indexed,
 )
-from flywheel_state.migrations._scripts import JSON_TYPE, KEYS_PER_SCRIPT, REWRITE_SCRIPT
+from flywheel_state.migrations._scripts import (
+    CHECKPOINT_SCRIPT,
+    JSON_TYPE,
+    KEYS_PER_SCRIPT,
+    REWRITE_SCRIPT,
+)
 from flywheel_state.migrations.report import MAX_SAMPLES, MigrationProblem, MigrationProgress
 
 if TYPE_CHECKING:
@@ -60,6 +66,7 @@ KeyType = Literal["string", "ReJSON-RL"]
 MAX_PASSES = 3
 #: Attempts on a key that changes between its read and its write before reporting it.
 MAX_ATTEMPTS = 3
+_CHECKPOINT = AsyncScript(None, CHECKPOINT_SCRIPT.encode())  # type: ignore[arg-type]
 _SAMPLE_CHARS = 2000
 
 
@@ -116,6 +123,15 @@ class Operations:
                 "Store was opened with search=False. Run it where search is available."
             )
 
+    def _not_applicable(self, what: str) -> bool:
+        """On a cluster without a distributed query engine an index step does not apply."""
+        if not getattr(self._ctx, "skip_index_ops", False):
+            return False
+        self._ctx.report.actions.append(
+            f"skipped {what}: not applicable on a cluster without a distributed query engine"
+        )
+        return True
+
     # ------------------------------------------------------------------ indexes
 
     async def swap_index(self, spec: IndexSpec, *, timeout: float = 600.0) -> str:
@@ -137,11 +153,13 @@ class Operations:
             MigrationError: Indexing did not finish in time, or the new index holds a different
                 number of documents than the old one (the alias is left where it was).
         """
-        self._need_search("creates an index")
         ctx = self._ctx
         client = ctx.client
         ns = ctx.namespace
         name = index_name(ns, spec.kind, spec.version)
+        if self._not_applicable(f"index {name}"):
+            return name
+        self._need_search("creates an index")
         alias = alias_name(ns, spec.kind)
         old = await alias_target(client, ns, spec.kind)
         stale = [n for n in await self._versions(spec.kind) if n != name]
@@ -205,9 +223,11 @@ class Operations:
 
         Safe to run again: an absent index or alias is not an error.
         """
-        self._need_search("drops an index")
         ctx = self._ctx
         name = index_name(ctx.namespace, spec.kind, spec.version)
+        if self._not_applicable(f"dropping index {name}"):
+            return
+        self._need_search("drops an index")
         alias = alias_name(ctx.namespace, spec.kind)
         points_here = await alias_target(ctx.client, ctx.namespace, spec.kind) == name
         exists = await index_info(ctx.client, name) is not None
@@ -325,15 +345,13 @@ class Operations:
     async def _count(self, match: str, key_type: KeyType) -> int:
         """How many keys match (an estimate for the progress bar: one SCAN pass)."""
         count = 0
-        cursor = 0
-        with translate_errors("counting keys"):
-            while True:
-                cursor, keys = await self._ctx.client.scan(
-                    cursor, match=match, count=5000, _type=key_type
-                )
-                count += len(keys)
-                if cursor == 0:
-                    return count
+        nodes = await _primaries(self._ctx.client) if self._ctx.cluster else None
+        scanner = _Scanner(self._ctx.client, match, key_type, 5000, 0, "\0", nodes)
+        while True:
+            keys, _, ended = await scanner.next()
+            count += len(keys)
+            if ended:
+                return count
 
     async def _load_script(self) -> str:
         if self._rewrite_sha is None:
@@ -348,19 +366,23 @@ class Operations:
         from_type: KeyType,
         to_type: KeyType,
         field: str,
-    ) -> tuple[int, list[MigrationProblem]]:
-        """Rewrite ``items``; returns how many were written and problems of keys left alone."""
+    ) -> tuple[int, list[MigrationProblem], list[MigrationProblem]]:
+        """Rewrite ``items``; returns how many were written, problems of keys left alone, and
+        (on a cluster, where the script can't record them) problems of rewritten keys that the
+        checkpoint must record."""
         ctx = self._ctx
         ok = 0
         left_alone: list[MigrationProblem] = []
+        recorded: list[MigrationProblem] = []
         pending = list(items)
         attempt = 0
+        # On a cluster each call holds one key (its own slot); the pipeline sends every call to
+        # the primary of its slot, one round trip per node.
+        per_script = 1 if ctx.cluster else KEYS_PER_SCRIPT
         while pending:
             attempt += 1
             sha = await self._load_script()
-            chunks = [
-                pending[i : i + KEYS_PER_SCRIPT] for i in range(0, len(pending), KEYS_PER_SCRIPT)
-            ]
+            chunks = [pending[i : i + per_script] for i in range(0, len(pending), per_script)]
             with translate_errors(f"rewriting {len(pending)} keys"):
                 async with ctx.client.pipeline(transaction=False) as pipe:
                     for chunk in chunks:
@@ -384,6 +406,8 @@ class Operations:
                         ok += 1
                         for p in result.problems:
                             ctx.report.add_problem(p)
+                        if ctx.cluster:
+                            recorded.extend(result.problems)
                     elif status == "changed":
                         retry.append(key)
                     elif status.startswith("error:"):
@@ -403,7 +427,7 @@ class Operations:
                     )
                 else:
                     pending += await self._reread(retry, transform, from_type, left_alone)
-        return ok, left_alone
+        return ok, left_alone, recorded
 
     def _rewrite_call(
         self,
@@ -415,7 +439,10 @@ class Operations:
     ) -> list[Any]:
         """The EVALSHA of :data:`REWRITE_SCRIPT` for ``chunk`` (see its argument layout)."""
         ctx = self._ctx
-        args: list[Any] = ["EVALSHA", sha, 2 + len(chunk), ctx.checkpoint_key, ctx.problems_key]
+        if ctx.cluster:
+            args: list[Any] = ["EVALSHA", sha, 1]
+        else:
+            args = ["EVALSHA", sha, 2 + len(chunk), ctx.checkpoint_key, ctx.problems_key]
         args += [key for key, _, _ in chunk]
         args += [from_type, to_type, field + "changed", field + "problems"]
         for _, raw, result in chunk:
@@ -426,6 +453,20 @@ class Operations:
         return args
 
     async def _read(self, keys: list[str], from_type: KeyType) -> list[bytes | None]:
+        if self._ctx.cluster:
+            # MGET / JSON.MGET must stay in one slot there: one GET per key, pipelined (one
+            # round trip per node).
+            get = "GET" if from_type == "string" else "JSON.GET"
+            with translate_errors(f"reading {len(keys)} keys"):
+                async with self._ctx.client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.execute_command(get, key)
+                    replies = await pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    with translate_errors(f"reading {len(keys)} keys"):
+                        raise reply
+            return list(replies)
         if from_type == "string":
             command: list[Any] = ["MGET", *keys]
         else:
@@ -449,13 +490,34 @@ class Operations:
         self,
         field: str,
         *,
-        cursor: int,
+        cursor: int | None,
         pass_no: int,
         scanned: int,
         problems: list[MigrationProblem],
         done: bool,
+        changed: int = 0,
     ) -> None:
         ctx = self._ctx
+        if ctx.cluster:
+            # No MULTI on a cluster: one script, atomic (both keys share the hash tag). The
+            # rewrite counter and the rewritten keys' problems are recorded here.
+            with translate_errors("saving the migration checkpoint"):
+                await _CHECKPOINT(
+                    keys=[ctx.checkpoint_key, ctx.problems_key],
+                    args=[
+                        field,
+                        "" if cursor is None else cursor,
+                        pass_no,
+                        scanned,
+                        changed,
+                        1 if done else 0,
+                        len(problems),
+                        _problems_json(problems),
+                    ],
+                    client=ctx.client,
+                )
+            return
+        assert cursor is not None  # counters-only saves are for a cluster
         with translate_errors("saving the migration checkpoint"):
             async with ctx.client.pipeline(transaction=True) as pipe:
                 mapping: dict[str | bytes, bytes | float | int | str] = {
@@ -481,9 +543,17 @@ class _Scanner:
     """
 
     def __init__(
-        self, client: Any, match: str, key_type: KeyType, size: int, cursor: int, skip: str
+        self,
+        client: Any,
+        match: str,
+        key_type: KeyType,
+        size: int,
+        cursor: int,
+        skip: str,
+        nodes: list[Any] | None = None,
     ) -> None:
         self._client = client
+        self._nodes = nodes
         self._skip = skip
         self._match = match
         self._type = key_type
@@ -496,11 +566,15 @@ class _Scanner:
         """The next batch of keys, the cursor to resume after it, and whether the pass ended."""
         while sum(len(k) for _, k in self._chunks) < self._size and not self._finished:
             before = self._cursor
+            count = max(self._size, 1000)
             with translate_errors("scanning keys"):
-                cursor, found = await self._client.scan(
-                    before, match=self._match, count=max(self._size, 1000), _type=self._type
-                )
-            self._cursor = int(cursor)
+                if self._nodes is None:
+                    cursor, found = await self._client.scan(
+                        before, match=self._match, count=count, _type=self._type
+                    )
+                    self._cursor = int(cursor)
+                else:
+                    self._cursor, found = await self._scan_node(before, count)
             # The runner's own bookkeeping is never rewritten, whatever the pattern.
             keys = [
                 k for k in dict.fromkeys(as_str(k) for k in found) if not k.startswith(self._skip)
@@ -519,6 +593,41 @@ class _Scanner:
                 self._chunks.popleft()
         resume = self._chunks[0][0] if self._chunks else self._cursor
         return batch, resume, self._finished and not self._chunks
+
+    async def _scan_node(self, before: int, count: int) -> tuple[int, list[Any]]:
+        """One SCAN on a cluster: the cursor is ``node index << 64 | that node's cursor``, so
+        a checkpoint names both the primary being walked and where on it."""
+        assert self._nodes is not None
+        index, cursor = divmod(before, 1 << 64)
+        if index >= len(self._nodes):  # the cluster has fewer primaries than when it stopped
+            return 0, []
+        reply, found = await self._client.scan(
+            cursor,
+            match=self._match,
+            count=count,
+            _type=self._type,
+            target_nodes=self._nodes[index],
+        )
+        node_cursor = int(next(iter(reply.values())) if isinstance(reply, dict) else reply)
+        if node_cursor != 0:
+            return (index << 64) | node_cursor, list(found)
+        if index + 1 < len(self._nodes):
+            return (index + 1) << 64, list(found)
+        return 0, list(found)
+
+
+async def _primaries(client: Any) -> list[Any]:
+    """Every primary of a cluster, in a stable order (by the lowest slot each serves), so a
+    checkpoint's node index means the same node when the run resumes."""
+    with translate_errors("listing the cluster's primaries"):
+        await client.initialize()
+        lowest: dict[str, int] = {}
+        for slot, holders in client.nodes_manager.slots_cache.items():
+            if holders:
+                name = holders[0].name
+                lowest[name] = min(slot, lowest.get(name, slot))
+        primaries = list(client.get_primaries())
+    return sorted(primaries, key=lambda node: (lowest.get(node.name, 1 << 20), node.name))
 
 
 @dataclass
@@ -540,7 +649,11 @@ class _Batch:
     scanned: int
     untouched: list[MigrationProblem]
     items: list[tuple[str, bytes, Rewrite]] = field(default_factory=list)
-    writes: asyncio.Task[tuple[int, list[MigrationProblem]]] | None = None
+    writes: asyncio.Task[tuple[int, list[MigrationProblem], list[MigrationProblem]]] | None = None
+    #: On a cluster: rewrites and problems of rewritten keys the checkpoint records.
+    changed: int = 0
+    recorded: list[MigrationProblem] = field(default_factory=list)
+    saved: bool = False
 
 
 @dataclass
@@ -580,7 +693,8 @@ class _RewriteRun:
 
         pass_from_zero = cursor == 0
         skip = ctx.key("_migrations") + ":"
-        scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, cursor, skip)
+        nodes = await _primaries(ctx.client) if ctx.cluster else None
+        scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, cursor, skip, nodes)
         fetched = await self._fetch(scanner)
         previous: _Batch | None = None
         batch: _Batch | None = None
@@ -613,7 +727,9 @@ class _RewriteRun:
                     break
                 pass_no += 1
                 pass_from_zero = True
-                scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, 0, skip)
+                scanner = _Scanner(
+                    ctx.client, self.match, self.from_type, self.size, 0, skip, nodes
+                )
                 fetched = await self._fetch(scanner)
         except BaseException:
             # An error stopped the run: let the writes in flight land (their checkpoint is not
@@ -621,10 +737,33 @@ class _RewriteRun:
             for pending in (previous, batch):
                 if pending is not None and pending.writes is not None:
                     with contextlib.suppress(Exception):
-                        await pending.writes
+                        await self._settle(pending)
+            if ctx.cluster and not ctx.dry_run:
+                # There the rewrite script can't count (other slot): record what landed, so the
+                # totals stay exact. The cursor stays: a rerun skips those keys by their type.
+                with contextlib.suppress(Exception):
+                    await self._save_landed(previous, batch)
             raise
         ops._account(self.scanned, self.changed)
         return RewriteResult(self.scanned, self.changed, resumed)
+
+    async def _save_landed(self, *batches: _Batch | None) -> None:
+        changed = 0
+        recorded: list[MigrationProblem] = []
+        for pending in batches:
+            if pending is not None and not pending.saved:
+                changed += pending.changed
+                recorded += pending.recorded
+        if changed or recorded:
+            await self.ops._save_checkpoint(
+                self.field,
+                cursor=None,
+                pass_no=0,
+                scanned=0,
+                problems=recorded,
+                done=False,
+                changed=changed,
+            )
 
     async def _fetch(self, scanner: _Scanner) -> _Fetched:
         keys, resume, ended = await scanner.next()
@@ -662,9 +801,11 @@ class _RewriteRun:
         """Wait for the batch's writes; returns how many keys they rewrote."""
         if batch.writes is None:
             return 0
-        ok, problems = await batch.writes
+        ok, problems, recorded = await batch.writes
         batch.writes = None
         batch.untouched.extend(problems)
+        batch.recorded.extend(recorded)
+        batch.changed += ok
         self.changed += ok
         return ok
 
@@ -692,9 +833,11 @@ class _RewriteRun:
             cursor=batch.cursor,
             pass_no=batch.pass_no + 1 if next_pass else batch.pass_no,
             scanned=batch.scanned,
-            problems=batch.untouched,
+            problems=batch.untouched + batch.recorded if ctx.cluster else batch.untouched,
             done=last,
+            changed=batch.changed if ctx.cluster else 0,
         )
+        batch.saved = True
         ctx._check_lock()
 
 

@@ -39,6 +39,7 @@ from flywheel_state.migrations.context import (
     DEFAULT_BATCH_SIZE,
     MigrationContext,
     ProgressCallback,
+    bookkeeping_prefix,
     checkpoint_keys,
 )
 from flywheel_state.migrations.report import (
@@ -103,8 +104,12 @@ class MigrationRunner:
     def _client(self) -> Client:
         return self._store.client
 
+    @property
+    def _cluster(self) -> bool:
+        return bool(getattr(self._store, "is_cluster", False))
+
     def _key(self, *parts: str) -> str:
-        return ":".join((self.namespace, "_migrations", *parts))
+        return ":".join((bookkeeping_prefix(self.namespace, cluster=self._cluster), *parts))
 
     # ------------------------------------------------------------------ reading state
 
@@ -325,7 +330,11 @@ class MigrationRunner:
         dry_run: bool,
         progress: ProgressCallback | None,
     ) -> MigrationReport:
-        if plan and not dry_run and not getattr(self._store, "search", True):
+        # A cluster without a distributed query engine can never hold indexes: there, index
+        # operations are not applicable (skipped, reported) and data operations run. Elsewhere
+        # a search=False Store refuses (the server may well have search: use it).
+        no_engine = bool(plan) and self._cluster and not await self._store.has_distributed_search()
+        if plan and not dry_run and not no_engine and not getattr(self._store, "search", True):
             revisions = ", ".join(s.revision for s in plan)
             raise SearchUnavailableError(
                 f"this Store was opened with search=False: migrations ({revisions}) "
@@ -354,8 +363,10 @@ class MigrationRunner:
                 lock=lock,
                 progress=progress,
                 batch_size=self.batch_size,
+                cluster=self._cluster,
             )
             ctx.search = getattr(self._store, "search", True)  # index ops refuse without it
+            ctx.skip_index_ops = no_engine
             after = script.revision if direction == "upgrade" else script.down_revision
             started = datetime.now(timezone.utc)
             t0 = time.perf_counter()
@@ -396,7 +407,9 @@ class MigrationRunner:
     async def _gather_problems(
         self, revision: str, direction: Direction, step: StepReport
     ) -> tuple[int, list[MigrationProblem]]:
-        checkpoint_key, problems_key = checkpoint_keys(self.namespace, revision, direction)
+        checkpoint_key, problems_key = checkpoint_keys(
+            self.namespace, revision, direction, cluster=self._cluster
+        )
         with translate_errors("reading the step's problems"):
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.hgetall(checkpoint_key)
@@ -411,8 +424,8 @@ class MigrationRunner:
     def _step_keys(self, revision: str) -> list[str]:
         """The checkpoint keys of both directions of ``revision``."""
         return [
-            *checkpoint_keys(self.namespace, revision, "upgrade"),
-            *checkpoint_keys(self.namespace, revision, "downgrade"),
+            *checkpoint_keys(self.namespace, revision, "upgrade", cluster=self._cluster),
+            *checkpoint_keys(self.namespace, revision, "downgrade", cluster=self._cluster),
         ]
 
     async def _record(

@@ -180,6 +180,8 @@ async def test_search_false_on_a_single_node_creates_no_index(
     async with Store(url=redis_server, namespace=namespace, search=False) as store:
         await store.sessions.save(Session(id="a", backend="flowise"))
         assert (await store.sessions.get("a")).id == "a"
+        with pytest.raises(SearchUnavailableError, match="migrations"):
+            await store.migrations.upgrade()  # one node could have search: refused, not skipped
     indexes = [i for i in sync_client.execute_command("FT._LIST") if i.startswith(namespace)]
     assert indexes == []
     assert not sync_client.exists(f"{namespace}:_migrations:revision")

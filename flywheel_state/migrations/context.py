@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from flywheel_state._redis import Client
 from flywheel_state.config import Settings
 from flywheel_state.errors import MigrationError
+from flywheel_state.migrations.engine import RewriteEngine
+from flywheel_state.migrations.ops import Operations
 from flywheel_state.migrations.report import (
     Direction,
     MigrationProblem,
@@ -17,7 +19,6 @@ from flywheel_state.migrations.report import (
 
 if TYPE_CHECKING:
     from flywheel_state.migrations._lock import MigrationLock
-    from flywheel_state.migrations.ops import Operations
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -85,8 +86,6 @@ class MigrationContext:
         batch_size: int = DEFAULT_BATCH_SIZE,
         cluster: bool = False,
     ) -> None:
-        from flywheel_state.migrations.ops import Operations
-
         self.client = client
         self.namespace = namespace
         self.settings = settings
@@ -95,9 +94,6 @@ class MigrationContext:
         self.dry_run = dry_run
         self.report = report
         self.batch_size = batch_size
-        self._lock = lock
-        self._progress = progress
-        self._op_count = 0
         self.search = True
         """False when the Store was opened with ``search=False``: index operations refuse."""
         self.cluster = cluster
@@ -105,7 +101,21 @@ class MigrationContext:
         self.skip_index_ops = False
         """True on a cluster without a distributed query engine: index operations are not
         applicable there and are skipped (reported as such), data operations run."""
-        self.ops: Operations = Operations(self)
+        engine = RewriteEngine(
+            client=client,
+            cluster=cluster,
+            checkpoint_key=self.checkpoint_key,
+            problems_key=self.problems_key,
+            skip_prefix=self.key("_migrations") + ":",
+            report=report,
+            revision=revision,
+            direction=direction,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            progress=progress,
+            check_lock=None if lock is None else lock.check,
+        )
+        self.ops: Operations = Operations(self, engine)
 
     def key(self, *parts: str) -> str:
         """A key of this namespace: ``key("session", "abc")`` is ``{ns}:session:abc``."""
@@ -138,17 +148,3 @@ class MigrationContext:
     def irreversible(self, reason: str) -> MigrationError:
         """The error a downgrade that can't be undone raises: ``raise ctx.irreversible(why)``."""
         return MigrationError(f"revision {self.revision} is irreversible: {reason}")
-
-    # ------------------------------------------------------------------ used by operations
-
-    def _next_op(self) -> int:
-        self._op_count += 1
-        return self._op_count
-
-    def _check_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.check()
-
-    def _emit(self, event: MigrationProgress) -> None:
-        if self._progress is not None:
-            self._progress(event)

@@ -8,10 +8,14 @@ with a distributed query engine only when ``REDIS_CLUSTER_URL`` names one (opt-i
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
+import textwrap
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -19,13 +23,16 @@ import redis
 from flywheel_state import Settings, Store
 from flywheel_state.compat import RedisExecutionCache, RedisSessionManager
 from flywheel_state.errors import (
+    MigrationError,
     MigrationLockedError,
     ModuleMissingError,
     SchemaOutOfDateError,
     SearchUnavailableError,
     StoreUnavailableError,
 )
+from flywheel_state.migrations import MigrationRunner, ScriptDirectory, default_scripts
 from flywheel_state.migrations._lock import MigrationLock
+from flywheel_state.migrations.context import bookkeeping_prefix
 from flywheel_state.models import ExecutionResult, Session
 from flywheel_state.topology import LocalCluster
 
@@ -114,32 +121,32 @@ async def test_queries_and_migrations_refuse_with_search_false(
     with pytest.raises(SearchUnavailableError):
         async for _ in kv.sessions.iterate():
             pass
-    with pytest.raises(SearchUnavailableError, match="migrations"):
-        await kv.migrations.upgrade()
-    # Refused before writing anything: no lock, no marker, no record, no index.
-    assert _keys_per_node(cluster, f"{ns}:_migrations:*") == [0, 0, 0]
+    # Migrations are not refused there (see test_legacy_import_over_every_shard): a cluster
+    # without a distributed query engine records index steps as not applicable.
 
 
 async def test_connect_without_search_checks_the_migration_state(
     cluster: LocalCluster, ns: str
 ) -> None:
     client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    prefix = bookkeeping_prefix(ns, cluster=True)  # the cluster's names carry a hash tag
     try:
-        client.set(f"{ns}:_migrations:revision", "9999")  # data newer than this code
+        client.set(f"{prefix}:revision", "9999")  # data newer than this code
         with pytest.raises(SchemaOutOfDateError):
             await Store(url=cluster.url, namespace=ns, search=False).connect()
-        client.delete(f"{ns}:_migrations:revision")
-        client.set(f"{ns}:_migrations:running", '{"revision": "0001", "direction": "upgrade"}')
+        client.delete(f"{prefix}:revision")
+        client.set(f"{prefix}:running", '{"revision": "0001", "direction": "upgrade"}')
         with pytest.raises(SchemaOutOfDateError, match="interrupted"):
             await Store(url=cluster.url, namespace=ns, search=False).connect()
     finally:
-        client.delete(f"{ns}:_migrations:running")
+        client.delete(f"{prefix}:running")
         client.close()
 
 
 async def test_migration_lock_contention_on_a_cluster(kv: Store, ns: str) -> None:
-    first = MigrationLock(kv.client, f"{ns}:_migrations:lock", purpose="test one", ttl=5)
-    second = MigrationLock(kv.client, f"{ns}:_migrations:lock", purpose="test two", ttl=5)
+    key = kv.migrations._key("lock")
+    first = MigrationLock(kv.client, key, purpose="test one", ttl=5)
+    second = MigrationLock(kv.client, key, purpose="test two", ttl=5)
     await first.acquire()
     try:
         with pytest.raises(MigrationLockedError, match="test one"):
@@ -173,6 +180,8 @@ async def test_search_false_on_a_single_node_creates_no_index(
     async with Store(url=redis_server, namespace=namespace, search=False) as store:
         await store.sessions.save(Session(id="a", backend="flowise"))
         assert (await store.sessions.get("a")).id == "a"
+        with pytest.raises(SearchUnavailableError, match="migrations"):
+            await store.migrations.upgrade()  # one node could have search: refused, not skipped
     indexes = [i for i in sync_client.execute_command("FT._LIST") if i.startswith(namespace)]
     assert indexes == []
     assert not sync_client.exists(f"{namespace}:_migrations:revision")
@@ -240,3 +249,249 @@ async def test_batches_survive_nodes_that_lost_their_scripts(
     saved = await kv.sessions.save_many([Session(id=f"b{i}", backend="flowise") for i in range(30)])
     assert [s.version for s in saved] == [2] * 30
     await kv.sessions.save(Session(id="single", backend="flowise"))  # AsyncScript reloads too
+
+
+# ---------------------------------------------------------------------- migrations on a cluster
+
+DAY = 86_400
+
+
+def _legacy_session(sid: str) -> dict[str, object]:
+    """A legacy session string as the original code wrote it (shape A)."""
+    return {
+        "id": sid,
+        "backend": "flowise",
+        "backend_session_id": f"flowise_{sid}",
+        "status": "running",
+        "current_flow_id": "csv2507",
+        "context": {"turn": 3},
+        "history": [{"role": "user", "content": "hello", "timestamp": "2025-11-18T10:00:01"}],
+        "metadata": {"source": "mcp"},
+        "created_at": "2025-11-18 10:00:00.123456",
+        "last_active": "2025-11-18T10:05:00.654321",
+    }
+
+
+def _write_legacy_strings(cluster: LocalCluster, ns: str, n: int) -> dict[str, bytes]:
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    written: dict[str, bytes] = {}
+    try:
+        pipe = client.pipeline()
+        for i in range(n):
+            text = json.dumps(_legacy_session(f"s{i}"))
+            pipe.set(f"{ns}:session:s{i}", text, ex=DAY)
+            written[f"{ns}:session:s{i}"] = text.encode()
+        pipe.execute()
+    finally:
+        client.close()
+    return written
+
+
+def _types_and_ttls(cluster: LocalCluster, keys: list[str]) -> dict[str, tuple[str, int]]:
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    try:
+        pipe = client.pipeline()
+        for key in keys:
+            pipe.type(key)
+            pipe.ttl(key)
+        replies = pipe.execute()
+    finally:
+        client.close()
+    return {key: (replies[2 * i].decode(), int(replies[2 * i + 1])) for i, key in enumerate(keys)}
+
+
+async def test_legacy_import_over_every_shard(kv: Store, cluster: LocalCluster, ns: str) -> None:
+    n = 600
+    written = _write_legacy_strings(cluster, ns, n)
+    assert all(count > 100 for count in _keys_per_node(cluster, f"{ns}:session:*"))
+    runner = MigrationRunner(kv, batch_size=100)
+    report = await runner.upgrade()
+    assert [s.revision for s in report.steps] == ["0001", "0002"]
+    assert any("not applicable" in a for a in report.steps[0].actions)  # no index on a cluster
+    assert report.steps[1].documents_changed == n
+    state = _types_and_ttls(cluster, list(written))
+    assert all(t == "ReJSON-RL" and DAY - 120 < ttl <= DAY for t, ttl in state.values())
+    docs = await kv.sessions.get_many([f"s{i}" for i in range(n)])
+    assert [d.id if d else None for d in docs] == [f"s{i}" for i in range(n)]
+    assert all(d is not None and d.history[0].content == "hello" for d in docs)
+    status = await runner.status()
+    assert status.current == "0002" and status.up_to_date and status.interrupted is None
+    # The bookkeeping shares one slot (one node); the data stays spread over every shard.
+    bookkeeping = _keys_per_node(cluster, f"{ns}:_migrations:*")
+    assert sorted(bookkeeping)[:2] == [0, 0] and sum(bookkeeping) >= 2
+    async with Store(url=cluster.url, namespace=ns, search=False) as again:
+        assert (await again.sessions.get("s1")).id == "s1"  # connect sees head: opens
+
+    down = await runner.downgrade("base")
+    assert [s.revision for s in down.steps] == ["0002", "0001"]
+    state = _types_and_ttls(cluster, list(written))
+    assert all(t == "string" and DAY - 120 < ttl <= DAY for t, ttl in state.values())
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    try:
+        restored = {key: client.get(key) for key in written}
+    finally:
+        client.close()
+    assert {k: json.loads(v) for k, v in restored.items()} == {
+        k: json.loads(v) for k, v in written.items()
+    }
+    assert (await runner.status()).current is None
+
+
+_COUNTING_SCRIPT = '''
+    """Test-only: turn item strings into JSON documents, counting each transform."""
+    from __future__ import annotations
+
+    import json
+
+    revision = "0002"
+    down_revision = "0001"
+    description = "count transforms"
+
+    CALLS: list[str] = []
+    FAIL_AT: int | None = None
+
+
+    async def upgrade(ctx):
+        def transform(key, raw):
+            if FAIL_AT is not None and len(CALLS) == FAIL_AT:
+                raise RuntimeError("injected failure mid-batch")
+            CALLS.append(key)
+            if raw.decode().endswith("7"):
+                return ctx.ops_rewrite(json.dumps({"value": raw.decode()}), key)
+            return json.dumps({"value": raw.decode()})
+
+        await ctx.ops.rewrite_keys(
+            match=ctx.key("item", "*"),
+            from_type="string",
+            to_type="ReJSON-RL",
+            transform=transform,
+            label="items",
+        )
+
+
+    async def downgrade(ctx):
+        raise ctx.irreversible("test script")
+'''
+
+
+def _scripts(tmp_path: Path) -> ScriptDirectory:
+    src = default_scripts().path
+    shutil.copy(src / "0001_initial.py", tmp_path / "0001_initial.py")
+    text = textwrap.dedent(_COUNTING_SCRIPT).replace(
+        'ctx.ops_rewrite(json.dumps({"value": raw.decode()}), key)',
+        'Rewrite(json.dumps({"value": raw.decode()}), (ctx.problem(key, "ends in 7"),))',
+    )
+    text = text.replace(
+        "import json\n", "import json\n\nfrom flywheel_state.migrations.ops import Rewrite\n"
+    )
+    (tmp_path / "0002_count.py").write_text(text)
+    return ScriptDirectory(tmp_path)
+
+
+async def test_failure_mid_batch_resumes_on_a_cluster(
+    kv: Store, cluster: LocalCluster, ns: str, tmp_path: Path
+) -> None:
+    scripts = _scripts(tmp_path)
+    runner = MigrationRunner(kv, scripts=scripts, batch_size=100)
+    module = scripts.get("0002").module
+    module.FAIL_AT = 250  # inside the third batch, while the second one's writes are in flight
+    n = 1000
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    try:
+        pipe = client.pipeline()
+        for i in range(n):
+            pipe.set(f"{ns}:item:{i}", f"v{i}", ex=DAY)
+        pipe.execute()
+    finally:
+        client.close()
+
+    with pytest.raises(MigrationError, match="injected failure mid-batch"):
+        await runner.upgrade()
+    status = await runner.status()
+    assert status.interrupted is not None and status.interrupted["revision"] == "0002"
+    keys = [f"{ns}:item:{i}" for i in range(n)]
+    done_first = {k for k, (t, _) in _types_and_ttls(cluster, keys).items() if t == "ReJSON-RL"}
+    transformed_first = set(module.CALLS)
+    assert done_first <= transformed_first and len(done_first) >= 100
+
+    module.FAIL_AT = None
+    module.CALLS.clear()
+    report = await runner.upgrade()
+    transformed_second = set(module.CALLS)
+    assert not transformed_second & done_first  # nothing rewritten twice
+    assert done_first | transformed_second == set(keys)
+    step = report.steps[0]
+    assert step.resumed and step.documents_changed == n  # counted exactly across both runs
+    state = _types_and_ttls(cluster, keys)
+    assert all(t == "ReJSON-RL" and ttl > DAY - 120 for t, ttl in state.values())
+    # Problems of rewritten keys are kept across the interruption: one per key ending in 7.
+    assert step.problem_count == n // 10
+    record = (await runner.history())[-1]
+    assert record.revision == "0002" and record.documents_changed == n
+
+
+async def test_runner_lock_contention_on_a_cluster(
+    kv: Store, cluster: LocalCluster, ns: str, tmp_path: Path
+) -> None:
+    gated = tmp_path / "gated"
+    gated.mkdir()
+    shutil.copy(default_scripts().path / "0001_initial.py", gated / "0001_initial.py")
+    (gated / "0002_gated.py").write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+            revision = "0002"
+            down_revision = "0001"
+            description = "gated"
+            STARTED = asyncio.Event()
+            GATE = asyncio.Event()
+
+            async def upgrade(ctx):
+                STARTED.set()
+                await GATE.wait()
+
+            async def downgrade(ctx):
+                pass
+            """
+        )
+    )
+    scripts = ScriptDirectory(gated)
+    module = scripts.get("0002").module
+    module.STARTED, module.GATE = asyncio.Event(), asyncio.Event()
+    first = MigrationRunner(kv, scripts=scripts, lock_ttl=0.6)
+    task = asyncio.create_task(first.upgrade())
+    other = Store(url=cluster.url, namespace=ns, search=False)  # migrate commands don't connect
+    second = MigrationRunner(other, scripts=scripts)
+    try:
+        await asyncio.wait_for(module.STARTED.wait(), 20)
+        await asyncio.sleep(1.2)  # twice the lock's TTL: only renewal keeps it held
+        with pytest.raises(MigrationLockedError, match="upgrade to head"):
+            await second.upgrade()
+        assert (await second.status()).lock_holder is not None
+        module.GATE.set()
+        assert [s.revision for s in (await task).steps] == ["0001", "0002"]
+        assert (await second.upgrade()).steps == []
+    finally:
+        module.GATE.set()
+        await other.close()
+    assert sum(_keys_per_node(cluster, f"{ns}:_migrations:*lock")) == 0  # released
+
+
+def test_migrate_status_on_a_cluster(cluster: LocalCluster, ns: str) -> None:
+    from click.testing import CliRunner
+
+    from flywheel_state.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["migrate", "status", "--json", "--url", cluster.url, "--namespace", ns]
+    )
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["current"] is None and status["pending"] == ["0001", "0002"]
+    result = CliRunner().invoke(cli, ["migrate", "up", "--url", cluster.url, "--namespace", ns])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli, ["migrate", "status", "--json", "--url", cluster.url, "--namespace", ns]
+    )
+    assert json.loads(result.output)["current"] == "0002"
+    assert json.loads(result.output)["up_to_date"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CHECKPOINT_SCRIPT",
     "COMMIT_SCRIPT",
     "JSON_TYPE",
     "KEYS_PER_SCRIPT",
@@ -25,6 +26,8 @@ other clients wait: about a millisecond)."""
 # by a writer, deleted or expired in between is left alone and reported as such.
 #
 # KEYS[1] the checkpoint hash; KEYS[2] the step's problem list; KEYS[3..] the keys to rewrite.
+# On a Redis Cluster a call holds one key only (KEYS[1] is the key to rewrite, in its own slot):
+# the counters and problems are then left to the runner's checkpoint.
 # ARGV[1] from type ('string' | 'ReJSON-RL'); ARGV[2] to type; ARGV[3] the checkpoint's rewrite
 # counter field; ARGV[4] its problem counter field; then two per key: the SHA1 (40 hex digits)
 # of the value read, followed, if the key has problems, by "<count>|<JSON array>"; and the new
@@ -38,9 +41,11 @@ REWRITE_SCRIPT = r"""
 local from_type, to_type = ARGV[1], ARGV[2]
 local out = {}
 local ok = 0
-for i = 3, #KEYS do
+local first = 3
+if #KEYS == 1 then first = 1 end
+for i = first, #KEYS do
   local key = KEYS[i]
-  local a = 5 + (i - 3) * 2
+  local a = 5 + (i - first) * 2
   local status = 'ok'
   local t = redis.call('TYPE', key)['ok']
   if t == 'none' then
@@ -77,7 +82,7 @@ for i = 3, #KEYS do
         status = 'error:' .. res.err
       else
         ok = ok + 1
-        if #meta > 40 then
+        if #meta > 40 and first == 3 then
           local bar = string.find(meta, '|', 41, true)
           redis.call('RPUSH', KEYS[2], string.sub(meta, bar + 1))
           redis.call('HINCRBY', KEYS[1], ARGV[4], tonumber(string.sub(meta, 41, bar - 1)))
@@ -88,8 +93,25 @@ for i = 3, #KEYS do
   end
   out[#out + 1] = status
 end
-if ok > 0 then redis.call('HINCRBY', KEYS[1], ARGV[3], ok) end
+if ok > 0 and first == 3 then redis.call('HINCRBY', KEYS[1], ARGV[3], ok) end
 return out
+"""
+
+# Saves a rewrite's checkpoint atomically where MULTI is not available (a Redis Cluster: both
+# keys share the namespace's hash tag). KEYS[1] checkpoint hash, KEYS[2] problem list.
+# ARGV: field prefix, cursor ('' = keep cursor and pass: counters only), pass, scanned,
+# changed, done (0/1), problem count, problems JSON.
+CHECKPOINT_SCRIPT = r"""
+local f = ARGV[1]
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], f .. 'cursor', ARGV[2], f .. 'pass', ARGV[3]) end
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], f .. 'done', 1) end
+redis.call('HINCRBY', KEYS[1], f .. 'scanned', ARGV[4])
+if tonumber(ARGV[5]) > 0 then redis.call('HINCRBY', KEYS[1], f .. 'changed', ARGV[5]) end
+if tonumber(ARGV[7]) > 0 then
+  redis.call('RPUSH', KEYS[2], ARGV[8])
+  redis.call('HINCRBY', KEYS[1], f .. 'problems', ARGV[7])
+end
+return 1
 """
 
 # KEYS[1] lock; ARGV[1] our lock value, ARGV[2] new TTL in ms. 1 when still ours and renewed.

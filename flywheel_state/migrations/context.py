@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from flywheel_state._redis import Client
 from flywheel_state.config import Settings
 from flywheel_state.errors import MigrationError
+from flywheel_state.migrations.engine import RewriteEngine
+from flywheel_state.migrations.ops import Operations
 from flywheel_state.migrations.report import (
     Direction,
     MigrationProblem,
@@ -17,9 +19,14 @@ from flywheel_state.migrations.report import (
 
 if TYPE_CHECKING:
     from flywheel_state.migrations._lock import MigrationLock
-    from flywheel_state.migrations.ops import Operations
 
-__all__ = ["DEFAULT_BATCH_SIZE", "MigrationContext", "ProgressCallback", "checkpoint_keys"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "MigrationContext",
+    "ProgressCallback",
+    "bookkeeping_prefix",
+    "checkpoint_keys",
+]
 
 ProgressCallback = Callable[[MigrationProgress], None]
 """Called after each batch of a data operation (see :class:`MigrationProgress`)."""
@@ -28,9 +35,25 @@ DEFAULT_BATCH_SIZE = 500
 """Keys per batch (one pipelined round trip of reads and one of writes) in data operations."""
 
 
-def checkpoint_keys(namespace: str, revision: str, direction: Direction) -> tuple[str, str]:
+def bookkeeping_prefix(namespace: str, *, cluster: bool = False) -> str:
+    """Where a namespace's migration bookkeeping lives: ``{ns}:_migrations`` on one node.
+
+    On a Redis Cluster the keys carry the namespace as a hash tag (``ns:_migrations:{ns}``), so
+    the lock, the records and the checkpoints share one slot and the commit script can touch
+    them together. Single-node names are unchanged (namespaces migrated before keep working);
+    migrations never ran on a cluster before, so no cluster data uses other names.
+    """
+    base = namespace + ":_migrations"
+    return f"{base}:{{{namespace}}}" if cluster else base
+
+
+def checkpoint_keys(
+    namespace: str, revision: str, direction: Direction, *, cluster: bool = False
+) -> tuple[str, str]:
     """The checkpoint hash and the problem list of one step (deleted when it is recorded)."""
-    checkpoint = ":".join((namespace, "_migrations", "checkpoint", revision, direction))
+    checkpoint = ":".join(
+        (bookkeeping_prefix(namespace, cluster=cluster), "checkpoint", revision, direction)
+    )
     return checkpoint, checkpoint + ":problems"
 
 
@@ -61,9 +84,8 @@ class MigrationContext:
         lock: MigrationLock | None,
         progress: ProgressCallback | None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        cluster: bool = False,
     ) -> None:
-        from flywheel_state.migrations.ops import Operations
-
         self.client = client
         self.namespace = namespace
         self.settings = settings
@@ -72,12 +94,28 @@ class MigrationContext:
         self.dry_run = dry_run
         self.report = report
         self.batch_size = batch_size
-        self._lock = lock
-        self._progress = progress
-        self._op_count = 0
         self.search = True
         """False when the Store was opened with ``search=False``: index operations refuse."""
-        self.ops: Operations = Operations(self)
+        self.cluster = cluster
+        """True on a Redis Cluster: rewrites walk every primary, one key per script call."""
+        self.skip_index_ops = False
+        """True on a cluster without a distributed query engine: index operations are not
+        applicable there and are skipped (reported as such), data operations run."""
+        engine = RewriteEngine(
+            client=client,
+            cluster=cluster,
+            checkpoint_key=self.checkpoint_key,
+            problems_key=self.problems_key,
+            skip_prefix=self.key("_migrations") + ":",
+            report=report,
+            revision=revision,
+            direction=direction,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            progress=progress,
+            check_lock=None if lock is None else lock.check,
+        )
+        self.ops: Operations = Operations(self, engine)
 
     def key(self, *parts: str) -> str:
         """A key of this namespace: ``key("session", "abc")`` is ``{ns}:session:abc``."""
@@ -86,12 +124,16 @@ class MigrationContext:
     @property
     def checkpoint_key(self) -> str:
         """The hash holding this step's checkpoints (deleted when the step is recorded)."""
-        return checkpoint_keys(self.namespace, self.revision, self.direction)[0]
+        return checkpoint_keys(self.namespace, self.revision, self.direction, cluster=self.cluster)[
+            0
+        ]
 
     @property
     def problems_key(self) -> str:
         """The list holding this step's problems until the step is recorded."""
-        return checkpoint_keys(self.namespace, self.revision, self.direction)[1]
+        return checkpoint_keys(self.namespace, self.revision, self.direction, cluster=self.cluster)[
+            1
+        ]
 
     def action(self, text: str) -> None:
         """Record a schema action in the report (``created index ...``)."""
@@ -106,17 +148,3 @@ class MigrationContext:
     def irreversible(self, reason: str) -> MigrationError:
         """The error a downgrade that can't be undone raises: ``raise ctx.irreversible(why)``."""
         return MigrationError(f"revision {self.revision} is irreversible: {reason}")
-
-    # ------------------------------------------------------------------ used by operations
-
-    def _next_op(self) -> int:
-        self._op_count += 1
-        return self._op_count
-
-    def _check_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.check()
-
-    def _emit(self, event: MigrationProgress) -> None:
-        if self._progress is not None:
-            self._progress(event)

@@ -185,7 +185,7 @@ async def _run(
     if not dry_run:
         lock = MigrationLock(
             client,
-            ":".join((store.namespace, "_migrations", "lock")),
+            runner._key("lock"),
             purpose=f"crypto {mode}",
             ttl=runner.lock_ttl,
         )
@@ -254,12 +254,14 @@ def _transform(ctx: MigrationContext, codec: RecordCodec, mode: CryptoMode) -> A
 async def _forget_finished_run(store: Store, revision: str) -> None:
     """Delete the checkpoint of a run that finished every kind but was stopped before its
     cleanup: resuming it would skip everything, although the cipher may have changed since."""
-    key = checkpoint_keys(store.namespace, revision, "upgrade")[0]
+    key = checkpoint_keys(store.namespace, revision, "upgrade", cluster=store.is_cluster)[0]
     with translate_errors("reading the checkpoint"):
         state = {as_str(k) for k in await store.client.hkeys(key)}
     if state and all(f"{n}:done" in state for n in range(1, 3)):
         with translate_errors("clearing the checkpoint"):
-            await store.client.delete(*checkpoint_keys(store.namespace, revision, "upgrade"))
+            await store.client.delete(
+                *checkpoint_keys(store.namespace, revision, "upgrade", cluster=store.is_cluster)
+            )
 
 
 async def _finish(store: Store, step: StepReport, revision: str) -> None:
@@ -268,4 +270,6 @@ async def _finish(store: Store, step: StepReport, revision: str) -> None:
     count, kept = await runner._gather_problems(revision, "upgrade", step)
     step.problem_count, step.problems = count, kept
     with translate_errors("clearing the checkpoint"):
-        await store.client.delete(*checkpoint_keys(store.namespace, revision, "upgrade"))
+        await store.client.delete(
+            *checkpoint_keys(store.namespace, revision, "upgrade", cluster=store.is_cluster)
+        )

@@ -6,31 +6,23 @@ Scripts stay small (``await ctx.ops.swap_index(SPEC)``); the safety lives here:
   background indexing is done and its document count matches the old index, moves the alias
   (FT.ALIASUPDATE, atomic) and only then drops the old version. Queries through the alias never
   see a partial index.
-- :meth:`Operations.rewrite_keys` walks keys with SCAN (filtered by type on the server) in
-  batches: one pipelined read and one pipelined write per batch. Each key is rewritten by a Lua
-  script that checks the key still holds what was read, keeps its remaining TTL, and writes the
-  new value atomically. A checkpoint (SCAN cursor and counters) is saved after each batch, so a
-  run killed halfway resumes where it stopped. Since a rewritten key changes type (or schema
-  version) it is recognisably done: a key SCAN returns twice, or a batch redone after a crash
-  between its writes and its checkpoint, is never transformed twice.
+- :meth:`Operations.rewrite_keys` rewrites keys in resumable, atomic batches through the
+  rewrite engine (:mod:`flywheel_state.migrations.engine`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import json
 import re
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 from redis import exceptions as redis_exc
 
-from flywheel_state._redis import as_str, translate_errors
+from flywheel_state._redis import Client, as_str, translate_errors
+from flywheel_state.config import Settings
 from flywheel_state.errors import FlywheelStateError, MigrationError, SearchUnavailableError
 from flywheel_state.indexes import (
     IndexSpec,
@@ -43,78 +35,65 @@ from flywheel_state.indexes import (
     point_alias,
     wait_until_indexed,
 )
-from flywheel_state.migrations._scripts import JSON_TYPE, KEYS_PER_SCRIPT, REWRITE_SCRIPT
-from flywheel_state.migrations.report import MAX_SAMPLES, MigrationProblem, MigrationProgress
+from flywheel_state.migrations._scripts import JSON_TYPE
+from flywheel_state.migrations.engine import (
+    KeyType,
+    Rewrite,
+    RewriteEngine,
+    RewriteResult,
+    Transform,
+)
+from flywheel_state.migrations.report import MigrationProblem, StepReport
 
 if TYPE_CHECKING:
-    from flywheel_state.migrations.context import MigrationContext
     from flywheel_state.models._base import Document
 
-__all__ = ["KeyType", "Operations", "Rewrite", "RewriteResult", "Transform"]
-
-KeyType = Literal["string", "ReJSON-RL"]
-"""A key's Redis type as TYPE names it: a plain string, or a RedisJSON document."""
-
-#: Full passes over the keyspace at most (a run resumed from a checkpoint is followed by a
-#: pass from the start, catching keys created behind the checkpoint while it was stopped).
-MAX_PASSES = 3
-#: Attempts on a key that changes between its read and its write before reporting it.
-MAX_ATTEMPTS = 3
-_SAMPLE_CHARS = 2000
+__all__ = ["KeyType", "Operations", "OperationsContext", "Rewrite", "RewriteResult", "Transform"]
 
 
-class Rewrite(NamedTuple):
-    """What a transform returns for one key.
+class OperationsContext(Protocol):
+    """What :class:`Operations` reads of the migration context (its public attributes only)."""
 
-    Attributes:
-        value: The new value (JSON text for a document), or None to leave the key as it is.
-        problems: Values that could not be mapped as they were (reported, never dropped).
-    """
+    client: Client
+    namespace: str
+    settings: Settings
+    revision: str
+    dry_run: bool
+    report: StepReport
+    search: bool
+    skip_index_ops: bool
 
-    value: str | None
-    problems: tuple[MigrationProblem, ...] = ()
+    def action(self, text: str) -> None: ...
 
-
-Transform = Callable[[str, bytes], "Rewrite | str | None"]
-"""``transform(key, value) -> Rewrite | new value | None`` (None: leave the key alone)."""
-
-
-@dataclass(frozen=True)
-class RewriteResult:
-    """Counts of one :meth:`Operations.rewrite_keys` run (cumulative over resumed runs)."""
-
-    scanned: int
-    changed: int
-    resumed: bool
-
-
-def _as_rewrite(result: Rewrite | str | None) -> Rewrite:
-    if type(result) is Rewrite:
-        return result
-    if result is None or isinstance(result, str):
-        return Rewrite(result)
-    return Rewrite(*result)
-
-
-def _sample_text(raw: bytes | str) -> str:
-    text = as_str(raw)
-    return text if len(text) <= _SAMPLE_CHARS else text[:_SAMPLE_CHARS] + "..."
+    def problem(
+        self, key: str, message: str, *, field: str | None = None, value: object = None
+    ) -> MigrationProblem: ...
 
 
 class Operations:
     """The operations available to a migration script as ``ctx.ops``."""
 
-    def __init__(self, ctx: MigrationContext) -> None:
+    def __init__(self, ctx: OperationsContext, engine: RewriteEngine) -> None:
         self._ctx = ctx
-        self._rewrite_sha: str | None = None
+        self._engine = engine
+        self._op_count = 0
 
     def _need_search(self, what: str) -> None:
         """Refuse an index operation on a Store opened with ``search=False``."""
-        if not getattr(self._ctx, "search", True):
+        if not self._ctx.search:
             raise SearchUnavailableError(
                 f"migration {self._ctx.revision} {what}: it needs the query engine, and this "
                 "Store was opened with search=False. Run it where search is available."
             )
+
+    def _not_applicable(self, what: str) -> bool:
+        """On a cluster without a distributed query engine an index step does not apply."""
+        if not self._ctx.skip_index_ops:
+            return False
+        self._ctx.report.actions.append(
+            f"skipped {what}: not applicable on a cluster without a distributed query engine"
+        )
+        return True
 
     # ------------------------------------------------------------------ indexes
 
@@ -137,11 +116,13 @@ class Operations:
             MigrationError: Indexing did not finish in time, or the new index holds a different
                 number of documents than the old one (the alias is left where it was).
         """
-        self._need_search("creates an index")
         ctx = self._ctx
         client = ctx.client
         ns = ctx.namespace
         name = index_name(ns, spec.kind, spec.version)
+        if self._not_applicable(f"index {name}"):
+            return name
+        self._need_search("creates an index")
         alias = alias_name(ns, spec.kind)
         old = await alias_target(client, ns, spec.kind)
         stale = [n for n in await self._versions(spec.kind) if n != name]
@@ -205,9 +186,11 @@ class Operations:
 
         Safe to run again: an absent index or alias is not an error.
         """
-        self._need_search("drops an index")
         ctx = self._ctx
         name = index_name(ctx.namespace, spec.kind, spec.version)
+        if self._not_applicable(f"dropping index {name}"):
+            return
+        self._need_search("drops an index")
         alias = alias_name(ctx.namespace, spec.kind)
         points_here = await alias_target(ctx.client, ctx.namespace, spec.kind) == name
         exists = await index_info(ctx.client, name) is not None
@@ -305,418 +288,20 @@ class Operations:
         Returns:
             The counts, including those of an interrupted earlier run of this step.
         """
-        ctx = self._ctx
-        run = _RewriteRun(
-            ops=self,
-            field=f"{ctx._next_op()}:",
+        self._op_count += 1
+        return await self._engine.rewrite_keys(
+            step_field=f"{self._op_count}:",
             match=match,
             from_type=from_type,
             to_type=to_type,
             transform=transform,
             label=label,
-            size=max(1, batch_size or ctx.batch_size),
+            batch_size=batch_size,
         )
-        return await run.run()
-
-    def _account(self, scanned: int, changed: int) -> None:
-        self._ctx.report.documents_scanned += scanned
-        self._ctx.report.documents_changed += changed
-
-    async def _count(self, match: str, key_type: KeyType) -> int:
-        """How many keys match (an estimate for the progress bar: one SCAN pass)."""
-        count = 0
-        cursor = 0
-        with translate_errors("counting keys"):
-            while True:
-                cursor, keys = await self._ctx.client.scan(
-                    cursor, match=match, count=5000, _type=key_type
-                )
-                count += len(keys)
-                if cursor == 0:
-                    return count
-
-    async def _load_script(self) -> str:
-        if self._rewrite_sha is None:
-            with translate_errors("loading the rewrite script"):
-                self._rewrite_sha = as_str(await self._ctx.client.script_load(REWRITE_SCRIPT))
-        return self._rewrite_sha
-
-    async def _write(
-        self,
-        items: Sequence[tuple[str, bytes, Rewrite]],
-        transform: Transform,
-        from_type: KeyType,
-        to_type: KeyType,
-        field: str,
-    ) -> tuple[int, list[MigrationProblem]]:
-        """Rewrite ``items``; returns how many were written and problems of keys left alone."""
-        ctx = self._ctx
-        ok = 0
-        left_alone: list[MigrationProblem] = []
-        pending = list(items)
-        attempt = 0
-        while pending:
-            attempt += 1
-            sha = await self._load_script()
-            chunks = [
-                pending[i : i + KEYS_PER_SCRIPT] for i in range(0, len(pending), KEYS_PER_SCRIPT)
-            ]
-            with translate_errors(f"rewriting {len(pending)} keys"):
-                async with ctx.client.pipeline(transaction=False) as pipe:
-                    for chunk in chunks:
-                        pipe.execute_command(
-                            *self._rewrite_call(sha, chunk, from_type, to_type, field)
-                        )
-                    replies = await pipe.execute(raise_on_error=False)
-            retry: list[str] = []
-            redo: list[tuple[str, bytes, Rewrite]] = []
-            for chunk, reply in zip(chunks, replies, strict=True):
-                if isinstance(reply, redis_exc.NoScriptError):
-                    self._rewrite_sha = None  # the server lost its script cache: load again
-                    redo += chunk
-                    continue
-                if isinstance(reply, Exception):
-                    with translate_errors(f"rewriting {len(chunk)} keys"):
-                        raise reply
-                for (key, _, result), raw_status in zip(chunk, reply, strict=True):
-                    status = as_str(raw_status)
-                    if status == "ok":
-                        ok += 1
-                        for p in result.problems:
-                            ctx.report.add_problem(p)
-                    elif status == "changed":
-                        retry.append(key)
-                    elif status.startswith("error:"):
-                        left_alone.append(
-                            ctx.problem(
-                                key,
-                                f"the server refused the new value ({status[6:]}); left as it was",
-                            )
-                        )
-                    # 'gone' (expired or deleted) and 'skip' (rewritten already) need nothing.
-            pending = redo
-            if retry:
-                if attempt >= MAX_ATTEMPTS:
-                    left_alone.extend(
-                        ctx.problem(k, "kept changing during the migration; left as it was")
-                        for k in retry
-                    )
-                else:
-                    pending += await self._reread(retry, transform, from_type, left_alone)
-        return ok, left_alone
-
-    def _rewrite_call(
-        self,
-        sha: str,
-        chunk: Sequence[tuple[str, bytes, Rewrite]],
-        from_type: KeyType,
-        to_type: KeyType,
-        field: str,
-    ) -> list[Any]:
-        """The EVALSHA of :data:`REWRITE_SCRIPT` for ``chunk`` (see its argument layout)."""
-        ctx = self._ctx
-        args: list[Any] = ["EVALSHA", sha, 2 + len(chunk), ctx.checkpoint_key, ctx.problems_key]
-        args += [key for key, _, _ in chunk]
-        args += [from_type, to_type, field + "changed", field + "problems"]
-        for _, raw, result in chunk:
-            meta = hashlib.sha1(raw).hexdigest()
-            if result.problems:
-                meta += f"{len(result.problems)}|{_problems_json(result.problems)}"
-            args += [meta, result.value]
-        return args
-
-    async def _read(self, keys: list[str], from_type: KeyType) -> list[bytes | None]:
-        if from_type == "string":
-            command: list[Any] = ["MGET", *keys]
-        else:
-            command = ["JSON.MGET", *keys, "."]
-        with translate_errors(f"reading {len(keys)} keys"):
-            values: list[bytes | None] = await self._ctx.client.execute_command(*command)
-        return values
-
-    async def _reread(
-        self,
-        keys: list[str],
-        transform: Transform,
-        from_type: KeyType,
-        left_alone: list[MigrationProblem],
-    ) -> list[tuple[str, bytes, Rewrite]]:
-        items, problems = _apply(transform, keys, await self._read(keys, from_type))
-        left_alone.extend(problems)
-        return items
-
-    async def _save_checkpoint(
-        self,
-        field: str,
-        *,
-        cursor: int,
-        pass_no: int,
-        scanned: int,
-        problems: list[MigrationProblem],
-        done: bool,
-    ) -> None:
-        ctx = self._ctx
-        with translate_errors("saving the migration checkpoint"):
-            async with ctx.client.pipeline(transaction=True) as pipe:
-                mapping: dict[str | bytes, bytes | float | int | str] = {
-                    field + "cursor": cursor,
-                    field + "pass": pass_no,
-                }
-                if done:
-                    mapping[field + "done"] = 1
-                pipe.hset(ctx.checkpoint_key, mapping=mapping)
-                pipe.hincrby(ctx.checkpoint_key, field + "scanned", scanned)
-                if problems:
-                    pipe.rpush(ctx.problems_key, _problems_json(problems))
-                    pipe.hincrby(ctx.checkpoint_key, field + "problems", len(problems))
-                await pipe.execute()
-
-
-class _Scanner:
-    """SCAN in batches of ``size`` keys, each with the cursor a resumed run must start from.
-
-    One SCAN call may return more keys than a batch takes; a batch that leaves some of them for
-    the next one resumes from the cursor *before* that call (its rewritten keys are skipped
-    then, by their type), so a checkpoint never jumps over keys not yet handled.
-    """
-
-    def __init__(
-        self, client: Any, match: str, key_type: KeyType, size: int, cursor: int, skip: str
-    ) -> None:
-        self._client = client
-        self._skip = skip
-        self._match = match
-        self._type = key_type
-        self._size = size
-        self._cursor = cursor
-        self._finished = False
-        self._chunks: deque[tuple[int, list[str]]] = deque()
-
-    async def next(self) -> tuple[list[str], int, bool]:
-        """The next batch of keys, the cursor to resume after it, and whether the pass ended."""
-        while sum(len(k) for _, k in self._chunks) < self._size and not self._finished:
-            before = self._cursor
-            with translate_errors("scanning keys"):
-                cursor, found = await self._client.scan(
-                    before, match=self._match, count=max(self._size, 1000), _type=self._type
-                )
-            self._cursor = int(cursor)
-            # The runner's own bookkeeping is never rewritten, whatever the pattern.
-            keys = [
-                k for k in dict.fromkeys(as_str(k) for k in found) if not k.startswith(self._skip)
-            ]
-            if keys:
-                self._chunks.append((before, keys))
-            self._finished = self._cursor == 0
-        batch: list[str] = []
-        while self._chunks and len(batch) < self._size:
-            start, keys = self._chunks[0]
-            take = self._size - len(batch)
-            batch += keys[:take]
-            if len(keys) > take:
-                self._chunks[0] = (start, keys[take:])
-            else:
-                self._chunks.popleft()
-        resume = self._chunks[0][0] if self._chunks else self._cursor
-        return batch, resume, self._finished and not self._chunks
-
-
-@dataclass
-class _Fetched:
-    """Keys of one batch, their values, and where a resumed run would start after it."""
-
-    keys: list[str]
-    values: list[bytes | None]
-    resume: int
-    ended: bool
-
-
-@dataclass
-class _Batch:
-    """One transformed batch of a rewrite: its writes (pending) and its checkpoint."""
-
-    cursor: int
-    pass_no: int
-    scanned: int
-    untouched: list[MigrationProblem]
-    items: list[tuple[str, bytes, Rewrite]] = field(default_factory=list)
-    writes: asyncio.Task[tuple[int, list[MigrationProblem]]] | None = None
-
-
-@dataclass
-class _RewriteRun:
-    """The state of one :meth:`Operations.rewrite_keys` call."""
-
-    ops: Operations
-    field: str
-    match: str
-    from_type: KeyType
-    to_type: KeyType
-    transform: Transform
-    label: str
-    size: int
-    scanned: int = 0
-    changed: int = 0
-    total: int | None = None
-
-    async def run(self) -> RewriteResult:
-        ops, ctx, field = self.ops, self.ops._ctx, self.field
-        state: dict[str, str] = {}
-        if not ctx.dry_run:
-            with translate_errors("reading the migration checkpoint"):
-                raw_state = await ctx.client.hgetall(ctx.checkpoint_key)
-            state = {as_str(k): as_str(v) for k, v in raw_state.items()}
-        cursor = int(state.get(field + "cursor", 0))
-        pass_no = int(state.get(field + "pass", 1))
-        self.scanned = int(state.get(field + "scanned", 0))
-        self.changed = int(state.get(field + "changed", 0))
-        resumed = bool(state.get(field + "cursor") or state.get(field + "done"))
-        ctx.report.resumed = ctx.report.resumed or resumed
-        if state.get(field + "done"):
-            ops._account(self.scanned, self.changed)
-            return RewriteResult(self.scanned, self.changed, resumed=True)
-        if ctx._progress is not None and not ctx.dry_run:
-            self.total = self.scanned + await ops._count(self.match, self.from_type)
-
-        pass_from_zero = cursor == 0
-        skip = ctx.key("_migrations") + ":"
-        scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, cursor, skip)
-        fetched = await self._fetch(scanner)
-        previous: _Batch | None = None
-        batch: _Batch | None = None
-        try:
-            while True:
-                batch = self._transform(fetched, pass_no)
-                # Read the next batch before sending this one's writes, so that Redis runs
-                # the writes while Python transforms the next batch.
-                following = None if fetched.ended else await self._fetch(scanner)
-                if batch.items and not ctx.dry_run:
-                    batch.writes = asyncio.create_task(
-                        ops._write(
-                            batch.items, self.transform, self.from_type, self.to_type, self.field
-                        )
-                    )
-                    await asyncio.sleep(0)  # let the write pipeline go out now
-                if previous is not None:
-                    await self._finish(previous, last=False)
-                previous = None
-                if following is not None:
-                    previous, batch, fetched = batch, None, following
-                    continue
-                # The pass is over: settle its last batch, then decide on another pass.
-                await self._settle(batch)
-                # A run resumed mid-pass did not see keys created behind its checkpoint while
-                # it was stopped: one more full pass looks for them.
-                next_pass = not ctx.dry_run and not pass_from_zero and pass_no < MAX_PASSES
-                await self._finish(batch, last=not next_pass, next_pass=next_pass)
-                if not next_pass:
-                    break
-                pass_no += 1
-                pass_from_zero = True
-                scanner = _Scanner(ctx.client, self.match, self.from_type, self.size, 0, skip)
-                fetched = await self._fetch(scanner)
-        except BaseException:
-            # An error stopped the run: let the writes in flight land (their checkpoint is not
-            # saved; a rerun skips what they rewrote). Their own errors would hide this one.
-            for pending in (previous, batch):
-                if pending is not None and pending.writes is not None:
-                    with contextlib.suppress(Exception):
-                        await pending.writes
-            raise
-        ops._account(self.scanned, self.changed)
-        return RewriteResult(self.scanned, self.changed, resumed)
-
-    async def _fetch(self, scanner: _Scanner) -> _Fetched:
-        keys, resume, ended = await scanner.next()
-        values = await self.ops._read(keys, self.from_type) if keys else []
-        return _Fetched(keys, values, resume, ended)
-
-    def _transform(self, fetched: _Fetched, pass_no: int) -> _Batch:
-        ctx = self.ops._ctx
-        items, untouched = _apply(self.transform, fetched.keys, fetched.values)
-        first = pass_no == 1  # later passes only look for stragglers: nothing is counted twice
-        batch = _Batch(
-            cursor=fetched.resume,
-            pass_no=pass_no,
-            scanned=len(fetched.keys) if first else 0,
-            untouched=untouched if first else [],
-            items=items,
-        )
-        if ctx.dry_run:
-            self.changed += len(batch.items)
-            for key, raw, result in batch.items:
-                for p in result.problems:
-                    ctx.report.add_problem(p)
-                if len(ctx.report.samples) < MAX_SAMPLES:
-                    ctx.report.samples.append(
-                        {
-                            "key": key,
-                            "before": _sample_text(raw),
-                            "after": _sample_text(result.value or ""),
-                        }
-                    )
-            batch.items = []
-        return batch
-
-    async def _settle(self, batch: _Batch) -> int:
-        """Wait for the batch's writes; returns how many keys they rewrote."""
-        if batch.writes is None:
-            return 0
-        ok, problems = await batch.writes
-        batch.writes = None
-        batch.untouched.extend(problems)
-        self.changed += ok
-        return ok
-
-    async def _finish(self, batch: _Batch, *, last: bool, next_pass: bool = False) -> None:
-        ctx = self.ops._ctx
-        await self._settle(batch)
-        self.scanned += batch.scanned
-        for p in batch.untouched:
-            ctx.report.add_problem(p)
-        ctx._emit(
-            MigrationProgress(
-                revision=ctx.revision,
-                direction=ctx.direction,
-                label=self.label,
-                processed=self.scanned,
-                changed=self.changed,
-                total=None if self.total is None else max(self.total, self.scanned),
-                done=last,
-            )
-        )
-        if ctx.dry_run:
-            return
-        await self.ops._save_checkpoint(
-            self.field,
-            cursor=batch.cursor,
-            pass_no=batch.pass_no + 1 if next_pass else batch.pass_no,
-            scanned=batch.scanned,
-            problems=batch.untouched,
-            done=last,
-        )
-        ctx._check_lock()
-
-
-def _apply(
-    transform: Transform, keys: Sequence[str], values: Sequence[bytes | None]
-) -> tuple[list[tuple[str, bytes, Rewrite]], list[MigrationProblem]]:
-    """Transform the keys still there: what to write, and the problems of keys left alone."""
-    items: list[tuple[str, bytes, Rewrite]] = []
-    left_alone: list[MigrationProblem] = []
-    for key, raw in zip(keys, values, strict=True):
-        if raw is None:
-            continue
-        result = _as_rewrite(transform(key, raw))
-        if result.value is None:
-            left_alone.extend(result.problems)
-        else:
-            items.append((key, raw, result))
-    return items, left_alone
 
 
 def _crypto_hooks(
-    ctx: MigrationContext, model: type[Document]
+    ctx: OperationsContext, model: type[Document]
 ) -> tuple[Callable[[str, bytes], bytes | str] | None, Callable[[str, Document], str] | None]:
     """How :meth:`Operations.upgrade_documents` opens and seals encrypted documents of
     ``model`` (``(None, None)``: the kind has no encrypted fields)."""
@@ -740,12 +325,6 @@ def _crypto_hooks(
         )
 
     return codec.open_document, seal
-
-
-def _problems_json(problems: Sequence[MigrationProblem]) -> str:
-    if not problems:
-        return ""
-    return "[" + ",".join(p.to_json() for p in problems) + "]"
 
 
 def _info_dict(raw: Any) -> dict[str, Any]:

@@ -19,14 +19,15 @@ import json
 import os
 import socket
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from redis.commands.core import AsyncScript
 
 from flywheel_state._redis import Client, as_str, translate_errors
+from flywheel_state.config import Settings
 from flywheel_state.errors import (
     FlywheelStateError,
     MigrationError,
@@ -39,6 +40,7 @@ from flywheel_state.migrations.context import (
     DEFAULT_BATCH_SIZE,
     MigrationContext,
     ProgressCallback,
+    bookkeeping_prefix,
     checkpoint_keys,
 )
 from flywheel_state.migrations.report import (
@@ -52,10 +54,51 @@ from flywheel_state.migrations.report import (
 )
 from flywheel_state.migrations.script import BASE, HEAD, Script, ScriptDirectory, default_scripts
 
-if TYPE_CHECKING:
-    from flywheel_state.store import Store
 
-__all__ = ["MigrationRunner"]
+class MigrationTarget(Protocol):
+    """What a runner needs of the store it migrates (a :class:`~flywheel_state.Store` is one).
+
+    The runner depends on this, not on the Store class, so ``store`` and ``migrations`` don't
+    import each other.
+    """
+
+    @property
+    def client(self) -> Client: ...
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def search(self) -> bool: ...
+
+    @property
+    def is_cluster(self) -> bool: ...
+
+    async def has_distributed_search(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ClientTarget:
+    """A :class:`MigrationTarget` made of a client, a namespace and settings (no Store).
+
+    ``MigrationRunner.for_client(client, namespace, settings)`` uses it.
+    """
+
+    client: Client
+    namespace: str
+    settings: Settings
+    search: bool = True
+    is_cluster: bool = False
+    distributed_search: bool = False
+
+    async def has_distributed_search(self) -> bool:
+        return self.distributed_search
+
+
+__all__ = ["ClientTarget", "MigrationRunner", "MigrationTarget"]
 
 _COMMIT = AsyncScript(None, COMMIT_SCRIPT.encode())  # type: ignore[arg-type]
 _LOG_CAP = 1000
@@ -75,7 +118,7 @@ class MigrationRunner:
 
     def __init__(
         self,
-        store: Store,
+        store: MigrationTarget,
         *,
         scripts: ScriptDirectory | None = None,
         lock_ttl: float = 30.0,
@@ -85,6 +128,23 @@ class MigrationRunner:
         self.scripts = scripts or default_scripts()
         self.lock_ttl = lock_ttl
         self.batch_size = batch_size
+
+    @classmethod
+    def for_client(
+        cls,
+        client: Client,
+        namespace: str,
+        settings: Settings,
+        *,
+        search: bool = True,
+        cluster: bool = False,
+        distributed_search: bool = False,
+        **options: Any,
+    ) -> MigrationRunner:
+        """A runner on ``client`` for ``namespace``, without a Store (``options`` as for the
+        constructor: ``scripts``, ``lock_ttl``, ``batch_size``)."""
+        target = ClientTarget(client, namespace, settings, search, cluster, distributed_search)
+        return cls(target, **options)
 
     def __repr__(self) -> str:
         return f"MigrationRunner(namespace={self.namespace!r}, scripts={self.scripts!r})"
@@ -103,8 +163,12 @@ class MigrationRunner:
     def _client(self) -> Client:
         return self._store.client
 
+    @property
+    def _cluster(self) -> bool:
+        return self._store.is_cluster
+
     def _key(self, *parts: str) -> str:
-        return ":".join((self.namespace, "_migrations", *parts))
+        return ":".join((bookkeeping_prefix(self.namespace, cluster=self._cluster), *parts))
 
     # ------------------------------------------------------------------ reading state
 
@@ -325,7 +389,11 @@ class MigrationRunner:
         dry_run: bool,
         progress: ProgressCallback | None,
     ) -> MigrationReport:
-        if plan and not dry_run and not getattr(self._store, "search", True):
+        # A cluster without a distributed query engine can never hold indexes: there, index
+        # operations are not applicable (skipped, reported) and data operations run. Elsewhere
+        # a search=False Store refuses (the server may well have search: use it).
+        no_engine = bool(plan) and self._cluster and not await self._store.has_distributed_search()
+        if plan and not dry_run and not no_engine and not self._store.search:
             revisions = ", ".join(s.revision for s in plan)
             raise SearchUnavailableError(
                 f"this Store was opened with search=False: migrations ({revisions}) "
@@ -354,8 +422,10 @@ class MigrationRunner:
                 lock=lock,
                 progress=progress,
                 batch_size=self.batch_size,
+                cluster=self._cluster,
             )
-            ctx.search = getattr(self._store, "search", True)  # index ops refuse without it
+            ctx.search = self._store.search  # index ops refuse without it
+            ctx.skip_index_ops = no_engine
             after = script.revision if direction == "upgrade" else script.down_revision
             started = datetime.now(timezone.utc)
             t0 = time.perf_counter()
@@ -396,7 +466,9 @@ class MigrationRunner:
     async def _gather_problems(
         self, revision: str, direction: Direction, step: StepReport
     ) -> tuple[int, list[MigrationProblem]]:
-        checkpoint_key, problems_key = checkpoint_keys(self.namespace, revision, direction)
+        checkpoint_key, problems_key = checkpoint_keys(
+            self.namespace, revision, direction, cluster=self._cluster
+        )
         with translate_errors("reading the step's problems"):
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.hgetall(checkpoint_key)
@@ -411,8 +483,8 @@ class MigrationRunner:
     def _step_keys(self, revision: str) -> list[str]:
         """The checkpoint keys of both directions of ``revision``."""
         return [
-            *checkpoint_keys(self.namespace, revision, "upgrade"),
-            *checkpoint_keys(self.namespace, revision, "downgrade"),
+            *checkpoint_keys(self.namespace, revision, "upgrade", cluster=self._cluster),
+            *checkpoint_keys(self.namespace, revision, "downgrade", cluster=self._cluster),
         ]
 
     async def _record(

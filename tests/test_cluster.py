@@ -306,7 +306,7 @@ async def test_legacy_import_over_every_shard(kv: Store, cluster: LocalCluster, 
     assert all(count > 100 for count in _keys_per_node(cluster, f"{ns}:session:*"))
     runner = MigrationRunner(kv, batch_size=100)
     report = await runner.upgrade()
-    assert [s.revision for s in report.steps] == ["0001", "0002"]
+    assert [s.revision for s in report.steps] == ["0001", "0002", "0003"]
     assert any("not applicable" in a for a in report.steps[0].actions)  # no index on a cluster
     assert report.steps[1].documents_changed == n
     state = _types_and_ttls(cluster, list(written))
@@ -315,7 +315,7 @@ async def test_legacy_import_over_every_shard(kv: Store, cluster: LocalCluster, 
     assert [d.id if d else None for d in docs] == [f"s{i}" for i in range(n)]
     assert all(d is not None and d.history[0].content == "hello" for d in docs)
     status = await runner.status()
-    assert status.current == "0002" and status.up_to_date and status.interrupted is None
+    assert status.current == "0003" and status.up_to_date and status.interrupted is None
     # The bookkeeping shares one slot (one node); the data stays spread over every shard.
     bookkeeping = _keys_per_node(cluster, f"{ns}:_migrations:*")
     assert sorted(bookkeeping)[:2] == [0, 0] and sum(bookkeeping) >= 2
@@ -323,7 +323,7 @@ async def test_legacy_import_over_every_shard(kv: Store, cluster: LocalCluster, 
         assert (await again.sessions.get("s1")).id == "s1"  # connect sees head: opens
 
     down = await runner.downgrade("base")
-    assert [s.revision for s in down.steps] == ["0002", "0001"]
+    assert [s.revision for s in down.steps] == ["0003", "0002", "0001"]
     state = _types_and_ttls(cluster, list(written))
     assert all(t == "string" and DAY - 120 < ttl <= DAY for t, ttl in state.values())
     client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
@@ -335,6 +335,43 @@ async def test_legacy_import_over_every_shard(kv: Store, cluster: LocalCluster, 
         k: json.loads(v) for k, v in written.items()
     }
     assert (await runner.status()).current is None
+
+
+async def test_legacy_flow_histories_over_every_shard(
+    kv: Store, cluster: LocalCluster, ns: str
+) -> None:
+    """0002/0003 turn flow-history strings on every shard into executions, and back."""
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    written: dict[str, str] = {}
+    try:
+        for i in range(60):
+            record = {
+                "session_id": f"s{i}",
+                "flow_id": "f",
+                "executions": [{"execution_id": f"e{i}-{j}", "result": j} for j in range(2)],
+                "cached_at": "2025-11-18 11:00:00",
+            }
+            written[f"{ns}:history:s{i}:f"] = json.dumps(record)
+            client.set(f"{ns}:history:s{i}:f", written[f"{ns}:history:s{i}:f"], ex=DAY)
+    finally:
+        client.close()
+    assert sum(1 for c in _keys_per_node(cluster, f"{ns}:history:*") if c > 0) >= 2
+    runner = MigrationRunner(kv, batch_size=25)
+    await runner.upgrade()
+    assert sum(_keys_per_node(cluster, f"{ns}:history:*")) == 0
+    per_node = _keys_per_node(cluster, f"{ns}:execution:*")
+    assert sum(per_node) == 120 and sum(1 for c in per_node if c > 0) >= 2
+    await runner.downgrade("base")
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+    try:
+        restored = {key: client.get(key) for key in written}
+        ttls = [client.ttl(key) for key in written]
+    finally:
+        client.close()
+    assert {k: json.loads(v) for k, v in restored.items()} == {
+        k: json.loads(v) for k, v in written.items()
+    }
+    assert all(DAY - 120 < t <= DAY for t in ttls)
 
 
 _COUNTING_SCRIPT = '''
@@ -487,11 +524,11 @@ def test_migrate_status_on_a_cluster(cluster: LocalCluster, ns: str) -> None:
     )
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
-    assert status["current"] is None and status["pending"] == ["0001", "0002"]
+    assert status["current"] is None and status["pending"] == ["0001", "0002", "0003"]
     result = CliRunner().invoke(cli, ["migrate", "up", "--url", cluster.url, "--namespace", ns])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(
         cli, ["migrate", "status", "--json", "--url", cluster.url, "--namespace", ns]
     )
-    assert json.loads(result.output)["current"] == "0002"
+    assert json.loads(result.output)["current"] == "0003"
     assert json.loads(result.output)["up_to_date"]

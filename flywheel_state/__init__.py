@@ -31,6 +31,7 @@ from flywheel_state.errors import (
     SchemaOutOfDateError,
     SearchUnavailableError,
     StoreUnavailableError,
+    AuthenticationFailedError,
 )
 
 if TYPE_CHECKING:
@@ -100,5 +101,6 @@ __all__ = [
     "Settings",
     "Store",
     "StoreUnavailableError",
+    "AuthenticationFailedError",
     "__version__",
 ]

@@ -15,7 +15,12 @@ from flywheel_state import _topology
 from flywheel_state._redis import BudgetPool, Client, as_str, translate_errors
 from flywheel_state.config import Settings
 from flywheel_state.crypto import FieldCipher
-from flywheel_state.errors import ConfigError, ModuleMissingError, StoreUnavailableError
+from flywheel_state.errors import (
+    AuthenticationFailedError,
+    ConfigError,
+    ModuleMissingError,
+    StoreUnavailableError,
+)
 from flywheel_state.events import EventFeed, EventSink
 from flywheel_state.observability import instrument_library, register_store
 from flywheel_state.repositories.executions import ExecutionRepository
@@ -197,6 +202,11 @@ class Store:
             OSError,
             asyncio.TimeoutError,
         ) as exc:
+            if isinstance(exc, redis_exc.AuthenticationError):
+                raise AuthenticationFailedError(
+                    f"Redis at {self.settings.safe_url} refused the credentials: check "
+                    "REDIS_USERNAME / REDIS_PASSWORD (or the user and password in REDIS_URL)"
+                ) from exc
             reason = self.settings.redact(str(exc) or type(exc).__name__)
             raise StoreUnavailableError(
                 f"cannot reach Redis at {self.settings.safe_url}: {reason}"

@@ -274,17 +274,18 @@ async def test_sessions_show(run: Cli, seeded: dict[str, Any]) -> None:
     assert '"topic 3"' in result.stdout
 
 
-async def test_unknown_session_is_one_line_and_exit_1(run: Cli, seeded: dict[str, Any]) -> None:
+async def test_unknown_session_is_one_line_and_exit_3(run: Cli, seeded: dict[str, Any]) -> None:
+    # exit 3 (not found) since issue 14: scripts can tell "missing" from "failed".
     for command in ("show", "touch"):
         result = await run("sessions", command, "no_such_session")
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 3, result.output
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
         assert "no_such_session" in lines[0]
         assert "does not exist" in lines[0]
         assert "Traceback" not in result.output
     result = await run("executions", "show", "no_such_execution")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -376,7 +377,9 @@ async def test_delete_never_deletes_everything_without_a_filter(
     ):
         result = await run(*args)
         assert result.exit_code == 2, (args, result.output)
-        assert "Error" in result.stderr
+        assert (
+            result.stderr.startswith("Usage") and "\nerror: " in result.stderr
+        )  # one prefix (issue 14)
     assert await store.sessions.count() == total
 
 
@@ -419,8 +422,8 @@ async def test_sessions_stats_equal_a_brute_force_count(run: Cli, seeded: dict[s
 
     result = await run("sessions", "stats")
     assert result.exit_code == 0, result.output
-    assert "per backend" in result.stdout
-    assert "per status" in result.stdout
+    assert "per backend" in result.stderr  # titles go to stderr when piped (issue 14)
+    assert "per status" in result.stderr  # titles go to stderr when piped (issue 14)
     assert f"{len(saved)} sessions" in result.stdout
 
 
@@ -479,7 +482,7 @@ async def test_executions_list_show_and_stats(run: Cli, seeded: dict[str, Any]) 
     assert data["total"] == {"all": len(saved)}
     result = await run("executions", "stats")
     assert result.exit_code == 0, result.output
-    assert "per flow" in result.stdout and "csv2507" in result.stdout
+    assert "per flow" in result.stderr and "csv2507" in result.stdout
     assert f"{len(saved)} executions" in result.stdout
     result = await run("executions", "list", "--limit", "5")
     assert f"showing 1-5 of {len(saved)} executions" in result.stdout

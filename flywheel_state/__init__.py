@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from flywheel_state.compat import RedisConfig, RedisExecutionCache, RedisSessionManager
 from flywheel_state.config import Settings
 from flywheel_state.errors import (
+    AuthenticationFailedError,
     ConfigError,
     ConflictError,
     CorruptRecordError,
@@ -31,7 +32,6 @@ from flywheel_state.errors import (
     SchemaOutOfDateError,
     SearchUnavailableError,
     StoreUnavailableError,
-    AuthenticationFailedError,
 )
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEFAULT",
+    "AuthenticationFailedError",
     "Backend",
     "ConfigError",
     "ConflictError",
@@ -101,6 +102,5 @@ __all__ = [
     "Settings",
     "Store",
     "StoreUnavailableError",
-    "AuthenticationFailedError",
     "__version__",
 ]

@@ -54,7 +54,7 @@ def _text(exc: BaseException) -> str:
 
 
 def _convert(exc: Exception, what: str, write: bool) -> FlywheelStateError:
-    if isinstance(exc, (redis_exc.AuthenticationError, redis_exc.AuthenticationWrongNumberOfArgsError)):
+    if isinstance(exc, redis_exc.AuthenticationError):
         return AuthenticationFailedError(
             f"Redis refused the credentials while {what}: check REDIS_USERNAME / "
             "REDIS_PASSWORD (or the user and password in REDIS_URL)"

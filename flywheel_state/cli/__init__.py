@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import click
-
 import platform
+
+import click
 
 from flywheel_state import __version__
 from flywheel_state.cli._common import FlywheelGroup
@@ -32,8 +32,7 @@ SERVER_REQUIREMENTS = (
     __version__,
     prog_name="flywheel-state",
     message=(
-        f"%(prog)s %(version)s (Python {platform.python_version()})\n"
-        f"server: {SERVER_REQUIREMENTS}"
+        f"%(prog)s %(version)s (Python {platform.python_version()})\nserver: {SERVER_REQUIREMENTS}"
     ),
 )
 def cli() -> None:

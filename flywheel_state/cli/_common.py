@@ -239,7 +239,7 @@ class FlywheelGroup(click.Group):
     """The top-level group: one ``error: `` prefix for click's errors too, JSON errors with
     ``--json``, exit codes 0/1/2/3, and a closed pipe (``| head``) ends quietly."""
 
-    def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         as_json = "--json" in argv
         kwargs["standalone_mode"] = False

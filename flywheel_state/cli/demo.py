@@ -353,7 +353,6 @@ async def _queries(store: Store, data: DemoData) -> None:
         'sort="-last_active", limit=6)'
     )
     page, ttls = await find_with_ttls(
-        store.client,
         store.sessions,
         backend="flowise",
         status="active",

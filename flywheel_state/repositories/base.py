@@ -761,6 +761,55 @@ class Repository(QueryMixin[M], Generic[M]):
         with translate_errors(f"checking {key}"):
             return bool(await self._client.exists(key))
 
+    async def exists_many(self, ids: Sequence[str]) -> list[bool]:
+        """Whether each of ``ids`` exists, in one pipelined round trip (one flag per id)."""
+        if not ids:
+            return []
+        keys = [self.key(i) for i in ids]
+        with translate_errors(f"checking {len(keys)} keys"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.exists(key)
+                replies = await pipe.execute()
+        return [bool(reply) for reply in replies]
+
+    async def ttls(self, ids: Sequence[str]) -> list[timedelta | None]:
+        """The remaining time to live of each of ``ids``, in one pipelined round trip.
+
+        Returns:
+            One entry per id: the time left, None for a record with no expiry, and
+            ``timedelta(0)`` for one that does not exist (expired or deleted).
+        """
+        if not ids:
+            return []
+        keys = [self.key(i) for i in ids]
+        with translate_errors(f"reading the TTL of {len(keys)} keys"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.pttl(key)
+                replies = await pipe.execute()
+        out: list[timedelta | None] = []
+        for reply in replies:
+            ms = int(reply)
+            out.append(None if ms == -1 else timedelta(0) if ms < 0 else timedelta(milliseconds=ms))
+        return out
+
+    async def delete_where(self, *, dry_run: bool = False, **filters: Any) -> list[str]:
+        """Delete the records matching ``filters`` (at least one), and return their ids.
+
+        The matching ids are collected first (through :meth:`ids`) and exactly those are
+        deleted; with ``dry_run`` nothing is deleted.
+
+        Raises:
+            InvalidQueryError: No filter was given (this never deletes everything).
+        """
+        if not filters:
+            raise InvalidQueryError("delete_where needs at least one filter")
+        targets = await self.ids(**filters)
+        if not dry_run and targets:
+            await self.delete_many(targets)
+        return targets
+
     async def ttl(self, id: str) -> timedelta | None:
         """The remaining time to live of ``id``, or None when it never expires.
 

@@ -164,14 +164,13 @@ def common_options(func: F) -> F:
     Library errors are printed as one plain line (a traceback only with ``--debug``) and exit 1.
     """
 
-    @click.option(
-        "--url", envvar=None, default=None, help=f"Redis URL (now: {_effective('safe_url')})."
-    )
+    @click.option("--url", cls=_EffectiveDefault, setting="safe_url", help="Redis URL")
     @click.option(
         "--namespace",
-        default=None,
+        cls=_EffectiveDefault,
+        setting="namespace",
         callback=_check_namespace,
-        help=f"Key namespace (now: {_effective('namespace')}).",
+        help="Key namespace",
     )
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
     @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
@@ -194,6 +193,19 @@ def _effective(attribute: str) -> str:
         return str(getattr(Settings.from_env(), attribute))
     except FlywheelStateError:
         return "invalid environment"
+
+
+class _EffectiveDefault(click.Option):
+    """An option whose help shows the value the environment gives it when it is not passed."""
+
+    def __init__(self, *args: Any, setting: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setting = setting
+        self.base_help = self.help or ""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = f"{self.base_help} (default now: {_effective(self.setting)})."
+        return super().get_help_record(ctx)
 
 
 def _check_namespace(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

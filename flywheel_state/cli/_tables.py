@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flywheel_state.cli._admin import EXPIRED, document_json
-from flywheel_state.cli._common import CliContext, console, emit_json, format_ttl
+from flywheel_state.cli._common import CliContext, console, emit_json, err_console, format_ttl
 from flywheel_state.models import ExecutionResult, Session
 from flywheel_state.repositories import Page
 
@@ -282,7 +282,8 @@ def print_page(
         return
     if page.items:
         console.print(table(page.items, ttls))
-    console.print(page_footer(page.total, page.offset, len(page.items), noun=noun))
+    footer = page_footer(page.total, page.offset, len(page.items), noun=noun)
+    (console if console.is_terminal else err_console).print(footer)  # piped: rows only
 
 
 def print_document(

@@ -14,11 +14,12 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
+
+from flywheel_state import _purge
 
 __all__ = [
     "PROSE_WORDS",
@@ -89,19 +90,8 @@ def random_text(rng: random.Random, words: int, vocabulary: Sequence[str] = PROS
 
 
 async def drop_namespace(client: Redis, namespace: str) -> None:
-    """Drop the namespace's RediSearch indexes and unlink its keys."""
-    for name in await client.execute_command("FT._LIST"):
-        text = name.decode() if isinstance(name, bytes) else str(name)
-        if text.startswith(f"{namespace}:"):
-            await client.execute_command("FT.DROPINDEX", text)
-    batch: list[Any] = []
-    async for key in client.scan_iter(match=f"{namespace}:*", count=2000):
-        batch.append(key)
-        if len(batch) >= 2000:
-            await client.unlink(*batch)
-            batch.clear()
-    if batch:
-        await client.unlink(*batch)
+    """Drop the namespace's RediSearch indexes and unlink its keys (the library's purge)."""
+    await _purge.drop_namespace(client, namespace)
 
 
 @dataclass

@@ -341,6 +341,23 @@ class Store:
             "modules": names,
         }
 
+    async def drop_namespace(self) -> tuple[int, int]:
+        """Remove this Store's namespace: drop its indexes and unlink every key under it
+        (documents and migration bookkeeping). Irreversible; no connect needed.
+
+        Returns:
+            The number of indexes dropped and of keys unlinked.
+        """
+        from flywheel_state._purge import drop_namespace
+
+        return await drop_namespace(self.client, self.namespace)
+
+    async def index_target(self, kind: str) -> str | None:
+        """The index the alias ``{namespace}:{kind}:idx`` points at, or None without one."""
+        from flywheel_state.indexes import alias_target
+
+        return await alias_target(self.client, self.namespace, kind)
+
     async def close(self) -> None:
         """Close the client of the running loop and forget the others."""
         try:

@@ -6,7 +6,7 @@ per test session, unless REDIS_URL points at a server to use instead.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,23 +18,14 @@ from flywheel_state import Settings, Store
 
 
 def _drop_namespace(url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(url, protocol=2)
-    try:
-        for name in client.execute_command("FT._LIST"):
-            text = name.decode() if isinstance(name, bytes) else str(name)
-            if text.startswith(f"{namespace}:"):
-                with contextlib.suppress(redis.ResponseError):
-                    client.execute_command("FT.DROPINDEX", text)
-        batch = []
-        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
-    finally:
-        client.close()
+    async def _drop() -> None:
+        store = Store(Settings(url=url, namespace=namespace))
+        try:
+            await store.drop_namespace()
+        finally:
+            await store.close()
+
+    asyncio.run(_drop())
 
 
 @pytest.fixture(scope="session")

@@ -22,13 +22,13 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
-from redis import exceptions as redis_exc
 from rich import box
 from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
-from flywheel_state._redis import Client, as_str, translate_errors
+from flywheel_state import _purge
+from flywheel_state._redis import Client
 from flywheel_state.cli._admin import find_with_ttls
 from flywheel_state.cli._common import console, fail, reporting_errors, run_async
 from flywheel_state.cli._tables import (
@@ -41,7 +41,6 @@ from flywheel_state.cli._tables import (
 )
 from flywheel_state.config import Settings
 from flywheel_state.errors import FlywheelStateError, NotFoundError
-from flywheel_state.indexes import alias_target
 from flywheel_state.models import (
     Backend,
     ExecutionResult,
@@ -255,36 +254,8 @@ def _check(ok: bool, what: str) -> None:
 
 
 async def drop_namespace(client: Client, namespace: str) -> tuple[int, int]:
-    """Drop every index of ``namespace`` and unlink every key under ``{namespace}:``.
-
-    Migration bookkeeping (``{namespace}:_migrations:*``) goes too. Returns the number of
-    indexes dropped and of keys unlinked.
-    """
-    prefix = f"{namespace}:"
-    with translate_errors(f"removing namespace {namespace}"):
-        try:
-            names = [as_str(n) for n in await client.execute_command("FT._LIST")]
-        except redis_exc.ResponseError:  # a server without FT._LIST: drop what the aliases name
-            names = [
-                target
-                for kind in ("session", "execution")
-                if (target := await alias_target(client, namespace, kind)) is not None
-            ]
-        dropped = 0
-        for name in names:
-            if name.startswith(prefix):
-                await client.execute_command("FT.DROPINDEX", name)
-                dropped += 1
-        unlinked = 0
-        batch: list[bytes] = []
-        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                unlinked += int(await client.unlink(*batch))
-                batch.clear()
-        if batch:
-            unlinked += int(await client.unlink(*batch))
-    return dropped, unlinked
+    """Drop ``namespace``'s indexes and keys (the library's one purge; kept for callers)."""
+    return await _purge.drop_namespace(client, namespace)
 
 
 # ------------------------------------------------------------------------------ the tour
@@ -618,7 +589,7 @@ async def run_tour(
             "indexes created:"
         )
         for kind in ("session", "execution"):
-            target = await alias_target(store.client, settings.namespace, kind)
+            target = await store.index_target(kind)
             _say(f"  {settings.namespace}:{kind}:idx -> {target}")
         now = datetime.now(timezone.utc)
         data = generate(n_sessions, n_executions, seed=seed, now=now)
@@ -629,12 +600,12 @@ async def run_tour(
     except BaseException:
         if cleanup:  # best effort: the error that stopped the tour is the one to report
             with contextlib.suppress(FlywheelStateError):
-                await drop_namespace(store.client, settings.namespace)
+                await store.drop_namespace()
         raise
     else:
         if cleanup:
             _section("5. Cleaning up")
-            dropped, unlinked = await drop_namespace(store.client, settings.namespace)
+            dropped, unlinked = await store.drop_namespace()
             _say(
                 f"Dropped {dropped} indexes and unlinked {unlinked} keys of namespace "
                 f"{settings.namespace} (FT.DROPINDEX + UNLINK)."

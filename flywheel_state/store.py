@@ -27,6 +27,7 @@ from flywheel_state.repositories.executions import ExecutionRepository
 from flywheel_state.repositories.sessions import SessionRepository
 
 if TYPE_CHECKING:
+    from flywheel_state.health import HealthReport
     from flywheel_state.migrations import MigrationRunner
 
 __all__ = ["REQUIRED_COMMANDS", "Store"]
@@ -340,6 +341,14 @@ class Store:
             "redis_version": as_str(info.get("redis_version", "?")),
             "modules": names,
         }
+
+    async def health(self) -> HealthReport:
+        """Check the server, modules, indexes, key counts and migration state (no connect
+        needed; this is what ``flywheel-state doctor`` shows). Never raises for a problem it
+        finds: each is a line of ``report.problems`` (redacted)."""
+        from flywheel_state.health import check_health
+
+        return await check_health(self)
 
     async def drop_namespace(self) -> tuple[int, int]:
         """Remove this Store's namespace: drop its indexes and unlink every key under it

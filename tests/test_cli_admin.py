@@ -597,3 +597,16 @@ def test_help_shows_the_effective_namespace(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("REDIS_NAMESPACE", "from_env_ns")
     result = CliRunner().invoke(cli, ["sessions", "list", "--help"])
     assert "from_env_ns" in result.stdout
+
+
+async def test_a_mistyped_namespace_is_reported_unused_not_migrate_up(
+    redis_server: str, store: Store, seeded: dict[str, Any]
+) -> None:
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli,
+        ["sessions", "list", "--url", redis_server, "--namespace", f"{store.namespace}_typo"],
+    )
+    assert result.exit_code == 1
+    assert "is unused" in result.stderr and store.namespace in result.stderr
+    assert "run `flywheel-state migrate up`" not in result.stderr

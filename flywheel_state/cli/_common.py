@@ -20,7 +20,7 @@ from rich.text import Text
 
 from flywheel_state._urls import redact
 from flywheel_state.config import Settings
-from flywheel_state.errors import FlywheelStateError, NotFoundError
+from flywheel_state.errors import FlywheelStateError, NotFoundError, SchemaOutOfDateError
 from flywheel_state.store import Store
 
 __all__ = [
@@ -67,7 +67,7 @@ def _plain_cell(cell: Any) -> str:
 def table_rows(table: Table) -> list[list[str]]:
     """The header and the rows of a rich table as plain, whole values."""
     columns = table.columns
-    rows = [[_plain_cell(column.header) for column in columns]]
+    rows = [[_plain_cell(column.header) for column in columns]] if table.show_header else []
     cells = [list(column.cells) for column in columns]
     for index in range(table.row_count):
         rows.append([_plain_cell(column[index]) for column in cells])
@@ -149,7 +149,13 @@ class CliContext:
             store = self.store()
             try:
                 if connect:
-                    await store.connect()
+                    try:
+                        await store.connect()
+                    except SchemaOutOfDateError:
+                        report = await store.health()
+                        if report.unused_namespace:  # a mistyped --namespace, not a migration
+                            fail(report.problems[-1], kind="UnusedNamespaceError")
+                        raise
                 return await work(store)
             finally:
                 await store.close()

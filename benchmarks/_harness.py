@@ -8,11 +8,9 @@ same run, as ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -20,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flywheel_state import _purge
+from flywheel_state.devserver import server_url
 
 __all__ = [
     "PROSE_WORDS",
@@ -64,19 +63,6 @@ def bench_parser(
     if repeat is not None:
         parser.add_argument("--repeat", type=int, default=repeat, help=repeat_help)
     return parser
-
-
-@contextmanager
-def server_url() -> Iterator[str]:
-    """REDIS_URL when set, else a temporary embedded server for the duration of the block."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    from flywheel_state.server import EmbeddedRedis
-
-    with EmbeddedRedis() as server:
-        yield server.url
 
 
 def fresh_namespace(prefix: str = "bench") -> str:

@@ -7,7 +7,6 @@ per test session, unless REDIS_URL points at a server to use instead.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -31,14 +30,10 @@ def _drop_namespace(url: str, namespace: str) -> None:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """The URL of a Redis with JSON and search: REDIS_URL, or the embedded server."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    from flywheel_state.server import EmbeddedRedis
+    from flywheel_state.devserver import server_url
 
-    with EmbeddedRedis() as server:
-        yield server.url
+    with server_url() as url:
+        yield url
 
 
 @pytest.fixture

@@ -27,8 +27,6 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
-from flywheel_state import _purge
-from flywheel_state._redis import Client
 from flywheel_state.cli._admin import find_with_ttls
 from flywheel_state.cli._common import console, fail, reporting_errors, run_async
 from flywheel_state.cli._tables import (
@@ -54,7 +52,7 @@ from flywheel_state.store import Store
 if TYPE_CHECKING:
     from flywheel_state.server import EmbeddedRedis
 
-__all__ = ["DemoData", "demo", "drop_namespace", "generate", "run_tour"]
+__all__ = ["DemoData", "demo", "generate", "run_tour"]
 
 # ------------------------------------------------------------------------------ the data
 
@@ -251,11 +249,6 @@ def _check(ok: bool, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------ cleanup
-
-
-async def drop_namespace(client: Client, namespace: str) -> tuple[int, int]:
-    """Drop ``namespace``'s indexes and keys (the library's one purge; kept for callers)."""
-    return await _purge.drop_namespace(client, namespace)
 
 
 # ------------------------------------------------------------------------------ the tour

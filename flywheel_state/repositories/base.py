@@ -763,15 +763,18 @@ class Repository(QueryMixin[M], Generic[M]):
 
     async def exists_many(self, ids: Sequence[str]) -> list[bool]:
         """Whether each of ``ids`` exists, in one pipelined round trip (one flag per id)."""
+        return [bool(reply) for reply in await self._per_key("exists", ids, "checking")]
+
+    async def _per_key(self, command: str, ids: Sequence[str], what: str) -> list[Any]:
+        """One ``command`` per id's key, pipelined in one round trip; the replies in order."""
         if not ids:
             return []
         keys = [self.key(i) for i in ids]
-        with translate_errors(f"checking {len(keys)} keys"):
+        with translate_errors(f"{what} {len(keys)} keys"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.exists(key)
-                replies = await pipe.execute()
-        return [bool(reply) for reply in replies]
+                    getattr(pipe, command)(key)
+                return list(await pipe.execute())
 
     async def ttls(self, ids: Sequence[str]) -> list[timedelta | None]:
         """The remaining time to live of each of ``ids``, in one pipelined round trip.
@@ -780,16 +783,8 @@ class Repository(QueryMixin[M], Generic[M]):
             One entry per id: the time left, None for a record with no expiry, and
             ``timedelta(0)`` for one that does not exist (expired or deleted).
         """
-        if not ids:
-            return []
-        keys = [self.key(i) for i in ids]
-        with translate_errors(f"reading the TTL of {len(keys)} keys"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.pttl(key)
-                replies = await pipe.execute()
         out: list[timedelta | None] = []
-        for reply in replies:
+        for reply in await self._per_key("pttl", ids, "reading the TTL of"):
             ms = int(reply)
             out.append(None if ms == -1 else timedelta(0) if ms < 0 else timedelta(milliseconds=ms))
         return out

@@ -610,3 +610,15 @@ async def test_a_mistyped_namespace_is_reported_unused_not_migrate_up(
     assert result.exit_code == 1
     assert "is unused" in result.stderr and store.namespace in result.stderr
     assert "run `flywheel-state migrate up`" not in result.stderr
+
+
+def test_pager_only_for_long_output_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from flywheel_state.cli import _tables
+
+    monkeypatch.setattr(_tables, "console", Console(force_terminal=True, height=10))
+    assert _tables.needs_pager("\n".join(["x"] * 50))
+    assert not _tables.needs_pager("short")
+    monkeypatch.setattr(_tables, "console", Console(force_terminal=False, height=10))
+    assert not _tables.needs_pager("\n".join(["x"] * 50))  # piped: never a pager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -24,6 +25,7 @@ __all__ = [
     "counts_table",
     "execution_table",
     "format_duration_ms",
+    "needs_pager",
     "page_footer",
     "print_document",
     "print_page",
@@ -294,6 +296,17 @@ def print_document(
     if ctx.json:
         emit_json(data)
         return
-    console.print(heading)
     data.pop("ttl_seconds")
-    console.print_json(data=data)
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    if needs_pager(text):  # a long document on a terminal: through $PAGER (less -R)
+        with console.pager(styles=True):
+            console.print(heading)
+            console.print_json(text)
+        return
+    console.print(heading)
+    console.print_json(text)
+
+
+def needs_pager(text: str) -> bool:
+    """True when ``text`` is longer than the terminal is high and stdout is a terminal."""
+    return console.is_terminal and text.count("\n") + 2 > console.size.height

@@ -32,6 +32,7 @@ from flywheel_state.cli._common import (
     common_options,
     console,
     emit_json,
+    fail,
     option_group,
 )
 from flywheel_state.migrations import (
@@ -103,7 +104,39 @@ def _progress(ctx: CliContext) -> Iterator[ProgressCallback | None]:
         yield update
 
 
+MIGRATIONS_ENV = "FLYWHEEL_STATE_MIGRATIONS"
+"""The environment variable naming an application's migrations directory."""
+
+
+def configured_directory(start: Path | None = None) -> Path | None:
+    """The application's migrations directory: ``$FLYWHEEL_STATE_MIGRATIONS``, else
+    ``[tool.flywheel-state] migrations = "..."`` in the nearest pyproject.toml from ``start``
+    (default: the working directory) upward, relative to that file; None when neither is set."""
+    import os
+
+    value = os.environ.get(MIGRATIONS_ENV, "").strip()
+    if value:
+        return Path(value)
+    try:
+        import tomllib  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError:  # Python 3.10: no tomllib; the variable and --directory work
+        return None
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                data = tomllib.loads(candidate.read_text("utf-8"))
+            except (OSError, ValueError):
+                return None
+            table = data.get("tool", {}).get("flywheel-state", {})
+            configured = table.get("migrations") if isinstance(table, dict) else None
+            return folder / configured if isinstance(configured, str) and configured else None
+    return None
+
+
 def _runner(store: Store, directory: Path | None) -> MigrationRunner:
+    directory = directory or configured_directory()
     if directory is None:
         return store.migrations
     return MigrationRunner(store, scripts=ScriptDirectory(directory))
@@ -208,7 +241,10 @@ _DIRECTORY = click.option(
     "--directory",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Directory of migration scripts (default: the ones shipped with flywheel-state).",
+    help=(
+        "Directory of migration scripts (default: FLYWHEEL_STATE_MIGRATIONS, else "
+        "[tool.flywheel-state] migrations in pyproject.toml, else the shipped ones)."
+    ),
 )
 
 
@@ -385,12 +421,33 @@ def stamp(
 @_DIRECTORY
 @common_options
 def new(ctx: CliContext, message: str, directory: Path | None) -> None:
-    """Write a new migration script following the head, from the template."""
-    scripts = default_scripts() if directory is None else ScriptDirectory(directory)
+    """Write a new migration script following the head, from the template.
+
+    It is written into the application's migrations directory: --directory, else
+    FLYWHEEL_STATE_MIGRATIONS, else `[tool.flywheel-state] migrations = "..."` in your
+    pyproject.toml. Without one it refuses (it would write into the installed package).
+    """
+    given = directory
+    directory = directory or configured_directory()
+    if directory is None:
+        fail(
+            "no migrations directory is configured, and a script written into the installed "
+            f"flywheel-state package ({default_scripts().path}) would be lost on upgrade. "
+            "Configure one: `migrate new ... --directory migrations`, or "
+            f"{MIGRATIONS_ENV}=migrations, or in your pyproject.toml:\n"
+            '[tool.flywheel-state]\nmigrations = "migrations"',
+            kind="UsageError",
+            code=2,
+        )
+    scripts = ScriptDirectory(directory)
     path = scripts.new(message)
     revision = path.name.split("_", 1)[0]
     if ctx.json:
         emit_json({"path": str(path), "revision": revision})
     else:
         console.print(f"wrote [bold]{escape(str(path))}[/bold] (revision {revision})")
-        console.print("edit its upgrade() and downgrade(), then run `flywheel-state migrate up`")
+        option = f" --directory {given}" if given is not None else ""
+        console.print(
+            f"edit its upgrade() and downgrade(), then run `flywheel-state migrate up{option}`",
+            markup=False,
+        )

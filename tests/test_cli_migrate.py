@@ -157,3 +157,15 @@ def test_migrate_new_refuses_the_installed_package_and_uses_the_configured_direc
     assert list((tmp_path / "env_migrations").glob("0001_*.py"))
     given = CliRunner().invoke(cli, ["migrate", "new", "z", "--directory", str(tmp_path / "d")])
     assert f"migrate up --directory {tmp_path / 'd'}" in given.stdout
+
+
+def test_an_interrupted_migration_names_the_command_that_resolves_it() -> None:
+    from types import SimpleNamespace
+
+    from flywheel_state.cli.migrate import interruption_resolution
+
+    status: Any = SimpleNamespace(current="0002", interrupted={"revision": "0003"})
+    present = interruption_resolution(status, {"0001", "0002", "0003"})
+    assert "migrate up` finishes it" in present and "migrate down 0002" in present
+    missing = interruption_resolution(status, {"0001", "0002"})
+    assert "script of revision 0003 is missing" in missing and "migrate stamp 0002" in missing

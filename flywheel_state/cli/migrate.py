@@ -7,6 +7,7 @@ The commands work on a namespace whose schema is behind (they never require it t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,22 +118,36 @@ def configured_directory(start: Path | None = None) -> Path | None:
     value = os.environ.get(MIGRATIONS_ENV, "").strip()
     if value:
         return Path(value)
-    try:
-        import tomllib  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError:  # Python 3.10: no tomllib; the variable and --directory work
-        return None
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         candidate = folder / "pyproject.toml"
         if candidate.is_file():
             try:
-                data = tomllib.loads(candidate.read_text("utf-8"))
+                configured = _migrations_setting(candidate.read_text("utf-8"))
             except (OSError, ValueError):
                 return None
-            table = data.get("tool", {}).get("flywheel-state", {})
-            configured = table.get("migrations") if isinstance(table, dict) else None
-            return folder / configured if isinstance(configured, str) and configured else None
+            return folder / configured if configured else None
     return None
+
+
+def _migrations_setting(text: str) -> str | None:
+    """``[tool.flywheel-state] migrations`` of a pyproject.toml's text, or None."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        table = tomllib.loads(text).get("tool", {}).get("flywheel-state", {})
+        value = table.get("migrations") if isinstance(table, dict) else None
+        return value if isinstance(value, str) and value else None
+    # Python 3.10 has no tomllib: read the one key this needs (a quoted string).
+    import re
+
+    section = re.search(
+        r"^\[tool\.(?:\"flywheel-state\"|flywheel-state)\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S
+    )
+    if section is None:
+        return None
+    match = re.search(r"^migrations\s*=\s*(?:\"([^\"]+)\"|'([^']+)')", section.group(1), re.M)
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def _runner(store: Store, directory: Path | None) -> MigrationRunner:

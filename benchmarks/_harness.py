@@ -8,17 +8,17 @@ same run, as ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
+
+from flywheel_state import _purge
+from flywheel_state.devserver import server_url
 
 __all__ = [
     "PROSE_WORDS",
@@ -65,19 +65,6 @@ def bench_parser(
     return parser
 
 
-@contextmanager
-def server_url() -> Iterator[str]:
-    """REDIS_URL when set, else a temporary embedded server for the duration of the block."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    from flywheel_state.server import EmbeddedRedis
-
-    with EmbeddedRedis() as server:
-        yield server.url
-
-
 def fresh_namespace(prefix: str = "bench") -> str:
     """A namespace unique to this run."""
     return f"{prefix}{uuid.uuid4().hex[:8]}"
@@ -89,19 +76,8 @@ def random_text(rng: random.Random, words: int, vocabulary: Sequence[str] = PROS
 
 
 async def drop_namespace(client: Redis, namespace: str) -> None:
-    """Drop the namespace's RediSearch indexes and unlink its keys."""
-    for name in await client.execute_command("FT._LIST"):
-        text = name.decode() if isinstance(name, bytes) else str(name)
-        if text.startswith(f"{namespace}:"):
-            await client.execute_command("FT.DROPINDEX", text)
-    batch: list[Any] = []
-    async for key in client.scan_iter(match=f"{namespace}:*", count=2000):
-        batch.append(key)
-        if len(batch) >= 2000:
-            await client.unlink(*batch)
-            batch.clear()
-    if batch:
-        await client.unlink(*batch)
+    """Drop the namespace's RediSearch indexes and unlink its keys (the library's purge)."""
+    await _purge.drop_namespace(client, namespace)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from flywheel_state.compat import RedisConfig, RedisExecutionCache, RedisSessionManager
 from flywheel_state.config import Settings
 from flywheel_state.errors import (
+    AuthenticationFailedError,
     ConfigError,
     ConflictError,
     CorruptRecordError,
@@ -76,6 +77,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEFAULT",
+    "AuthenticationFailedError",
     "Backend",
     "ConfigError",
     "ConflictError",

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 from redis import exceptions as redis_exc
 
 from flywheel_state._pool import FastBlockingConnectionPool
-from flywheel_state.errors import FlywheelStateError, OutcomeUnknownError, StoreUnavailableError
+from flywheel_state.errors import (
+    AuthenticationFailedError,
+    FlywheelStateError,
+    OutcomeUnknownError,
+    StoreUnavailableError,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -49,6 +54,11 @@ def _text(exc: BaseException) -> str:
 
 
 def _convert(exc: Exception, what: str, write: bool) -> FlywheelStateError:
+    if isinstance(exc, redis_exc.AuthenticationError):
+        return AuthenticationFailedError(
+            f"Redis refused the credentials while {what}: check REDIS_USERNAME / "
+            "REDIS_PASSWORD (or the user and password in REDIS_URL)"
+        )
     if isinstance(exc, _UNAVAILABLE):
         if write:
             return outcome_unknown(what, exc)

@@ -104,6 +104,10 @@ class StoreUnavailableError(FlywheelStateError, ConnectionError):
     """Redis can't be reached, or a command timed out."""
 
 
+class AuthenticationFailedError(StoreUnavailableError):
+    """Redis refused the credentials (a wrong or missing REDIS_USERNAME / REDIS_PASSWORD)."""
+
+
 class OutcomeUnknownError(StoreUnavailableError):
     """A write was sent but its outcome is unknown: it may or may not have been applied.
 

@@ -16,6 +16,7 @@ from flywheel_state._redis import BudgetPool, Client, as_str, translate_errors
 from flywheel_state.config import Settings
 from flywheel_state.crypto import FieldCipher
 from flywheel_state.errors import (
+    AuthenticationFailedError,
     ConfigError,
     ModuleMissingError,
     NotConnectedError,
@@ -27,6 +28,7 @@ from flywheel_state.repositories.executions import ExecutionRepository
 from flywheel_state.repositories.sessions import SessionRepository
 
 if TYPE_CHECKING:
+    from flywheel_state.health import HealthReport
     from flywheel_state.migrations import MigrationRunner
 
 __all__ = ["REQUIRED_COMMANDS", "Store"]
@@ -216,6 +218,11 @@ class Store:
             OSError,
             asyncio.TimeoutError,
         ) as exc:
+            if isinstance(exc, redis_exc.AuthenticationError):
+                raise AuthenticationFailedError(
+                    f"Redis at {self.settings.safe_url} refused the credentials: check "
+                    "REDIS_USERNAME / REDIS_PASSWORD (or the user and password in REDIS_URL)"
+                ) from exc
             reason = self.settings.redact(str(exc) or type(exc).__name__)
             raise StoreUnavailableError(
                 f"cannot reach Redis at {self.settings.safe_url}: {reason}"
@@ -349,6 +356,31 @@ class Store:
             "redis_version": as_str(info.get("redis_version", "?")),
             "modules": names,
         }
+
+    async def health(self) -> HealthReport:
+        """Check the server, modules, indexes, key counts and migration state (no connect
+        needed; this is what ``flywheel-state doctor`` shows). Never raises for a problem it
+        finds: each is a line of ``report.problems`` (redacted)."""
+        from flywheel_state.health import check_health
+
+        return await check_health(self)
+
+    async def drop_namespace(self) -> tuple[int, int]:
+        """Remove this Store's namespace: drop its indexes and unlink every key under it
+        (documents and migration bookkeeping). Irreversible; no connect needed.
+
+        Returns:
+            The number of indexes dropped and of keys unlinked.
+        """
+        from flywheel_state._purge import drop_namespace
+
+        return await drop_namespace(self.client, self.namespace)
+
+    async def index_target(self, kind: str) -> str | None:
+        """The index the alias ``{namespace}:{kind}:idx`` points at, or None without one."""
+        from flywheel_state.indexes import alias_target
+
+        return await alias_target(self.client, self.namespace, kind)
 
     async def close(self) -> None:
         """Close the client of the running loop and forget the others."""

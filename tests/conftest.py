@@ -6,8 +6,7 @@ per test session, unless REDIS_URL points at a server to use instead.
 
 from __future__ import annotations
 
-import contextlib
-import os
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -18,36 +17,23 @@ from flywheel_state import Settings, Store
 
 
 def _drop_namespace(url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(url, protocol=2)
-    try:
-        for name in client.execute_command("FT._LIST"):
-            text = name.decode() if isinstance(name, bytes) else str(name)
-            if text.startswith(f"{namespace}:"):
-                with contextlib.suppress(redis.ResponseError):
-                    client.execute_command("FT.DROPINDEX", text)
-        batch = []
-        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
-    finally:
-        client.close()
+    async def _drop() -> None:
+        store = Store(Settings(url=url, namespace=namespace))
+        try:
+            await store.drop_namespace()
+        finally:
+            await store.close()
+
+    asyncio.run(_drop())
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """The URL of a Redis with JSON and search: REDIS_URL, or the embedded server."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    from flywheel_state.server import EmbeddedRedis
+    from flywheel_state.devserver import server_url
 
-    with EmbeddedRedis() as server:
-        yield server.url
+    with server_url() as url:
+        yield url
 
 
 @pytest.fixture

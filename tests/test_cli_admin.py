@@ -211,7 +211,7 @@ async def test_sessions_list_pages(run: Cli, seeded: dict[str, Any]) -> None:
 
     result = await run("sessions", "list", "--limit", "4", "--offset", "3")
     assert result.exit_code == 0, result.output
-    assert f"showing 4-7 of {len(ordered)} sessions" in result.stdout
+    assert f"showing 4-7 of {len(ordered)} sessions" in result.stderr  # footer on stderr when piped
     for session_id in ordered[3:7]:
         assert session_id in result.stdout
     assert ordered[0] not in result.stdout
@@ -225,11 +225,11 @@ async def test_sessions_list_table_shows_ttl_and_relative_time(
     assert "s09" in result.stdout
     assert re.search(r"\b[3-5]\ds ago", result.stdout), result.stdout  # saved 30 s ago
     assert "6d 23h" in result.stdout or "7d 0h" in result.stdout
-    assert "showing 1-1 of 1 sessions" in result.stdout
+    assert "showing 1-1 of 1 sessions" in result.stderr
 
     result = await run("sessions", "list", "--user", "nobody")
     assert result.exit_code == 0, result.output
-    assert "no sessions match" in result.stdout
+    assert "no sessions match" in result.stderr  # notes on stderr when piped (issue 14)
 
 
 async def test_values_that_look_like_markup_are_printed_as_they_are(
@@ -274,17 +274,18 @@ async def test_sessions_show(run: Cli, seeded: dict[str, Any]) -> None:
     assert '"topic 3"' in result.stdout
 
 
-async def test_unknown_session_is_one_line_and_exit_1(run: Cli, seeded: dict[str, Any]) -> None:
+async def test_unknown_session_is_one_line_and_exit_3(run: Cli, seeded: dict[str, Any]) -> None:
+    # exit 3 (not found) since issue 14: scripts can tell "missing" from "failed".
     for command in ("show", "touch"):
         result = await run("sessions", command, "no_such_session")
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 3, result.output
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
         assert "no_such_session" in lines[0]
         assert "does not exist" in lines[0]
         assert "Traceback" not in result.output
     result = await run("executions", "show", "no_such_execution")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -320,7 +321,7 @@ async def test_delete_ids_with_yes_deletes_exactly_those(
     run: Cli, store: Store, seeded: dict[str, Any]
 ) -> None:
     result = await run("sessions", "delete", "s02", "s05", "ghost", "--yes")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # a missing id exits 3 (issue 14)
     assert "deleted 2 sessions" in result.stdout
     assert "not found: ghost" in result.stdout
     remaining = {s.id for s in seeded["sessions"]} - {"s02", "s05"}
@@ -376,7 +377,9 @@ async def test_delete_never_deletes_everything_without_a_filter(
     ):
         result = await run(*args)
         assert result.exit_code == 2, (args, result.output)
-        assert "Error" in result.stderr
+        assert (
+            result.stderr.startswith("Usage") and "\nerror: " in result.stderr
+        )  # one prefix (issue 14)
     assert await store.sessions.count() == total
 
 
@@ -419,8 +422,8 @@ async def test_sessions_stats_equal_a_brute_force_count(run: Cli, seeded: dict[s
 
     result = await run("sessions", "stats")
     assert result.exit_code == 0, result.output
-    assert "per backend" in result.stdout
-    assert "per status" in result.stdout
+    assert "per backend" in result.stderr  # titles go to stderr when piped (issue 14)
+    assert "per status" in result.stderr  # titles go to stderr when piped (issue 14)
     assert f"{len(saved)} sessions" in result.stdout
 
 
@@ -479,10 +482,10 @@ async def test_executions_list_show_and_stats(run: Cli, seeded: dict[str, Any]) 
     assert data["total"] == {"all": len(saved)}
     result = await run("executions", "stats")
     assert result.exit_code == 0, result.output
-    assert "per flow" in result.stdout and "csv2507" in result.stdout
+    assert "per flow" in result.stderr and "csv2507" in result.stdout
     assert f"{len(saved)} executions" in result.stdout
     result = await run("executions", "list", "--limit", "5")
-    assert f"showing 1-5 of {len(saved)} executions" in result.stdout
+    assert f"showing 1-5 of {len(saved)} executions" in result.stderr
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -523,3 +526,99 @@ def test_parse_duration() -> None:
     for bad in ("", "h", "5", "5x", "-5m", "0s", "1h 3"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+# ---------------------------------------------------------------- issue 14: a CLI that pipes
+
+
+async def test_piped_list_keeps_long_values_whole_for_grep(run: Cli, store: Store) -> None:
+    long_flow = "structural-tension-" + "x" * 150
+    for i in range(3):
+        await store.sessions.save(
+            Session(id=f"long{i}", backend=Backend.FLOWISE, current_flow_id=long_flow)
+        )
+    result = await run("sessions", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split("\t")[0] == "id"  # a header row
+    assert sum(long_flow in line for line in lines) == 3  # `| grep` finds each whole
+    assert all(len(line.split("\t")) == len(lines[0].split("\t")) for line in lines[1:])
+
+
+async def test_json_errors_are_one_object_on_stdout(run: Cli, seeded: dict[str, Any]) -> None:
+    result = await run("sessions", "show", "missing", "--json")
+    assert result.exit_code == 3
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "NotFoundError" and error["exit_code"] == 3
+    assert "missing" in error["message"]
+    usage = await run("sessions", "list", "--limit", "0", "--json")
+    assert usage.exit_code == 2
+    assert json.loads(usage.stdout)["error"]["type"] == "UsageError"
+
+
+async def test_deleting_a_missing_id_exits_3_and_deletes_the_others(
+    run: Cli, store: Store, seeded: dict[str, Any]
+) -> None:
+    result = await run("sessions", "delete", "s00", "missing", "--yes")
+    assert result.exit_code == 3, result.output
+    assert not await store.sessions.exists("s00")
+    assert (await run("sessions", "delete", "missing", "--yes")).exit_code == 3
+
+
+def test_piped_cells_escape_tab_newline_backslash() -> None:
+    from rich.table import Table
+
+    from flywheel_state.cli._common import table_rows
+
+    table = Table("a", "b")
+    table.add_row("x\ty", "p\nq\\r")
+    assert table_rows(table) == [["a", "b"], ["x\\ty", "p\\nq\\\\r"]]
+
+
+def test_empty_namespace_is_a_usage_error(redis_server: str) -> None:
+    result = CliRunner().invoke(cli, ["sessions", "list", "--url", redis_server, "--namespace", ""])
+    assert result.exit_code == 2
+    assert "error: " in result.stderr and "--namespace" in result.stderr
+
+
+def test_server_status_exits_3_when_stopped(tmp_path: Any) -> None:
+    result = CliRunner().invoke(cli, ["server", "status", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 3
+    assert result.stdout.startswith("stopped")
+
+
+def test_version_names_the_server_requirements() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert "RedisJSON" in result.stdout and "RediSearch" in result.stdout
+
+
+def test_help_shows_the_effective_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_NAMESPACE", "from_env_ns")
+    result = CliRunner().invoke(cli, ["sessions", "list", "--help"])
+    assert "from_env_ns" in result.stdout
+
+
+async def test_a_mistyped_namespace_is_reported_unused_not_migrate_up(
+    redis_server: str, store: Store, seeded: dict[str, Any]
+) -> None:
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli,
+        ["sessions", "list", "--url", redis_server, "--namespace", f"{store.namespace}_typo"],
+    )
+    assert result.exit_code == 1
+    assert "is unused" in result.stderr and store.namespace in result.stderr
+    assert "run `flywheel-state migrate up`" not in result.stderr
+
+
+def test_pager_only_for_long_output_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from flywheel_state.cli import _tables
+
+    monkeypatch.setattr(_tables, "console", Console(force_terminal=True, height=10))
+    assert _tables.needs_pager("\n".join(["x"] * 50))
+    assert not _tables.needs_pager("short")
+    monkeypatch.setattr(_tables, "console", Console(force_terminal=False, height=10))
+    assert not _tables.needs_pager("\n".join(["x"] * 50))  # piped: never a pager

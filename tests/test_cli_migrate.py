@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from click.testing import CliRunner, Result
 
@@ -128,3 +129,44 @@ def test_doctor_reports_a_schema_behind_head(
     healthy = run(redis_url, namespace, "doctor")
     assert healthy.exit_code == 0, healthy.output
     assert f"{HEAD} (head {HEAD})" in healthy.output
+
+
+def test_migrate_new_refuses_the_installed_package_and_uses_the_configured_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLYWHEEL_STATE_MIGRATIONS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    shipped = sorted(p.name for p in default_scripts().path.iterdir())
+    refused = CliRunner().invoke(cli, ["migrate", "new", "x"])
+    assert refused.exit_code == 2
+    assert "[tool.flywheel-state]" in refused.stderr and "--directory" in refused.stderr
+    assert sorted(p.name for p in default_scripts().path.iterdir()) == shipped
+    # pyproject.toml of the application, found from a subdirectory
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.flywheel-state]\nmigrations = "db/migrations"\n'
+    )
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path / "src")
+    made = CliRunner().invoke(cli, ["migrate", "new", "Add a field"])
+    assert made.exit_code == 0, made.output
+    assert [p.name for p in (tmp_path / "db" / "migrations").glob("*.py")] == [
+        "0001_add_a_field.py"
+    ]
+    # the environment variable, and the hint naming --directory when it was given
+    monkeypatch.setenv("FLYWHEEL_STATE_MIGRATIONS", str(tmp_path / "env_migrations"))
+    assert CliRunner().invoke(cli, ["migrate", "new", "y"]).exit_code == 0
+    assert list((tmp_path / "env_migrations").glob("0001_*.py"))
+    given = CliRunner().invoke(cli, ["migrate", "new", "z", "--directory", str(tmp_path / "d")])
+    assert f"migrate up --directory {tmp_path / 'd'}" in given.stdout
+
+
+def test_an_interrupted_migration_names_the_command_that_resolves_it() -> None:
+    from types import SimpleNamespace
+
+    from flywheel_state.cli.migrate import interruption_resolution
+
+    status: Any = SimpleNamespace(current="0002", interrupted={"revision": "0003"})
+    present = interruption_resolution(status, {"0001", "0002", "0003"})
+    assert "migrate up` finishes it" in present and "migrate down 0002" in present
+    missing = interruption_resolution(status, {"0001", "0002"})
+    assert "script of revision 0003 is missing" in missing and "migrate stamp 0002" in missing

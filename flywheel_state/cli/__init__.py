@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import platform
+
 import click
 
 from flywheel_state import __version__
+from flywheel_state.cli._common import FlywheelGroup
 from flywheel_state.cli.crypto import crypto
 from flywheel_state.cli.demo import demo
 from flywheel_state.cli.doctor import doctor
@@ -17,8 +20,21 @@ from flywheel_state.cli.sessions import sessions
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="flywheel-state")
+SERVER_REQUIREMENTS = (
+    "Redis >= 7.2 with RedisJSON >= 2.6 and RediSearch >= 2.8 (Redis 8 has both built in; "
+    "Redis Stack 7.2+; Redis Cloud/Software with both modules)"
+)
+"""What the server side must provide; printed by ``--version``."""
+
+
+@click.group(cls=FlywheelGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__,
+    prog_name="flywheel-state",
+    message=(
+        f"%(prog)s %(version)s (Python {platform.python_version()})\nserver: {SERVER_REQUIREMENTS}"
+    ),
+)
 def cli() -> None:
     """flywheel-state: persistence for agentic-flywheel sessions on Redis.
 

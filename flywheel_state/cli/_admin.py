@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, TypeVar
 
-from flywheel_state._redis import Client, translate_errors
 from flywheel_state.models import ExecutionResult, Session
 from flywheel_state.models._base import Document
 from flywheel_state.repositories import Page, Repository
@@ -15,7 +14,6 @@ from flywheel_state.repositories import Page, Repository
 __all__ = [
     "EXPIRED",
     "document_json",
-    "fetch_ttls",
     "filters",
     "find_with_ttls",
     "get_with_ttl",
@@ -29,44 +27,18 @@ EXPIRED = timedelta(0)
 """The TTL reported for a key that vanished (expired or deleted) between a query and its PTTL."""
 
 
-async def fetch_ttls(client: Client, keys: Sequence[str]) -> list[timedelta | None]:
-    """The remaining TTL of each key, in one pipelined round trip.
-
-    Returns:
-        One entry per key: the time left, None for a key with no expiry, :data:`EXPIRED` for
-        a key that no longer exists.
-    """
-    if not keys:
-        return []
-    with translate_errors(f"reading the TTL of {len(keys)} keys"):
-        async with client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.pttl(key)
-            replies = await pipe.execute()
-    out: list[timedelta | None] = []
-    for reply in replies:
-        ms = int(reply)
-        if ms == -1:
-            out.append(None)
-        elif ms < 0:
-            out.append(EXPIRED)
-        else:
-            out.append(timedelta(milliseconds=ms))
-    return out
-
-
 async def find_with_ttls(
-    client: Client, repo: Repository[D], **find_args: Any
+    repo: Repository[D], **find_args: Any
 ) -> tuple[Page[D], list[timedelta | None]]:
     """``repo.find(**find_args)`` and the remaining TTL of each record of the page."""
     page = await repo.find(**find_args)
-    return page, await fetch_ttls(client, [repo.key(item.id) for item in page.items])
+    return page, await repo.ttls([item.id for item in page.items])
 
 
-async def get_with_ttl(client: Client, repo: Repository[D], id: str) -> tuple[D, timedelta | None]:
+async def get_with_ttl(repo: Repository[D], id: str) -> tuple[D, timedelta | None]:
     """``repo.get(id)`` and the record's remaining TTL."""
     item = await repo.get(id)
-    ttls = await fetch_ttls(client, [repo.key(id)])
+    ttls = await repo.ttls([id])
     return item, ttls[0]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -13,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flywheel_state.cli._admin import EXPIRED, document_json
-from flywheel_state.cli._common import CliContext, console, emit_json, format_ttl
+from flywheel_state.cli._common import CliContext, console, emit_json, err_console, format_ttl
 from flywheel_state.models import ExecutionResult, Session
 from flywheel_state.repositories import Page
 
@@ -24,6 +25,7 @@ __all__ = [
     "counts_table",
     "execution_table",
     "format_duration_ms",
+    "needs_pager",
     "page_footer",
     "print_document",
     "print_page",
@@ -282,7 +284,8 @@ def print_page(
         return
     if page.items:
         console.print(table(page.items, ttls))
-    console.print(page_footer(page.total, page.offset, len(page.items), noun=noun))
+    footer = page_footer(page.total, page.offset, len(page.items), noun=noun)
+    (console if console.is_terminal else err_console).print(footer)  # piped: rows only
 
 
 def print_document(
@@ -293,6 +296,17 @@ def print_document(
     if ctx.json:
         emit_json(data)
         return
-    console.print(heading)
     data.pop("ttl_seconds")
-    console.print_json(data=data)
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    if needs_pager(text):  # a long document on a terminal: through $PAGER (less -R)
+        with console.pager(styles=True):
+            console.print(heading)
+            console.print_json(text)
+        return
+    console.print(heading)
+    console.print_json(text)
+
+
+def needs_pager(text: str) -> bool:
+    """True when ``text`` is longer than the terminal is high and stdout is a terminal."""
+    return console.is_terminal and text.count("\n") + 2 > console.size.height

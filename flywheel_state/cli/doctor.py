@@ -8,110 +8,15 @@ from typing import Any
 import click
 from rich.table import Table
 
-from flywheel_state._redis import as_str
 from flywheel_state.cli._common import CliContext, common_options, console, emit_json
-from flywheel_state.errors import FlywheelStateError
-from flywheel_state.indexes import alias_name, index_info
 from flywheel_state.store import Store
 
 __all__ = ["doctor"]
 
-_KINDS = ("session", "execution")
-
 
 async def diagnose(store: Store) -> dict[str, Any]:
-    """Gather what ``doctor`` reports; ``problems`` lists what is wrong (empty when healthy).
-
-    Every problem is redacted with the store's secrets (passwords never show).
-    """
-    report = await _diagnose(store)
-    report["problems"] = [store.settings.redact(p) for p in report["problems"]]
-    return report
-
-
-async def _diagnose(store: Store) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "url": store.settings.safe_url,
-        "namespace": store.namespace,
-        "problems": [],
-    }
-    problems: list[str] = report["problems"]
-    client = store.client
-    try:
-        await client.ping()
-    except Exception as exc:
-        problems.append(f"cannot reach Redis at {store.settings.safe_url}: {exc}")
-        report["reachable"] = False
-        return report
-    report["reachable"] = True
-    try:
-        report.update(await store.server_info())
-        missing = await store.missing_commands()
-        report["json"] = not any(c.startswith("JSON.") for c in missing)
-        report["search"] = not any(c.startswith("FT.") for c in missing)
-        if missing:
-            problems.append(
-                f"missing commands {', '.join(missing)}: use Redis 8 or Redis Stack 7.2+"
-            )
-            return report
-        if store.is_cluster:
-            report["shards"] = await store.shards()
-            report["distributed_search"] = await store.has_distributed_search()
-            if not report["distributed_search"]:
-                problems.append(
-                    "this cluster has no distributed query engine (each shard's search module "
-                    "indexes its own keys only): queries and migrations are unavailable; the "
-                    "key-value API works with Store(..., search=False)"
-                )
-                return report
-        indexes: dict[str, Any] = {}
-        keys: dict[str, int] = {}
-        for kind in _KINDS:
-            info = await index_info(client, alias_name(store.namespace, kind))
-            if info is None:
-                indexes[kind] = None
-                problems.append(
-                    f"no {kind} index ({alias_name(store.namespace, kind)}): "
-                    "run `flywheel-state migrate up`"
-                )
-            else:
-                indexes[kind] = {
-                    "index": as_str(info["index_name"]),
-                    "num_docs": int(as_str(info.get("num_docs", b"0"))),
-                    "indexing": bool(int(as_str(info.get("indexing", b"0")))),
-                }
-            count = 0
-            async for _ in client.scan_iter(match=f"{store.namespace}:{kind}:*", count=1000):
-                count += 1
-            keys[kind] = count
-        report["indexes"] = indexes
-        report["keys"] = keys
-        status = await store.migrations.status()
-        report["migrations"] = {
-            "current": status.current,
-            "head": status.head,
-            "pending": list(status.pending),
-            "up_to_date": status.up_to_date,
-        }
-        if not status.known:
-            problems.append(
-                f"applied migration revision {status.current} is unknown to this code (head "
-                f"{status.head}): the data was migrated by a newer flywheel-state"
-            )
-        elif status.interrupted is not None:
-            problems.append(
-                f"a {status.interrupted.get('direction')} of migration "
-                f"{status.interrupted.get('revision')} was interrupted: run "
-                "`flywheel-state migrate up` to resume it"
-            )
-        elif status.pending:
-            problems.append(
-                f"schema behind head: at revision {status.current or 'base'}, head is "
-                f"{status.head} ({len(status.pending)} pending): run `flywheel-state migrate up`"
-            )
-    except FlywheelStateError as exc:
-        problems.append(str(exc))
-    return report
+    """What ``doctor`` reports, as JSON-able data (:meth:`Store.health`)."""
+    return (await store.health()).to_dict()
 
 
 def _print_report(report: dict[str, Any]) -> None:

@@ -111,7 +111,7 @@ def list_(
 
     page, ttls = ctx.run_with_store(
         lambda store: find_with_ttls(
-            store.client, store.executions, sort=sort, limit=limit, offset=offset, **query
+            store.executions, sort=sort, limit=limit, offset=offset, **query
         )
     )
     print_page(ctx, page, ttls, execution_table, noun="executions")
@@ -122,9 +122,7 @@ def list_(
 @common_options
 def show(ctx: CliContext, execution_id: str) -> None:
     """Show one execution result and its remaining TTL."""
-    execution, ttl = ctx.run_with_store(
-        lambda store: get_with_ttl(store.client, store.executions, execution_id)
-    )
+    execution, ttl = ctx.run_with_store(lambda store: get_with_ttl(store.executions, execution_id))
     print_document(
         ctx,
         execution,

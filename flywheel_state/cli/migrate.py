@@ -7,6 +7,7 @@ The commands work on a namespace whose schema is behind (they never require it t
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ from flywheel_state.cli._common import (
     common_options,
     console,
     emit_json,
+    fail,
     option_group,
 )
 from flywheel_state.migrations import (
@@ -103,7 +105,53 @@ def _progress(ctx: CliContext) -> Iterator[ProgressCallback | None]:
         yield update
 
 
+MIGRATIONS_ENV = "FLYWHEEL_STATE_MIGRATIONS"
+"""The environment variable naming an application's migrations directory."""
+
+
+def configured_directory(start: Path | None = None) -> Path | None:
+    """The application's migrations directory: ``$FLYWHEEL_STATE_MIGRATIONS``, else
+    ``[tool.flywheel-state] migrations = "..."`` in the nearest pyproject.toml from ``start``
+    (default: the working directory) upward, relative to that file; None when neither is set."""
+    import os
+
+    value = os.environ.get(MIGRATIONS_ENV, "").strip()
+    if value:
+        return Path(value)
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                configured = _migrations_setting(candidate.read_text("utf-8"))
+            except (OSError, ValueError):
+                return None
+            return folder / configured if configured else None
+    return None
+
+
+def _migrations_setting(text: str) -> str | None:
+    """``[tool.flywheel-state] migrations`` of a pyproject.toml's text, or None."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        table = tomllib.loads(text).get("tool", {}).get("flywheel-state", {})
+        value = table.get("migrations") if isinstance(table, dict) else None
+        return value if isinstance(value, str) and value else None
+    # Python 3.10 has no tomllib: read the one key this needs (a quoted string).
+    import re
+
+    section = re.search(
+        r"^\[tool\.(?:\"flywheel-state\"|flywheel-state)\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S
+    )
+    if section is None:
+        return None
+    match = re.search(r"^migrations\s*=\s*(?:\"([^\"]+)\"|'([^']+)')", section.group(1), re.M)
+    return (match.group(1) or match.group(2)) if match else None
+
+
 def _runner(store: Store, directory: Path | None) -> MigrationRunner:
+    directory = directory or configured_directory()
     if directory is None:
         return store.migrations
     return MigrationRunner(store, scripts=ScriptDirectory(directory))
@@ -147,6 +195,22 @@ def _print_report(report: MigrationReport) -> None:
     console.print(f"{'would be' if report.dry_run else 'now'} at revision [bold]{target}[/bold]")
 
 
+def interruption_resolution(status: MigrationStatus, known: set[str]) -> str:
+    """The commands that resolve an interrupted migration (naming a missing script)."""
+    info = status.interrupted or {}
+    revision = str(info.get("revision"))
+    back = status.current or "base"
+    if revision not in known:
+        return (
+            f"the script of revision {revision} is missing (removed, or another --directory): "
+            f"restore it and run `flywheel-state migrate up`, or `flywheel-state migrate stamp "
+            f"{back}` after checking the data by hand"
+        )
+    return (
+        f"`flywheel-state migrate up` finishes it; `flywheel-state migrate down {back}` undoes it"
+    )
+
+
 def _print_status(status: MigrationStatus, runner: MigrationRunner) -> None:
     scripts = {s.revision: s for s in runner.scripts.scripts}
     current = status.current or "base"
@@ -176,6 +240,7 @@ def _print_status(status: MigrationStatus, runner: MigrationRunner) -> None:
                 f"{info.get('started_at')} by {info.get('host')} pid {info.get('pid')})"
             ),
         )
+        table.add_row("resolve", escape(interruption_resolution(status, set(scripts))))
     if status.lock_holder:
         holder = status.lock_holder
         table.add_row(
@@ -208,7 +273,10 @@ _DIRECTORY = click.option(
     "--directory",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Directory of migration scripts (default: the ones shipped with flywheel-state).",
+    help=(
+        "Directory of migration scripts (default: FLYWHEEL_STATE_MIGRATIONS, else "
+        "[tool.flywheel-state] migrations in pyproject.toml, else the shipped ones)."
+    ),
 )
 
 
@@ -240,7 +308,11 @@ def status(ctx: CliContext, directory: Path | None) -> None:
 
     result, runner = ctx.run_with_store(_run, connect=False)
     if ctx.json:
-        emit_json(result.to_dict())
+        data = result.to_dict()
+        if result.interrupted:
+            known = {s.revision for s in runner.scripts.scripts}
+            data["resolution"] = interruption_resolution(result, known)
+        emit_json(data)
     else:
         _print_status(result, runner)
 
@@ -385,12 +457,33 @@ def stamp(
 @_DIRECTORY
 @common_options
 def new(ctx: CliContext, message: str, directory: Path | None) -> None:
-    """Write a new migration script following the head, from the template."""
-    scripts = default_scripts() if directory is None else ScriptDirectory(directory)
+    """Write a new migration script following the head, from the template.
+
+    It is written into the application's migrations directory: --directory, else
+    FLYWHEEL_STATE_MIGRATIONS, else `[tool.flywheel-state] migrations = "..."` in your
+    pyproject.toml. Without one it refuses (it would write into the installed package).
+    """
+    given = directory
+    directory = directory or configured_directory()
+    if directory is None:
+        fail(
+            "no migrations directory is configured, and a script written into the installed "
+            f"flywheel-state package ({default_scripts().path}) would be lost on upgrade. "
+            "Configure one: `migrate new ... --directory migrations`, or "
+            f"{MIGRATIONS_ENV}=migrations, or in your pyproject.toml:\n"
+            '[tool.flywheel-state]\nmigrations = "migrations"',
+            kind="UsageError",
+            code=2,
+        )
+    scripts = ScriptDirectory(directory)
     path = scripts.new(message)
     revision = path.name.split("_", 1)[0]
     if ctx.json:
         emit_json({"path": str(path), "revision": revision})
     else:
         console.print(f"wrote [bold]{escape(str(path))}[/bold] (revision {revision})")
-        console.print("edit its upgrade() and downgrade(), then run `flywheel-state migrate up`")
+        option = f" --directory {given}" if given is not None else ""
+        console.print(
+            f"edit its upgrade() and downgrade(), then run `flywheel-state migrate up{option}`",
+            markup=False,
+        )

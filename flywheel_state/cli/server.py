@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 from types import FrameType
 
 import click
 
+from flywheel_state.cli._common import EXIT_NOT_FOUND
 from flywheel_state.server import (
     DEFAULT_DATA_DIR,
     EmbeddedRedis,
@@ -222,6 +224,8 @@ def status(data_dir: Path, as_json: bool) -> None:
             click.echo(f"running  {topo['kind']}  {topo['nodes']} processes  url {topo['url']}")
         else:
             click.echo(f"stopped  (no topology on {topo['data_dir']})")
+        if not topo["running"]:
+            sys.exit(EXIT_NOT_FOUND)
         return
     info = server_status(data_dir)
     if as_json:
@@ -230,6 +234,8 @@ def status(data_dir: Path, as_json: bool) -> None:
         click.echo(f"running  pid {info['pid']}  port {info['port']}  url {info['url']}")
     else:
         click.echo(f"stopped  (no server on {info['data_dir']})")
+    if not info["running"]:
+        sys.exit(EXIT_NOT_FOUND)
 
 
 if __name__ == "__main__":

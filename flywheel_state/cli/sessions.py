@@ -14,9 +14,9 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from flywheel_state._redis import translate_errors
-from flywheel_state.cli._admin import fetch_ttls, filters, find_with_ttls, get_with_ttl, ttl_seconds
+from flywheel_state.cli._admin import filters, find_with_ttls, get_with_ttl, ttl_seconds
 from flywheel_state.cli._common import (
+    EXIT_NOT_FOUND,
     CliContext,
     common_options,
     console,
@@ -114,9 +114,7 @@ def list_(ctx: CliContext, sort: str, limit: int, offset: int, **opts: Any) -> N
     """
     query = _query_filters(opts)
     page, ttls = ctx.run_with_store(
-        lambda store: find_with_ttls(
-            store.client, store.sessions, sort=sort, limit=limit, offset=offset, **query
-        )
+        lambda store: find_with_ttls(store.sessions, sort=sort, limit=limit, offset=offset, **query)
     )
     print_page(ctx, page, ttls, session_table, noun="sessions")
 
@@ -129,9 +127,7 @@ def list_(ctx: CliContext, sort: str, limit: int, offset: int, **opts: Any) -> N
 @common_options
 def show(ctx: CliContext, session_id: str) -> None:
     """Show one session's document and its remaining TTL."""
-    session, ttl = ctx.run_with_store(
-        lambda store: get_with_ttl(store.client, store.sessions, session_id)
-    )
+    session, ttl = ctx.run_with_store(lambda store: get_with_ttl(store.sessions, session_id))
     print_document(
         ctx,
         session,
@@ -154,7 +150,7 @@ def touch(ctx: CliContext, session_id: str, ttl: timedelta | None) -> None:
 
     async def _run(store: Store) -> tuple[int, timedelta | None]:
         version = await store.sessions.touch(session_id, ttl=ttl_arg)
-        ttls = await fetch_ttls(store.client, [store.sessions.key(session_id)])
+        ttls = await store.sessions.ttls([session_id])
         return version, ttls[0]
 
     version, left = ctx.run_with_store(_run)
@@ -215,11 +211,7 @@ def delete(
         if where:
             return await store.sessions.ids(**query), []
         unique = list(dict.fromkeys(ids))
-        with translate_errors("checking which sessions exist"):
-            async with store.client.pipeline(transaction=False) as pipe:
-                for session_id in unique:
-                    pipe.exists(store.sessions.key(session_id))
-                flags = await pipe.execute()
+        flags = await store.sessions.exists_many(unique)
         existing = [i for i, flag in zip(unique, flags, strict=True) if flag]
         missing = [i for i, flag in zip(unique, flags, strict=True) if not flag]
         return existing, missing
@@ -232,6 +224,8 @@ def delete(
             emit_json({"deleted": 0, "ids": [], "not_found": missing})
         else:
             console.print("no sessions match; nothing deleted")
+        if missing:
+            sys.exit(EXIT_NOT_FOUND)
         return
 
     noun = "session" if len(targets) == 1 else "sessions"
@@ -250,6 +244,8 @@ def delete(
         emit_json({"deleted": deleted, "ids": targets, "not_found": missing})
     else:
         console.print(f"deleted {deleted} {'session' if deleted == 1 else 'sessions'}")
+    if missing:
+        sys.exit(EXIT_NOT_FOUND)  # the others were deleted; a script still learns of the miss
 
 
 def _confirm_delete(question: str) -> None:

@@ -761,6 +761,50 @@ class Repository(QueryMixin[M], Generic[M]):
         with translate_errors(f"checking {key}"):
             return bool(await self._client.exists(key))
 
+    async def exists_many(self, ids: Sequence[str]) -> list[bool]:
+        """Whether each of ``ids`` exists, in one pipelined round trip (one flag per id)."""
+        return [bool(reply) for reply in await self._per_key("exists", ids, "checking")]
+
+    async def _per_key(self, command: str, ids: Sequence[str], what: str) -> list[Any]:
+        """One ``command`` per id's key, pipelined in one round trip; the replies in order."""
+        if not ids:
+            return []
+        keys = [self.key(i) for i in ids]
+        with translate_errors(f"{what} {len(keys)} keys"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    getattr(pipe, command)(key)
+                return list(await pipe.execute())
+
+    async def ttls(self, ids: Sequence[str]) -> list[timedelta | None]:
+        """The remaining time to live of each of ``ids``, in one pipelined round trip.
+
+        Returns:
+            One entry per id: the time left, None for a record with no expiry, and
+            ``timedelta(0)`` for one that does not exist (expired or deleted).
+        """
+        out: list[timedelta | None] = []
+        for reply in await self._per_key("pttl", ids, "reading the TTL of"):
+            ms = int(reply)
+            out.append(None if ms == -1 else timedelta(0) if ms < 0 else timedelta(milliseconds=ms))
+        return out
+
+    async def delete_where(self, *, dry_run: bool = False, **filters: Any) -> list[str]:
+        """Delete the records matching ``filters`` (at least one), and return their ids.
+
+        The matching ids are collected first (through :meth:`ids`) and exactly those are
+        deleted; with ``dry_run`` nothing is deleted.
+
+        Raises:
+            InvalidQueryError: No filter was given (this never deletes everything).
+        """
+        if not filters:
+            raise InvalidQueryError("delete_where needs at least one filter")
+        targets = await self.ids(**filters)
+        if not dry_run and targets:
+            await self.delete_many(targets)
+        return targets
+
     async def ttl(self, id: str) -> timedelta | None:
         """The remaining time to live of ``id``, or None when it never expires.
 

@@ -293,7 +293,7 @@ class Dataset:
         settings = Settings(url=url, namespace=self.namespace, command_timeout=120.0)
         self.store = Store(settings, auto_migrate=True)
         self.raw = Redis.from_url(url, protocol=2, socket_timeout=120.0)
-        self.hand = Hand(self.raw, self.store.sessions.index_alias, self.store.sessions._tail())
+        self.hand = Hand(self.raw, self.store.sessions.index_alias, [])  # tail: after connect
 
     @property
     def label(self) -> str:

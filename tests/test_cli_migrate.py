@@ -160,13 +160,53 @@ def test_migrate_new_refuses_the_installed_package_and_uses_the_configured_direc
     assert f"migrate up --directory {tmp_path / 'd'}" in given.stdout
 
 
-def test_an_interrupted_migration_names_the_command_that_resolves_it() -> None:
-    from types import SimpleNamespace
+def _interrupt(sync_client: redis.Redis, namespace: str, revision: str) -> None:
+    """Leave the marker a run killed in the middle of upgrading ``revision`` leaves behind."""
+    marker = {"revision": revision, "direction": "upgrade", "host": "h", "pid": 1}
+    sync_client.set(f"{namespace}:_migrations:running", json.dumps(marker))
 
-    from flywheel_state.cli.migrate import interruption_resolution
 
-    status: Any = SimpleNamespace(current="0002", interrupted={"revision": "0003"})
-    present = interruption_resolution(status, {"0001", "0002", "0003"})
-    assert "migrate up` finishes it" in present and "migrate down 0002" in present
-    missing = interruption_resolution(status, {"0001", "0002"})
-    assert "script of revision 0003 is missing" in missing and "migrate stamp 0002" in missing
+def test_an_interrupted_migration_whose_script_is_missing_is_never_cleared_silently(
+    redis_url: str, namespace: str, sync_client: redis.Redis
+) -> None:
+    assert run(redis_url, namespace, "migrate", "up").exit_code == 0
+    _interrupt(sync_client, namespace, "0099")  # a script since removed
+
+    status = run_json(redis_url, namespace, "migrate", "status")
+    assert status["interrupted_script_missing"] and not status["up_to_date"]
+    assert "script of revision 0099 is missing" in status["resolution"]
+    assert f"migrate stamp {HEAD}" in status["resolution"]
+    text = run(redis_url, namespace, "migrate", "status").output
+    assert "0099 is missing" in text
+
+    # migrate up refuses (it used to clear the marker and report success) and keeps the state.
+    result = run(redis_url, namespace, "migrate", "up")
+    assert result.exit_code != 0 and "0099 is missing" in result.output
+    assert sync_client.exists(f"{namespace}:_migrations:running") == 1
+    assert run(redis_url, namespace, "migrate", "up", "--dry-run").exit_code != 0
+
+    # The Store's connect error names the same way out.
+    result = run(redis_url, namespace, "sessions", "list")
+    assert result.exit_code != 0 and f"migrate stamp {HEAD}" in result.output
+
+    # stamp, after checking the data by hand, is the way out it names.
+    assert run(redis_url, namespace, "migrate", "stamp", HEAD).exit_code == 0
+    assert run_json(redis_url, namespace, "migrate", "status")["up_to_date"]
+
+
+def test_an_interrupted_known_step_is_resumed_or_refused_never_dropped(
+    redis_url: str, namespace: str, sync_client: redis.Redis
+) -> None:
+    assert run(redis_url, namespace, "migrate", "up", "0002").exit_code == 0
+    _interrupt(sync_client, namespace, "0003")
+    status = run_json(redis_url, namespace, "migrate", "status")
+    assert not status["interrupted_script_missing"]
+    assert "`flywheel-state migrate up` finishes it" in status["resolution"]
+    assert "migrate down 0002" in status["resolution"]
+    # An upgrade that would not resume 0003 (the target is the applied revision) refuses.
+    result = run(redis_url, namespace, "migrate", "up", "0002")
+    assert result.exit_code != 0 and "0003 was interrupted" in result.output
+    assert sync_client.exists(f"{namespace}:_migrations:running") == 1
+    # A plain migrate up resumes it and ends up to date.
+    assert run(redis_url, namespace, "migrate", "up").exit_code == 0
+    assert run_json(redis_url, namespace, "migrate", "status")["up_to_date"]

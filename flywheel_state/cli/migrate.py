@@ -195,22 +195,6 @@ def _print_report(report: MigrationReport) -> None:
     console.print(f"{'would be' if report.dry_run else 'now'} at revision [bold]{target}[/bold]")
 
 
-def interruption_resolution(status: MigrationStatus, known: set[str]) -> str:
-    """The commands that resolve an interrupted migration (naming a missing script)."""
-    info = status.interrupted or {}
-    revision = str(info.get("revision"))
-    back = status.current or "base"
-    if revision not in known:
-        return (
-            f"the script of revision {revision} is missing (removed, or another --directory): "
-            f"restore it and run `flywheel-state migrate up`, or `flywheel-state migrate stamp "
-            f"{back}` after checking the data by hand"
-        )
-    return (
-        f"`flywheel-state migrate up` finishes it; `flywheel-state migrate down {back}` undoes it"
-    )
-
-
 def _print_status(status: MigrationStatus, runner: MigrationRunner) -> None:
     scripts = {s.revision: s for s in runner.scripts.scripts}
     current = status.current or "base"
@@ -240,7 +224,7 @@ def _print_status(status: MigrationStatus, runner: MigrationRunner) -> None:
                 f"{info.get('started_at')} by {info.get('host')} pid {info.get('pid')})"
             ),
         )
-        table.add_row("resolve", escape(interruption_resolution(status, set(scripts))))
+        table.add_row("resolve", escape(status.resolution or ""))
     if status.lock_holder:
         holder = status.lock_holder
         table.add_row(
@@ -308,11 +292,7 @@ def status(ctx: CliContext, directory: Path | None) -> None:
 
     result, runner = ctx.run_with_store(_run, connect=False)
     if ctx.json:
-        data = result.to_dict()
-        if result.interrupted:
-            known = {s.revision for s in runner.scripts.scripts}
-            data["resolution"] = interruption_resolution(result, known)
-        emit_json(data)
+        emit_json(result.to_dict())
     else:
         _print_status(result, runner)
 

@@ -191,6 +191,10 @@ class MigrationStatus:
     """The step a killed run left unfinished (``revision``, ``direction``, ...), if any."""
     lock_holder: dict[str, Any] | None = None
     """Who holds the migration lock right now (``host``, ``pid``, ``since``, ``purpose``)."""
+    resolution: str | None = None
+    """With an interrupted step: the commands that resolve it (naming a missing script)."""
+    interrupted_script_missing: bool = False
+    """True when the interrupted step's script is not among this code's migrations."""
 
     @property
     def up_to_date(self) -> bool:
@@ -207,6 +211,8 @@ class MigrationStatus:
             "known": self.known,
             "pending": list(self.pending),
             "interrupted": self.interrupted,
+            "resolution": self.resolution,
+            "interrupted_script_missing": self.interrupted_script_missing,
             "lock_holder": self.lock_holder,
             "applied": [r.to_dict() for r in self.applied],
         }

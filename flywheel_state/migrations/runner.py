@@ -218,7 +218,48 @@ class MigrationRunner:
             known=known,
             interrupted=running,
             lock_holder=parse_holder(lock),
+            resolution=self.resolution(current, running),
+            interrupted_script_missing=self._script_missing(running),
         )
+
+    def _script_missing(self, running: dict[str, Any] | None) -> bool:
+        return running is not None and not self.scripts.knows(str(running.get("revision")))
+
+    def resolution(self, current: str | None, running: dict[str, Any] | None) -> str | None:
+        """The commands that resolve an interrupted step (None when nothing is interrupted).
+
+        ``migrate up`` finishes it and ``migrate down`` undoes it; when its script is missing
+        (removed, or another migrations directory), only restoring it or ``migrate stamp``
+        (after checking the data by hand) can.
+        """
+        if running is None:
+            return None
+        revision = str(running.get("revision"))
+        back = current or BASE
+        if self._script_missing(running):
+            return (
+                f"the script of revision {revision} is missing (removed, or another --directory):"
+                f" restore it and run `flywheel-state migrate up`, or `flywheel-state migrate "
+                f"stamp {back}` after checking the data by hand"
+            )
+        return (
+            f"`flywheel-state migrate up` finishes it; `flywheel-state migrate down {back}` "
+            "undoes it"
+        )
+
+    def _refuse_unresolved(
+        self, plan: list[Script], current: str | None, running: dict[str, Any] | None
+    ) -> None:
+        """Never run past, or silently clear, an interrupted step that the plan doesn't resume."""
+        if running is None:
+            return
+        revision = str(running.get("revision"))
+        if self._script_missing(running) or all(s.revision != revision for s in plan):
+            raise MigrationError(
+                f"a {running.get('direction')} of revision {revision} was interrupted in "
+                f"namespace {self.namespace!r} and this command would not resume it: "
+                f"{self.resolution(current, running)}"
+            )
 
     async def history(self) -> list[MigrationRecord]:
         """Every recorded upgrade, downgrade and stamp, oldest first (the last 1000)."""
@@ -360,6 +401,7 @@ class MigrationRunner:
         if dry_run:
             current, running, _, _ = await self._read_state()
             plan = self._plan(direction, target, current, running)
+            self._refuse_unresolved(plan, current, running)
             return await self._execute(direction, plan, current, None, True, progress)
         lock = MigrationLock(
             self._client,
@@ -372,10 +414,7 @@ class MigrationRunner:
             # Read the state under the lock: a runner we waited for may have done the work.
             current, running, _, _ = await self._read_state()
             plan = self._plan(direction, target, current, running)
-            if not plan and running is not None:
-                # A marker no step of the plan resumes is stale (e.g. left by a stamp race).
-                with translate_errors("clearing a stale migration marker"):
-                    await self._client.delete(self._key("running"))
+            self._refuse_unresolved(plan, current, running)
             return await self._execute(direction, plan, current, lock, False, progress)
         finally:
             await lock.release()
@@ -631,14 +670,14 @@ class MigrationRunner:
             return
         running = parse_json_object(raw_running)
         pending = [s.revision for s in self._plan("upgrade", HEAD, current, running)]
-        interrupted = ""
         if running is not None:
-            interrupted = (
-                f" A {running.get('direction')} of revision {running.get('revision')} was "
-                "interrupted and must be resumed."
+            raise SchemaOutOfDateError(
+                f"namespace {self.namespace!r} is at migration revision {current or BASE}, and a "
+                f"{running.get('direction')} of revision {running.get('revision')} was "
+                f"interrupted: {self.resolution(current, running)}"
             )
         raise SchemaOutOfDateError(
             f"namespace {self.namespace!r} is at migration revision {current or BASE}; this "
-            f"code needs {self.head} ({len(pending)} pending: {', '.join(pending)}).{interrupted}"
+            f"code needs {self.head} ({len(pending)} pending: {', '.join(pending)})."
             " Run `flywheel-state migrate up` (or connect with auto_migrate=True)."
         )

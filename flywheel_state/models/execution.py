@@ -14,18 +14,20 @@ __all__ = ["ExecutionResult"]
 
 
 class ExecutionResult(Document, index=True):
-    """The result of running a flow. Stored at ``{namespace}:execution:{id}``."""
+    """The result of running a flow. Stored at ``{namespace}:execution:{id}``.
+
+    What is indexed is declared once, beside the repository (``EXECUTION_QUERIES``)."""
 
     KIND: ClassVar[str] = "execution"
     FREE_FORM: ClassVar[tuple[str, ...]] = ("result", "metadata")
 
     id: Id = Field(primary_key=True)
-    session_id: TagStr | None = Field(default=None, index=True)
-    flow_id: TagStr | None = Field(default=None, index=True)
-    backend: Backend | None = Field(default=None, index=True)
-    status: ExecutionStatus = Field(default=ExecutionStatus.COMPLETED, index=True)
+    session_id: TagStr | None = None
+    flow_id: TagStr | None = None
+    backend: Backend | None = None
+    status: ExecutionStatus = ExecutionStatus.COMPLETED
     result: Any = None
     error: str | None = None
-    duration_ms: FiniteFloat | None = Field(default=None, index=True, sortable=True)
-    created_at: UtcDatetime = Field(default_factory=utcnow, index=True, sortable=True)
+    duration_ms: FiniteFloat | None = None
+    created_at: UtcDatetime = Field(default_factory=utcnow)
     metadata: dict[str, Any] = Field(default_factory=dict)

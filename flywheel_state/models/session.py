@@ -29,23 +29,25 @@ class HistoryEntry(BaseModel):
 
 
 class Session(Document, index=True):
-    """A conversation routed to a flow backend. Stored at ``{namespace}:session:{id}``."""
+    """A conversation routed to a flow backend. Stored at ``{namespace}:session:{id}``.
+
+    What is indexed is declared once, beside the repository (``SESSION_QUERIES``)."""
 
     KIND: ClassVar[str] = "session"
     FREE_FORM: ClassVar[tuple[str, ...]] = ("context", "metadata", "history")
 
     id: Id = Field(primary_key=True)
-    backend: Backend = Field(index=True)
+    backend: Backend
     backend_session_id: str | None = None
-    status: SessionStatus = Field(default=SessionStatus.PENDING, index=True)
-    current_flow_id: TagStr | None = Field(default=None, index=True)
-    user_id: TagStr | None = Field(default=None, index=True)
+    status: SessionStatus = SessionStatus.PENDING
+    current_flow_id: TagStr | None = None
+    user_id: TagStr | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     history: list[HistoryEntry] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: UtcDatetime = Field(default_factory=utcnow, index=True, sortable=True)
+    created_at: UtcDatetime = Field(default_factory=utcnow)
     updated_at: UtcDatetime = Field(default_factory=utcnow)
-    last_active: UtcDatetime = Field(default_factory=utcnow, index=True, sortable=True)
+    last_active: UtcDatetime = Field(default_factory=utcnow)
     total_queries: Int64 = 0
     successful_queries: Int64 = 0
     total_response_time: FiniteFloat = 0.0

@@ -210,3 +210,50 @@ def test_an_interrupted_known_step_is_resumed_or_refused_never_dropped(
     # A plain migrate up resumes it and ends up to date.
     assert run(redis_url, namespace, "migrate", "up").exit_code == 0
     assert run_json(redis_url, namespace, "migrate", "status")["up_to_date"]
+
+
+APP_SCRIPT = '''
+revision = "0001"
+down_revision = None
+description = "mark the namespace"
+
+
+async def upgrade(ctx):
+    await ctx.client.set(ctx.key("app-mark"), "1")
+
+
+async def downgrade(ctx):
+    await ctx.client.delete(ctx.key("app-mark"))
+'''
+
+
+def test_application_migrations_are_a_chain_of_their_own(
+    redis_url: str, namespace: str, sync_client: redis.Redis, tmp_path: Path
+) -> None:
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    (directory / "0001_mark.py").write_text(APP_SCRIPT, encoding="utf-8")
+    where = ("--directory", str(directory))
+
+    up = run_json(redis_url, namespace, "migrate", "up", *where)
+    # The library's chain first (the application's scripts build on it), then the app's.
+    assert [s["revision"] for s in up["library"]["steps"]] == ["0001", "0002", "0003"]
+    assert [s["revision"] for s in up["steps"]] == ["0001"]
+    assert sync_client.get(f"{namespace}:app-mark") == "1"
+    # Recorded apart: a later release's 0004 can't collide with the application's numbers.
+    assert sync_client.get(f"{namespace}:_migrations:revision") == HEAD
+    assert sync_client.get(f"{namespace}:_migrations:app:revision") == "0001"
+
+    status = run_json(redis_url, namespace, "migrate", "status", *where)
+    assert status["current"] == "0001" and status["up_to_date"]
+    assert status["library"]["current"] == HEAD and status["library"]["up_to_date"]
+    text = run(redis_url, namespace, "migrate", "status", *where).output
+    assert "flywheel-state's own migrations" in text and "the application's migrations" in text
+    assert run(redis_url, namespace, "sessions", "list").exit_code == 0  # the Store opens
+
+    # Undoing the application's chain leaves the library's alone.
+    down = run(redis_url, namespace, "migrate", "down", "base", "--yes", *where)
+    assert down.exit_code == 0, down.output
+    assert sync_client.get(f"{namespace}:app-mark") is None
+    assert sync_client.get(f"{namespace}:_migrations:revision") == HEAD
+    assert run_json(redis_url, namespace, "migrate", "status", *where)["current"] is None

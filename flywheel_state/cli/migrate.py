@@ -47,6 +47,7 @@ from flywheel_state.migrations import (
     default_scripts,
 )
 from flywheel_state.migrations.report import Direction
+from flywheel_state.migrations.script import APP_CHAIN, HEAD
 from flywheel_state.store import Store
 
 __all__ = ["migrate"]
@@ -151,10 +152,12 @@ def _migrations_setting(text: str) -> str | None:
 
 
 def _runner(store: Store, directory: Path | None) -> MigrationRunner:
+    """The runner of the application's chain when a directory is configured, else the
+    library's. The application's chain is recorded apart (``{ns}:_migrations:app:*``)."""
     directory = directory or configured_directory()
     if directory is None:
         return store.migrations
-    return MigrationRunner(store, scripts=ScriptDirectory(directory))
+    return MigrationRunner(store, scripts=ScriptDirectory(directory, chain=APP_CHAIN))
 
 
 def _print_report(report: MigrationReport) -> None:
@@ -286,14 +289,24 @@ _wait_options = option_group(
 def status(ctx: CliContext, directory: Path | None) -> None:
     """Show the applied revision, the head, pending revisions and who holds the lock."""
 
-    async def _run(store: Store) -> tuple[MigrationStatus, MigrationRunner]:
+    async def _run(
+        store: Store,
+    ) -> tuple[MigrationStatus, MigrationRunner, MigrationStatus | None, MigrationRunner]:
         runner = _runner(store, directory)
-        return await runner.status(), runner
+        library = None if runner is store.migrations else await store.migrations.status()
+        return await runner.status(), runner, library, store.migrations
 
-    result, runner = ctx.run_with_store(_run, connect=False)
+    result, runner, library, library_runner = ctx.run_with_store(_run, connect=False)
     if ctx.json:
-        emit_json(result.to_dict())
+        data = result.to_dict()
+        if library is not None:  # the application's chain, and the library's beside it
+            data["library"] = library.to_dict()
+        emit_json(data)
     else:
+        if library is not None:
+            console.print("flywheel-state's own migrations:")
+            _print_status(library, library_runner)
+            console.print(f"the application's migrations ({runner.scripts.path}):")
         _print_status(result, runner)
 
 
@@ -309,18 +322,32 @@ def _apply(
 ) -> None:
     """Upgrade or downgrade to ``target`` with progress bars, then print the report."""
 
-    async def _run(store: Store) -> MigrationReport:
+    async def _run(store: Store) -> tuple[MigrationReport | None, MigrationReport]:
         runner = _runner(store, directory)
-        move = runner.upgrade if direction == "upgrade" else runner.downgrade
+        library = None
         with _progress(ctx) as progress:
-            return await move(
+            if runner is not store.migrations and direction == "upgrade":
+                # The application's scripts build on the library's: bring those to head first.
+                library = await store.migrations.upgrade(
+                    HEAD, dry_run=dry_run, wait=wait, wait_timeout=wait_timeout, progress=progress
+                )
+            move = runner.upgrade if direction == "upgrade" else runner.downgrade
+            report = await move(
                 target, dry_run=dry_run, wait=wait, wait_timeout=wait_timeout, progress=progress
             )
+        return library, report
 
-    report = ctx.run_with_store(_run, connect=False)
+    library, report = ctx.run_with_store(_run, connect=False)
     if ctx.json:
-        emit_json(report.to_dict())
+        data = report.to_dict()
+        if library is not None:
+            data["library"] = library.to_dict()
+        emit_json(data)
     else:
+        if library is not None and library.steps:
+            console.print("flywheel-state's own migrations:")
+            _print_report(library)
+            console.print("the application's migrations:")
         _print_report(report)
 
 

@@ -35,7 +35,7 @@ DEFAULT_BATCH_SIZE = 500
 """Keys per batch (one pipelined round trip of reads and one of writes) in data operations."""
 
 
-def bookkeeping_prefix(namespace: str, *, cluster: bool = False) -> str:
+def bookkeeping_prefix(namespace: str, *, cluster: bool = False, chain: str | None = None) -> str:
     """Where a namespace's migration bookkeeping lives: ``{ns}:_migrations`` on one node.
 
     On a Redis Cluster the keys carry the namespace as a hash tag (``ns:_migrations:{ns}``), so
@@ -44,16 +44,22 @@ def bookkeeping_prefix(namespace: str, *, cluster: bool = False) -> str:
     migrations never ran on a cluster before, so no cluster data uses other names.
     """
     base = namespace + ":_migrations"
+    if chain is not None:  # an application's own chain of scripts: bookkeeping of its own
+        base += ":" + chain
     return f"{base}:{{{namespace}}}" if cluster else base
 
 
 def checkpoint_keys(
-    namespace: str, revision: str, direction: Direction, *, cluster: bool = False
+    namespace: str,
+    revision: str,
+    direction: Direction,
+    *,
+    cluster: bool = False,
+    chain: str | None = None,
 ) -> tuple[str, str]:
     """The checkpoint hash and the problem list of one step (deleted when it is recorded)."""
-    checkpoint = ":".join(
-        (bookkeeping_prefix(namespace, cluster=cluster), "checkpoint", revision, direction)
-    )
+    prefix = bookkeeping_prefix(namespace, cluster=cluster, chain=chain)
+    checkpoint = ":".join((prefix, "checkpoint", revision, direction))
     return checkpoint, checkpoint + ":problems"
 
 
@@ -85,8 +91,10 @@ class MigrationContext:
         progress: ProgressCallback | None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         cluster: bool = False,
+        chain: str | None = None,
     ) -> None:
         self.client = client
+        self.chain = chain
         self.namespace = namespace
         self.settings = settings
         self.revision = revision
@@ -124,16 +132,16 @@ class MigrationContext:
     @property
     def checkpoint_key(self) -> str:
         """The hash holding this step's checkpoints (deleted when the step is recorded)."""
-        return checkpoint_keys(self.namespace, self.revision, self.direction, cluster=self.cluster)[
-            0
-        ]
+        return checkpoint_keys(
+            self.namespace, self.revision, self.direction, cluster=self.cluster, chain=self.chain
+        )[0]
 
     @property
     def problems_key(self) -> str:
         """The list holding this step's problems until the step is recorded."""
-        return checkpoint_keys(self.namespace, self.revision, self.direction, cluster=self.cluster)[
-            1
-        ]
+        return checkpoint_keys(
+            self.namespace, self.revision, self.direction, cluster=self.cluster, chain=self.chain
+        )[1]
 
     def action(self, text: str) -> None:
         """Record a schema action in the report (``created index ...``)."""

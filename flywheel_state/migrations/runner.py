@@ -168,7 +168,11 @@ class MigrationRunner:
         return self._store.is_cluster
 
     def _key(self, *parts: str) -> str:
-        return ":".join((bookkeeping_prefix(self.namespace, cluster=self._cluster), *parts))
+        # One lock per namespace, whatever the chain: the library's and the application's
+        # migrations never run at the same time.
+        chain = None if parts == ("lock",) else self.scripts.chain
+        prefix = bookkeeping_prefix(self.namespace, cluster=self._cluster, chain=chain)
+        return ":".join((prefix, *parts))
 
     # ------------------------------------------------------------------ reading state
 
@@ -462,6 +466,7 @@ class MigrationRunner:
                 progress=progress,
                 batch_size=self.batch_size,
                 cluster=self._cluster,
+                chain=self.scripts.chain,
             )
             ctx.search = self._store.search  # index ops refuse without it
             ctx.skip_index_ops = no_engine
@@ -506,7 +511,7 @@ class MigrationRunner:
         self, revision: str, direction: Direction, step: StepReport
     ) -> tuple[int, list[MigrationProblem]]:
         checkpoint_key, problems_key = checkpoint_keys(
-            self.namespace, revision, direction, cluster=self._cluster
+            self.namespace, revision, direction, cluster=self._cluster, chain=self.scripts.chain
         )
         with translate_errors("reading the step's problems"):
             async with self._client.pipeline(transaction=False) as pipe:
@@ -521,9 +526,14 @@ class MigrationRunner:
 
     def _step_keys(self, revision: str) -> list[str]:
         """The checkpoint keys of both directions of ``revision``."""
+        chain = self.scripts.chain
         return [
-            *checkpoint_keys(self.namespace, revision, "upgrade", cluster=self._cluster),
-            *checkpoint_keys(self.namespace, revision, "downgrade", cluster=self._cluster),
+            *checkpoint_keys(
+                self.namespace, revision, "upgrade", cluster=self._cluster, chain=chain
+            ),
+            *checkpoint_keys(
+                self.namespace, revision, "downgrade", cluster=self._cluster, chain=chain
+            ),
         ]
 
     async def _record(

@@ -29,7 +29,7 @@ from flywheel_state.errors import MigrationError
 if TYPE_CHECKING:
     from flywheel_state.migrations.context import MigrationContext
 
-__all__ = ["BASE", "HEAD", "Script", "ScriptDirectory", "default_scripts"]
+__all__ = ["APP_CHAIN", "BASE", "HEAD", "Script", "ScriptDirectory", "default_scripts"]
 
 BASE = "base"
 """Target name of "no revision applied"."""
@@ -37,6 +37,9 @@ HEAD = "head"
 """Target name of the newest revision."""
 
 _FILE_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.py$")
+_CHAIN_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+APP_CHAIN = "app"
+"""The chain name of an application's own migrations directory (bookkeeping of its own)."""
 _VERSIONS_PACKAGE = "flywheel_state.migrations.versions"
 
 StepFn = Callable[["MigrationContext"], Awaitable[None]]
@@ -87,15 +90,23 @@ class ScriptDirectory:
         path: The directory holding ``NNNN_slug.py`` files.
         package: The dotted package of that directory when it is importable (the built-in
             scripts); otherwise the files are loaded by path under private module names.
+        chain: None for flywheel-state's own scripts; a name (``"app"``) for an application's
+            directory, whose chain is applied after the library's and recorded apart from it
+            (``{ns}:_migrations:app:*``), so a later release's scripts never collide with it.
 
     Raises:
         MigrationError: (when the scripts are first used) a file lacks a required name, two
             scripts share a revision, or the chain is broken or branched.
     """
 
-    def __init__(self, path: str | Path, *, package: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, package: str | None = None, chain: str | None = None
+    ) -> None:
+        if chain is not None and not _CHAIN_RE.match(chain):
+            raise MigrationError(f"a migration chain name is lowercase letters/digits: {chain!r}")
         self.path = Path(path)
         self.package = package
+        self.chain = chain
         self._scripts: list[Script] | None = None
 
     def __repr__(self) -> str:

@@ -212,7 +212,7 @@ def test_an_interrupted_known_step_is_resumed_or_refused_never_dropped(
     assert run_json(redis_url, namespace, "migrate", "status")["up_to_date"]
 
 
-APP_SCRIPT = '''
+APP_SCRIPT = """
 revision = "0001"
 down_revision = None
 description = "mark the namespace"
@@ -224,7 +224,7 @@ async def upgrade(ctx):
 
 async def downgrade(ctx):
     await ctx.client.delete(ctx.key("app-mark"))
-'''
+"""
 
 
 def test_application_migrations_are_a_chain_of_their_own(

@@ -175,11 +175,10 @@ async def _check(store: Store, report: HealthReport) -> None:
         elif status.interrupted is not None:
             revision = status.interrupted.get("revision")
             report.migrations["interrupted"] = dict(status.interrupted)
+            report.migrations["resolution"] = status.resolution
             problems.append(
                 f"a {status.interrupted.get('direction')} of migration {revision} was "
-                f"interrupted: `flywheel-state migrate up` finishes it, `flywheel-state migrate "
-                f"down {status.current or 'base'}` undoes it (if its script is gone: "
-                f"`flywheel-state migrate stamp {status.current or 'base'}`)"
+                f"interrupted: {status.resolution}"
             )
         elif status.pending:
             problems.append(

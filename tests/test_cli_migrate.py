@@ -185,6 +185,9 @@ def test_an_interrupted_migration_whose_script_is_missing_is_never_cleared_silen
     assert sync_client.exists(f"{namespace}:_migrations:running") == 1
     assert run(redis_url, namespace, "migrate", "up", "--dry-run").exit_code != 0
 
+    # doctor reports it with the same way out.
+    doctor = run(redis_url, namespace, "doctor", "--json")
+    assert doctor.exit_code != 0 and "0099 is missing" in doctor.output
     # The Store's connect error names the same way out.
     result = run(redis_url, namespace, "sessions", "list")
     assert result.exit_code != 0 and f"migrate stamp {HEAD}" in result.output

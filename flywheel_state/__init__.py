@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from flywheel_state.compat import RedisConfig, RedisExecutionCache, RedisSessionManager
 from flywheel_state.config import Settings
 from flywheel_state.errors import (
+    AlreadyExistsError,
     AuthenticationFailedError,
     ConfigError,
     ConflictError,
@@ -33,6 +34,7 @@ from flywheel_state.errors import (
     SchemaOutOfDateError,
     SearchUnavailableError,
     StoreUnavailableError,
+    VersionMismatchError,
 )
 
 if TYPE_CHECKING:
@@ -77,6 +79,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEFAULT",
+    "AlreadyExistsError",
     "AuthenticationFailedError",
     "Backend",
     "ConfigError",
@@ -106,5 +109,6 @@ __all__ = [
     "Settings",
     "Store",
     "StoreUnavailableError",
+    "VersionMismatchError",
     "__version__",
 ]

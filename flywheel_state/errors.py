@@ -8,6 +8,7 @@ never need to import ``redis.exceptions``.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyExistsError",
     "ConfigError",
     "ConflictError",
     "CorruptRecordError",
@@ -24,6 +25,7 @@ __all__ = [
     "SchemaOutOfDateError",
     "SearchUnavailableError",
     "StoreUnavailableError",
+    "VersionMismatchError",
 ]
 
 
@@ -58,6 +60,15 @@ class ConflictError(FlywheelStateError):
         self.key = key
         self.expected_version = expected_version
         self.actual_version = actual_version
+
+
+class AlreadyExistsError(ConflictError):
+    """``insert`` (or ``expected_version=0``) found the record already there."""
+
+
+class VersionMismatchError(ConflictError):
+    """The stored version differs from ``expected_version`` (another writer came first);
+    ``expected_version`` and ``actual_version`` say which."""
 
 
 class InvalidIdError(FlywheelStateError):

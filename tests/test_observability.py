@@ -292,9 +292,9 @@ async def test_failures_are_recorded_and_not_found_on_get_is_an_outcome(
         await store.sessions.update("missing", status=SessionStatus.IDLE)
     failed, got, updated = spans.get_finished_spans()
     assert failed.status.status_code is StatusCode.ERROR
-    assert (failed.attributes or {})["error.type"] == "ConflictError"
+    assert (failed.attributes or {})["error.type"] == "VersionMismatchError"
     assert [(e.name, dict(e.attributes or {})) for e in failed.events] == [
-        ("exception", {"exception.type": "ConflictError"})
+        ("exception", {"exception.type": "VersionMismatchError"})
     ]
     assert got.status.status_code is StatusCode.UNSET
     assert "error.type" not in (got.attributes or {})
@@ -362,7 +362,7 @@ async def test_duration_histogram_has_points_per_operation_and_error(
     grown = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     expected = {(name, None): 1 for name in EXPECTED}
     expected[("sessions.get", None)] = 2
-    expected[("sessions.save", "ConflictError")] = 1
+    expected[("sessions.save", "AlreadyExistsError")] = 1  # expected_version=0
     assert grown == expected
     for point in points("db.client.operation.duration"):
         assert set(point.attributes) <= {"db.system.name", "db.operation.name", "error.type"}

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from flywheel_state import (
+    AlreadyExistsError,
     Backend,
     ConflictError,
     CorruptRecordError,
@@ -22,6 +23,7 @@ from flywheel_state import (
     Session,
     SessionStatus,
     Store,
+    VersionMismatchError,
 )
 
 WEEK = 7 * 24 * 3600
@@ -139,8 +141,11 @@ async def test_get_missing(store: Store) -> None:
 
 async def test_insert_refuses_existing(store: Store) -> None:
     await store.sessions.insert(make_session(user_id="first"))
-    with pytest.raises(ConflictError):
+    with pytest.raises(AlreadyExistsError) as info:  # a ConflictError, told apart by its type
         await store.sessions.insert(make_session(user_id="second"))
+    assert isinstance(info.value, ConflictError) and not isinstance(
+        info.value, VersionMismatchError
+    )
     assert (await store.sessions.get("session_123")).user_id == "first"
 
 
@@ -158,20 +163,21 @@ async def test_expected_version_conflicts(store: Store) -> None:
     stale = await store.sessions.get("session_123")
     await store.sessions.update("session_123", status=SessionStatus.IDLE)  # version 2
     stale.user_id = "late writer"
-    with pytest.raises(ConflictError) as info:
+    with pytest.raises(VersionMismatchError) as info:
         await store.sessions.save(stale, expected_version=1)
     assert info.value.actual_version == 2 and info.value.expected_version == 1
+    assert isinstance(info.value, ConflictError) and not isinstance(info.value, AlreadyExistsError)
     got = await store.sessions.get("session_123")
     assert got.user_id is None and got.status is SessionStatus.IDLE
     # The right version goes through.
     await store.sessions.save(stale, expected_version=2)
     assert (await store.sessions.get("session_123")).user_id == "late writer"
-    with pytest.raises(ConflictError):
+    with pytest.raises(VersionMismatchError):
         await store.sessions.update("session_123", expected_version=1, user_id="x")
     assert await store.sessions.update("session_123", expected_version=3, user_id="y") == 4
     # expected_version=0 means "must not exist yet".
     await store.sessions.save(make_session("fresh"), expected_version=0)
-    with pytest.raises(ConflictError):
+    with pytest.raises(AlreadyExistsError):
         await store.sessions.save(make_session("fresh"), expected_version=0)
 
 

@@ -22,12 +22,13 @@ from flywheel_state._redis import Client, as_str, execute_write, translate_error
 from flywheel_state.config import _NAMESPACE_RE
 from flywheel_state.crypto import FieldCipher, RecordCodec, check_plain_value, has_envelope_marker
 from flywheel_state.errors import (
+    AlreadyExistsError,
     ConfigError,
-    ConflictError,
     CorruptRecordError,
     FlywheelStateError,
     InvalidQueryError,
     NotFoundError,
+    VersionMismatchError,
 )
 from flywheel_state.models._base import Document
 from flywheel_state.models._types import INT64_MAX, INT64_MIN, utcnow, validate_id
@@ -497,13 +498,20 @@ class Repository(QueryMixin[M], Generic[M]):
         if status == "corrupt":
             raise self._corrupt_type(key, as_str(reply[2]))
         if status == "exists":
-            raise ConflictError(f"{key} already exists", key=key)
+            raise AlreadyExistsError(f"{key} already exists", key=key)
         if status == "missing":
             raise NotFoundError(
                 f"{key} does not exist (never written, deleted or expired)", key=key
             )
         if status == "conflict":
-            raise ConflictError(
+            if expected_version == 0:  # "must not exist yet"
+                raise AlreadyExistsError(
+                    f"{key} already exists (at version {number})",
+                    key=key,
+                    expected_version=0,
+                    actual_version=number,
+                )
+            raise VersionMismatchError(
                 f"{key} is at version {number}, expected {expected_version}",
                 key=key,
                 expected_version=expected_version,

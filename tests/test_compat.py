@@ -596,6 +596,7 @@ async def within(coro: Any, deadline: float) -> Any:
     return await asyncio.wait_for(coro, timeout=deadline)
 
 
+@pytest.mark.integration  # starts a server of its own
 async def test_outage_returns_fail_safe_values_logs_once_and_recovers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -648,6 +649,7 @@ async def test_outage_returns_fail_safe_values_logs_once_and_recovers(
         server.stop()
 
 
+@pytest.mark.integration  # starts a server of its own
 async def test_server_replaced_between_calls_next_calls_work(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -671,6 +673,7 @@ async def test_server_replaced_between_calls_next_calls_work(
         server.stop()
 
 
+@pytest.mark.integration  # starts a server of its own
 async def test_hung_server_calls_return_within_the_timeout(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 import redis
 from click.testing import CliRunner
 
@@ -45,6 +46,7 @@ def test_doctor_reports_modules_indexes_and_keys(redis_server: str, namespace: s
     assert report["problems"] == []
 
 
+@pytest.mark.integration  # starts a server of its own
 def test_doctor_never_prints_the_password(tmp_path: Path) -> None:
     with EmbeddedRedis(data_dir=tmp_path / "pw") as server:
         admin = redis.Redis(port=server.port)
@@ -74,6 +76,7 @@ def test_doctor_never_prints_the_password(tmp_path: Path) -> None:
         assert "refused the credentials" in bad.stdout  # not "cannot reach"
 
 
+@pytest.mark.integration  # starts a server of its own
 def test_doctor_on_server_without_modules_fails_with_reason() -> None:
     with EmbeddedRedis(with_modules=False) as plain:
         result = CliRunner().invoke(cli, ["doctor", "--url", plain.url])

@@ -275,6 +275,7 @@ async def test_watch_gives_new_events_in_order(estore: Store) -> None:
     await stream.aclose()  # type: ignore[attr-defined]
 
 
+@pytest.mark.integration  # starts a server of its own
 async def test_watch_survives_a_restart_of_the_server() -> None:
     server = EmbeddedRedis().start()
     try:

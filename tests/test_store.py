@@ -52,6 +52,7 @@ async def test_silent_server_times_out_instead_of_hanging() -> None:
         await store.close()
 
 
+@pytest.mark.integration  # starts a server of its own
 async def test_server_without_modules_raises_module_missing() -> None:
     with EmbeddedRedis(with_modules=False) as plain:
         store = Store(url=plain.url, namespace="plain")

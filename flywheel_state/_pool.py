@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool
@@ -54,8 +55,15 @@ class FastBlockingConnectionPool(BlockingConnectionPool):  # type: ignore[type-a
         """A connection: at once when one is idle or may be opened, else in turn."""
         return await self._checkout(self.timeout)
 
-    async def _checkout(self, timeout: float | None) -> Any:
-        """A connected connection; a queued call waits at most ``timeout`` seconds."""
+    async def _checkout(
+        self,
+        timeout: float | None,
+        prepare: Callable[[AbstractConnection], None] | None = None,
+    ) -> Any:
+        """A connected connection; a queued call waits at most ``timeout`` seconds.
+
+        ``prepare`` is applied to a connection handed over by another call before it is
+        (re)connected, so the caller's timeouts bound that handshake too."""
         if self._maintenance():
             return await super().get_connection()  # type: ignore[call-arg]
         idle = self._available_connections  # type: ignore[attr-defined]
@@ -79,6 +87,8 @@ class FastBlockingConnectionPool(BlockingConnectionPool):  # type: ignore[type-a
             if timer is not None:
                 timer.cancel()
         try:
+            if prepare is not None:
+                prepare(connection)
             await self.ensure_connection(connection)  # type: ignore[attr-defined]
         except BaseException:
             await self.release(connection)

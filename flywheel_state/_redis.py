@@ -178,7 +178,9 @@ class BudgetPool(FastBlockingConnectionPool):
         wait: float | None = self.timeout
         if budget is not None:
             wait = float(budget) if wait is None else min(float(wait), float(budget))
-        connection = await self._checkout(wait)
+        # A connection handed over by another call may reconnect (its last command timed out):
+        # that handshake gets what is left of this call's budget, not a budget of its own.
+        connection = await self._checkout(wait, lambda c: self._limit(c, deadline, loop))
         try:
             self._limit(connection, deadline, loop)
         except BaseException:

@@ -52,6 +52,9 @@ class Document(JsonModel, abc.ABC):
     # the models use ``id`` as their primary key, so ``pk`` is redeclared as inert and unstored.
     pk: str | None = PydanticField(default=None, exclude=True)
 
+    if TYPE_CHECKING:  # each kind declares it (its primary key); not a field of the base
+        id: str
+
     schema_version: Annotated[int, Ge(0), Le(2**53)] = 1
     version: Annotated[int, Ge(0), Le(2**53)] = 0
 

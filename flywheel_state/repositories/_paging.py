@@ -210,7 +210,7 @@ class QueryMixin(Generic[M]):
     query_schema: ClassVar[QuerySchema | None] = None
 
     if TYPE_CHECKING:
-        model: ClassVar[type[Document]]
+        model: type[M]
         namespace: str
 
         @property

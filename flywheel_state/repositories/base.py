@@ -309,7 +309,8 @@ class Repository(QueryMixin[M], Generic[M]):
         default_ttl: TTL applied when a write does not say otherwise (None: no expiry).
     """
 
-    model: ClassVar[type[Document]]
+    model: type[M]
+    """The model class this repository stores (set by each subclass)."""
     #: When True every write restarts the TTL (sessions); otherwise partial writes keep it.
     sliding: ClassVar[bool] = False
     #: Put record ids into OpenTelemetry spans (``Settings.trace_ids``; the Store sets it).
@@ -415,12 +416,12 @@ class Repository(QueryMixin[M], Generic[M]):
         return self._prefix + validate_id(id)
 
     def _encode(self, model: Document) -> str:
-        what = f"{self.model.__name__} {model.id!r}"  # type: ignore[attr-defined]
+        what = f"{self.model.__name__} {model.id!r}"
         # The value rules hold whether or not the content is then encrypted.
         for name in model.FREE_FORM:
             check_free_form(getattr(model, name), f"{what} {name}", at_depth=1)
         if self._codec is not None:
-            key = self.key(model.id)  # type: ignore[attr-defined]
+            key = self.key(model.id)
             return self._codec.seal_document(
                 model, encode_json, key=key, check=check_nesting, max_depth=_MAX_JSON_DEPTH
             )
@@ -440,7 +441,7 @@ class Repository(QueryMixin[M], Generic[M]):
     def _decode(self, key: str, raw: bytes | str) -> M:
         raw = self._open(key, raw)
         try:
-            return self.model.model_validate_json(raw)  # type: ignore[return-value]
+            return self.model.model_validate_json(raw)
         except ValidationError as exc:
             errors = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '<document>'}: {e['msg']}"
@@ -527,7 +528,7 @@ class Repository(QueryMixin[M], Generic[M]):
 
     # ------------------------------------------------------------------ full writes
 
-    def _prepare(self, model: Document) -> None:
+    def _prepare(self, model: M) -> None:
         """Hook run before a full write (sessions stamp ``updated_at``)."""
 
     def _write_args(
@@ -579,7 +580,7 @@ class Repository(QueryMixin[M], Generic[M]):
                 rules"); nothing was written.
             OutcomeUnknownError: No reply in time: the write may have been applied.
         """
-        key = self.key(model.id)  # type: ignore[attr-defined]
+        key = self.key(model.id)
         args = self._write_args(model, "save", ttl, expected_version)
         with translate_errors(f"saving {key}"):
             reply = await self._write(keys=[key], args=args, what=f"saving {key}")
@@ -596,7 +597,7 @@ class Repository(QueryMixin[M], Generic[M]):
             ConflictError: The record exists already.
             OutcomeUnknownError: No reply in time: the write may have been applied.
         """
-        key = self.key(model.id)  # type: ignore[attr-defined]
+        key = self.key(model.id)
         args = self._write_args(model, "insert", ttl, None)
         with translate_errors(f"inserting {key}"):
             reply = await self._write(keys=[key], args=args, what=f"inserting {key}")
@@ -620,7 +621,7 @@ class Repository(QueryMixin[M], Generic[M]):
                 keys: list[str] = []
                 arglists: list[list[Any]] = []
                 for count, model in enumerate(batch, 1):
-                    keys.append(self.key(model.id))  # type: ignore[attr-defined]
+                    keys.append(self.key(model.id))
                     arglists.append(self._write_args(model, "save", ttl, None))
                     if in_flight is not None and count % _YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # let the batch in flight go out and come back

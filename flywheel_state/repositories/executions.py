@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from flywheel_state.models._base import Document
 from flywheel_state.models.enums import Backend, ExecutionStatus
 from flywheel_state.models.execution import ExecutionResult
 from flywheel_state.repositories._filters import Indexed, QuerySchema
@@ -52,7 +51,7 @@ class ExecutionRepository(Repository[ExecutionResult]):
     ``ttl`` is given; ``touch`` restarts it.
     """
 
-    model: ClassVar[type[Document]] = ExecutionResult
+    model = ExecutionResult
     query_schema: ClassVar[QuerySchema | None] = EXECUTION_QUERIES
     #: The fields ``sort`` may name (``-`` prefix: descending).
     sortable_fields: ClassVar[tuple[str, ...]] = EXECUTION_QUERIES.sort_fields

@@ -14,7 +14,6 @@ from redis.commands.core import AsyncScript
 from flywheel_state._redis import Client, as_str, translate_errors
 from flywheel_state.crypto import FieldCipher, has_envelope_marker
 from flywheel_state.errors import CorruptRecordError, InvalidQueryError, NotFoundError
-from flywheel_state.models._base import Document
 from flywheel_state.models._types import utcnow
 from flywheel_state.models.enums import Backend, SessionStatus
 from flywheel_state.models.session import HistoryEntry, Session
@@ -141,7 +140,7 @@ class SessionRepository(Repository[Session]):
     ``refresh_on_read=True`` reads restart it too.
     """
 
-    model: ClassVar[type[Document]] = Session
+    model = Session
     sliding: ClassVar[bool] = True
     query_schema: ClassVar[QuerySchema | None] = SESSION_QUERIES
     #: The fields ``sort`` may name (``-`` prefix: descending).
@@ -160,8 +159,8 @@ class SessionRepository(Repository[Session]):
         self.refresh_on_read = refresh_on_read
         self._history_script = AsyncScript(None, _HISTORY_SCRIPT.encode())  # type: ignore[arg-type]
 
-    def _prepare(self, model: Document) -> None:
-        model.updated_at = utcnow()  # type: ignore[attr-defined]
+    def _prepare(self, model: Session) -> None:
+        model.updated_at = utcnow()
 
     def _stamp_ops(self, now: datetime) -> list[tuple[str, str, Any]]:
         return [("set", "$.updated_at", _epoch(now))]

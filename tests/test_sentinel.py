@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -113,6 +114,31 @@ def _replicated(topo: LocalSentinel, key: str) -> None:
             client.close()
 
 
+def _caught_up(topo: LocalSentinel, timeout: float = 20.0) -> None:
+    """Wait until every running replica has applied all the primary has written so far.
+
+    Index definitions and migration records are written without waiting for replicas; a
+    primary killed before they replicate leaves the promoted replica without the index.
+    """
+    primary = redis.Redis(port=topo.primary_port())
+    try:
+        target = int(primary.info("replication")["master_repl_offset"])
+    finally:
+        primary.close()
+    deadline = time.monotonic() + timeout
+    for node in topo.data_nodes:
+        if node.port == topo.primary_port() or not node.is_running():
+            continue
+        client = redis.Redis(port=node.port)
+        try:
+            while int(client.info("replication").get("slave_repl_offset", -1)) < target:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the replica on {node.port} did not catch up")
+                time.sleep(0.01)
+        finally:
+            client.close()
+
+
 async def test_sentinel_url_reaches_the_primary(store: Store, topo: LocalSentinel) -> None:
     await store.sessions.save(Session(id="s1", backend="flowise", user_id="u"))
     assert (await store.sessions.get("s1")).user_id == "u"
@@ -177,6 +203,7 @@ async def _workload(store: Store, topo: LocalSentinel, *, writers: int = 6) -> _
                 run.recovered_at = loop.time()  # the first write sent after the kill
                 recovered.set()
 
+    await asyncio.to_thread(_caught_up, topo)  # the index exists wherever the switch lands
     tasks = [asyncio.create_task(writer(w)) for w in range(writers)]
     await asyncio.sleep(0.4)
     old = await asyncio.to_thread(topo.kill_primary)

@@ -510,7 +510,9 @@ class FieldCipher:
 
         An element this cipher sealed or opened before at the same place, under the active
         key, with the same plaintext gets the same ciphertext again (a history entry unchanged
-        since it was read is not re-encrypted on save); the others get new nonces.
+        since it was read is not re-encrypted on save); the others get new nonces. No two
+        elements of one list share a ciphertext, even when their plaintexts are equal: a list
+        holding the same ciphertext twice reads as tampered.
         """
         encrypt = self._active_aead.encrypt
         aad = place + self._active_aad[_FLAG_JSON]
@@ -520,9 +522,11 @@ class FieldCipher:
         new_envs: list[str] = []
         new_plains: list[bytes] = []
         nonces = b""
+        reused: set[str] = set()
         for plain in plaintexts:
             env = reuse((place, plain))
-            if env is not None and env.startswith(head):
+            if env is not None and env not in reused and env.startswith(head):
+                reused.add(env)
                 out.append(env)
                 continue
             if not nonces:
@@ -723,7 +727,9 @@ class RecordCodec:
         cipher = self._require()
         id = key[len(self.prefix) :]
         place = self.place(id, self._entry_field(field))
-        return '"' + cipher.seal_all([text.encode()], place)[0] + '"'
+        # Always a new nonce: an appended entry equal to one already in the list must not get
+        # that entry's ciphertext (the list would then hold it twice and read as tampered).
+        return '"' + cipher.seal(text.encode(), place) + '"'
 
     def seal_document(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime, timezone
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -594,6 +595,35 @@ async def test_a_save_reuses_unchanged_entries_only_under_the_active_key(
         await new.sessions.save(s)
         assert key_ids(sync_client, new.sessions.key("a")) == {"k2"}
         assert [h.content for h in (await new.sessions.get("a")).history][-1] == "third"
+
+
+async def test_equal_history_entries_never_share_a_ciphertext(
+    enc: Store, sync_client: redis.Redis
+) -> None:
+    """Equal entries (same role, content and timestamp) are legitimate: saving them, saving
+    them again after a read (the reuse path), updating the history and appending one more
+    equal entry all keep one ciphertext per entry, so the history never reads as tampered."""
+    when = datetime(2026, 12, 3, 8, 0, tzinfo=timezone.utc)
+    twice = [HistoryEntry(role="user", content="ok", timestamp=when) for _ in range(2)]
+    key = enc.sessions.key("dup")
+
+    def stored_history() -> list[str]:
+        history = raw_doc(sync_client, key)["history"]
+        assert len(set(history)) == len(history), "an envelope appears twice"
+        return history  # type: ignore[no-any-return]
+
+    await enc.sessions.save(make_session("dup", history=twice))
+    assert len(stored_history()) == 2
+    s = await enc.sessions.get("dup")  # opened: both entries now in the plaintext cache
+    assert [h.content for h in s.history] == ["ok", "ok"]
+    await enc.sessions.save(s)
+    assert len(stored_history()) == 2
+    await enc.sessions.update("dup", history=[*twice, twice[0]])
+    assert len(stored_history()) == 3
+    await enc.sessions.append_history("dup", twice[0])
+    assert len(stored_history()) == 4
+    again = await enc.sessions.get("dup")
+    assert [(h.content, h.timestamp) for h in again.history] == [("ok", when)] * 4
 
 
 async def test_rekey_killed_midway_resumes_and_leaves_every_record_under_k2(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import pytest

@@ -11,8 +11,7 @@ callers wait several timeouts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_exc
@@ -41,12 +40,14 @@ __all__ = [
     "Pipe",
     "as_str",
     "call_budget",
+    "execute_read",
     "execute_write",
     "outcome_unknown",
     "translate_errors",
 ]
 
 _UNAVAILABLE = (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError, asyncio.TimeoutError)
+_TRANSLATED = (redis_exc.RedisError, redis_exc.RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 def _text(exc: BaseException) -> str:
@@ -77,32 +78,75 @@ def outcome_unknown(what: str, exc: BaseException) -> OutcomeUnknownError:
     )
 
 
-@contextmanager
-def translate_errors(what: str, *, write: bool = False) -> Iterator[None]:
+class translate_errors:  # lower case: used like the function it replaced
     """Convert redis-py errors raised inside the block into flywheel-state errors.
+
+    A class rather than a generator-based ``contextmanager``: entering and leaving it is on
+    every call's path, and this costs a fraction of a generator's setup.
 
     Args:
         what: Says what was being done, for the message.
         write: The block sends writes through a pipeline, where a lost connection or a timeout
             can't tell whether they were applied: raise OutcomeUnknownError for those.
     """
-    try:
-        yield
-    except FlywheelStateError:
-        raise
-    except (
-        redis_exc.RedisError,
-        redis_exc.RedisClusterException,
-        OSError,
-        asyncio.TimeoutError,
-    ) as exc:
-        raise _convert(exc, what, write) from exc
+
+    __slots__ = ("what", "write")
+
+    def __init__(self, what: str, *, write: bool = False) -> None:
+        self.what = what
+        self.write = write
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Returns None: never swallows an exception (and mypy knows it).
+        if exc is not None and isinstance(exc, _TRANSLATED):
+            if isinstance(exc, FlywheelStateError):
+                return
+            raise _convert(exc, self.what, self.write) from exc
 
 
 def call_budget(client: Any) -> float | None:
     """Seconds one call may take in all (``Settings.command_timeout``), None for no bound."""
     timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
     return None if timeout is None else float(timeout)
+
+
+async def execute_read(client: Any, *args: Any) -> Any:
+    """Send one read command and return its reply: ``client.execute_command(*args)``, cheaper.
+
+    Only for commands whose reply redis-py does not post-process (no response callback, such
+    as JSON.GET): the reply is returned as the parser gives it.
+
+    redis-py's ``execute_command`` wraps every command in a retry policy (ours retries
+    nothing), failure callbacks and operation metrics: about a tenth of the instructions of a
+    whole ``get``. Here the command goes straight out on a pooled connection, which keeps the
+    pool's bounded wait and the call budget (:class:`BudgetPool`). A call cancelled or failing
+    once the command may have been sent drops the connection, so that a late reply is never
+    read by the next command on it. A cluster client (no single pool) or a single-connection
+    client uses ``execute_command``. Errors are redis-py's, as from ``execute_command`` (the caller
+    translates them).
+    """
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or client.connection is not None:  # a cluster or a single-connection client
+        return await client.execute_command(*args)
+    conn = await pool.get_connection()
+    try:
+        await conn.send_command(*args)
+        return await conn.read_response()
+    except redis_exc.ResponseError:
+        raise  # a whole reply was read: the connection is in step
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
 
 
 async def execute_write(client: Any, *args: Any, what: str) -> Any:

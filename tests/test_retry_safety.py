@@ -144,3 +144,32 @@ async def test_many_callers_on_a_stalled_server_each_wait_one_budget_at_most(
         outcomes = await asyncio.gather(*(bounded(i) for i in range(200)))
     assert all(isinstance(o, StoreUnavailableError) for o in outcomes)
     assert (await asyncio.wait_for(store.sessions.get("s1"), BUDGET + 5)).id == "s1"
+
+
+async def test_a_read_cancelled_after_sending_leaves_no_reply_behind(
+    own_server: EmbeddedRedis, namespace: str
+) -> None:
+    # One pooled connection: the call after the cancelled one gets that very connection. Had
+    # the cancelled read left it open, the server's late reply to JSON.GET s1 would be read as
+    # the reply to JSON.GET s2.
+    settings = Settings(
+        url=own_server.url, namespace=namespace, command_timeout=BUDGET * 5, max_connections=1
+    )
+    async with Store(settings, auto_migrate=True) as store:
+        await store.sessions.save(Session(id="s1", backend=Backend.FLOWISE, user_id="one"))
+        await store.sessions.save(Session(id="s2", backend=Backend.FLOWISE, user_id="two"))
+        with stalled(own_server):
+            read = asyncio.ensure_future(store.sessions.get("s1"))
+            await asyncio.sleep(0.2)  # sent: the stopped server buffers it
+            assert not read.done()
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+            # The next read is sent while the server is still stopped (so no late reply is
+            # there to be seen when it takes the connection): it must read its own reply.
+            after = asyncio.ensure_future(store.sessions.get("s2"))
+            await asyncio.sleep(0.2)
+        session = await asyncio.wait_for(after, BUDGET * 5)
+        assert (session.id, session.user_id) == ("s2", "two")
+        assert (await store.sessions.get("s1")).user_id == "one"
+        await store.sessions.delete_many(["s1", "s2"])

@@ -18,7 +18,13 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from flywheel_state import _topology
-from flywheel_state._redis import Client, as_str, execute_write, translate_errors
+from flywheel_state._redis import (
+    Client,
+    as_str,
+    execute_read,
+    execute_write,
+    translate_errors,
+)
 from flywheel_state.config import _NAMESPACE_RE
 from flywheel_state.crypto import FieldCipher, RecordCodec, check_plain_value, has_envelope_marker
 from flywheel_state.errors import (
@@ -667,11 +673,12 @@ class Repository(QueryMixin[M], Generic[M]):
     # ------------------------------------------------------------------ reads
 
     async def _fetch(self, key: str) -> bytes | None:
+        client = self._client
         with translate_errors(f"reading {key}"):
             try:
-                raw: bytes | None = await self._client.execute_command("JSON.GET", key)
+                raw: bytes | None = await execute_read(client, "JSON.GET", key)
             except redis_exc.ResponseError as exc:
-                ktype = as_str(await self._client.type(key))
+                ktype = as_str(await client.type(key))
                 if ktype not in ("ReJSON-RL", "none"):
                     raise self._corrupt_type(key, ktype) from exc
                 raise

@@ -5,16 +5,20 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime, timedelta, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
 from annotated_types import Ge, Le
 from pydantic import (
     AfterValidator,
     AllowInfNan,
     PlainSerializer,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
 )
+from pydantic_core import PydanticCustomError
 
 from flywheel_state.errors import InvalidIdError
 
@@ -158,11 +162,12 @@ def _parse_legacy_datetime(value: object) -> object:
     return value
 
 
-def _validate_utc(value: object, handler: ValidatorFunctionWrapHandler) -> datetime:
-    # Stored datetimes are epoch seconds: convert them directly, without pydantic's parsing and
-    # two Python callbacks per value. The result is the one pydantic gives (seconds when within
-    # +-2e10, as pydantic reads them) except on exact half-microsecond ties, where pydantic
-    # rounds up and fromtimestamp to even: those (x * 128 an odd integer) take the full path.
+def _validate_utc_slow(value: object, handler: ValidatorFunctionWrapHandler) -> datetime:
+    # The reference path: pydantic's datetime parsing (every input form it takes), then UTC at
+    # the stored precision. Stored datetimes are epoch seconds, converted directly, without
+    # pydantic's parsing: the result is the one pydantic gives (seconds when within +-2e10, as
+    # pydantic reads them) except on exact half-microsecond ties, where pydantic rounds up and
+    # fromtimestamp to even: those (x * 128 an odd integer) take pydantic's path.
     if type(value) is float or type(value) is int:
         if -MICROSECOND_RANGE_SECONDS < value < MICROSECOND_RANGE_SECONDS:
             scaled = value * 128.0
@@ -174,6 +179,46 @@ def _validate_utc(value: object, handler: ValidatorFunctionWrapHandler) -> datet
             # here datetimes are stored to the millisecond: round to it.
             return _from_epoch(value)
     return stored_datetime(handler(_parse_legacy_datetime(value)))
+
+
+# The slow path as a validator of its own, for the inputs the fast path leaves to it.
+_SLOW: TypeAdapter[datetime] = TypeAdapter(Annotated[datetime, WrapValidator(_validate_utc_slow)])
+# The ISO forms of a UTC datetime fromisoformat reads exactly as pydantic does (what isoformat()
+# and JSON encoders write): anything else, or anything fromisoformat refuses, goes the slow way.
+_UTC_ISO = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]00:00)")
+
+
+def _validate_utc(value: Any) -> datetime:
+    """The whole validation of a UtcDatetime, as a plain validator (one Python call, no
+    handler object per value: a document read validates one per history entry).
+
+    The common forms are handled here: epoch seconds (the stored form), a datetime already in
+    UTC, an ISO string in UTC. Every other input takes :func:`_validate_utc_slow` (pydantic's
+    parsing); tests/test_datetime_fast_path.py checks that both give the same result.
+    """
+    kind = type(value)
+    if kind is float or kind is int:
+        if -MICROSECOND_RANGE_SECONDS < value < MICROSECOND_RANGE_SECONDS:
+            scaled = value * 128.0
+            if not (scaled.is_integer() and scaled % 2 == 1):
+                return datetime.fromtimestamp(value, timezone.utc)
+    elif kind is datetime:
+        if value.tzinfo is timezone.utc and _US_LOW < value < _US_HIGH:
+            return value  # type: ignore[no-any-return]
+    elif kind is str and _UTC_ISO.fullmatch(value):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if _US_LOW < parsed < _US_HIGH:
+                return parsed.astimezone(timezone.utc)
+    try:
+        return _SLOW.validate_python(value)
+    except ValidationError as exc:
+        # Reported as pydantic reports it, as the error of this field.
+        error = exc.errors(include_url=False)[0]
+        raise PydanticCustomError(error["type"], error["msg"]) from None
 
 
 def _to_epoch(value: datetime) -> float:
@@ -203,7 +248,7 @@ TagStr = Annotated[str, AfterValidator(_no_control_chars)]
 
 UtcDatetime = Annotated[
     datetime,
-    WrapValidator(_validate_utc),
+    PlainValidator(_validate_utc, json_schema_input_type=datetime),
     PlainSerializer(_to_epoch, return_type=float, when_used="json"),
 ]
 """A UTC-aware datetime, stored as epoch seconds (a float) so RediSearch can index it NUMERIC."""

@@ -115,7 +115,12 @@ class Document(JsonModel, abc.ABC):
     def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
         """Validate a stored JSON document, upgrading an older schema version in memory."""
         try:
-            model = super().model_validate_json(json_data, **kwargs)
+            if kwargs:
+                model = super().model_validate_json(json_data, **kwargs)
+            else:
+                # What BaseModel.model_validate_json does without options, minus a Python
+                # frame and its keyword arguments: on every read.
+                model = cls.__pydantic_validator__.validate_json(json_data)
         except ValidationError as error:
             # An older shape may not validate as the current one: upgrade it, then validate.
             try:

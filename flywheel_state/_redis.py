@@ -11,6 +11,7 @@ callers wait several timeouts.
 from __future__ import annotations
 
 import asyncio
+import sys
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,11 @@ from flywheel_state.errors import (
     OutcomeUnknownError,
     StoreUnavailableError,
 )
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # redis-py depends on async-timeout before 3.11.3
+    from async_timeout import timeout as _timeout  # type: ignore[import-not-found, unused-ignore]
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -118,6 +124,32 @@ def call_budget(client: Any) -> float | None:
     return None if timeout is None else float(timeout)
 
 
+async def _round_trip(conn: Any, args: tuple[Any, ...]) -> Any:
+    """Send one command on ``conn`` and read its reply, within the connection's timeout.
+
+    redis-py bounds the send with ``asyncio.wait_for`` (a task of its own, run on a later
+    turn of the event loop) and then the read with a timer of its own, each given the whole
+    ``socket_timeout``. Here one timer bounds both: cheaper, and the round trip as a whole
+    stays within the time left of the call's budget (``BudgetPool`` sets ``socket_timeout`` to
+    it). A timeout, like any error or a cancellation, makes redis-py drop the connection in
+    the middle of the send or read.
+    """
+    budget = conn.socket_timeout
+    if not budget:
+        await conn.send_command(*args)
+        return await conn.read_response()
+    conn.socket_timeout = None  # the timer below stands for redis-py's own
+    try:
+        async with _timeout(budget):
+            await conn.send_command(*args)
+            return await conn.read_response()
+    except asyncio.TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise redis_exc.TimeoutError(f"no reply within {budget:.3g} s") from None
+    finally:
+        conn.socket_timeout = budget
+
+
 async def execute_read(client: Any, *args: Any) -> Any:
     """Send one read command and return its reply: ``client.execute_command(*args)``, cheaper.
 
@@ -138,8 +170,7 @@ async def execute_read(client: Any, *args: Any) -> Any:
         return await client.execute_command(*args)
     conn = await pool.get_connection()
     try:
-        await conn.send_command(*args)
-        return await conn.read_response()
+        return await _round_trip(conn, args)
     except redis_exc.ResponseError:
         raise  # a whole reply was read: the connection is in step
     except BaseException:
@@ -169,8 +200,7 @@ async def execute_write(client: Any, *args: Any, what: str) -> Any:
     try:
         conn = await pool.get_connection()
         sent = True
-        await conn.send_command(*args)
-        reply = await conn.read_response()
+        reply = await _round_trip(conn, args)
         replicas = getattr(client, "wait_replicas", 0)
         aof = getattr(client, "wait_aof", False)
         if replicas > 0 or aof:  # Settings.wait_replicas / wait_aof, on this connection

@@ -30,7 +30,6 @@ import binascii
 import json
 import os
 import re
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
-from pydantic_core import from_json, to_json
+from pydantic_core import CoreConfig, SchemaValidator, core_schema, from_json, to_json
 
 from flywheel_state.errors import ConfigError, CorruptRecordError, EncryptionKeyError
 
@@ -90,10 +89,10 @@ _FLAG_ZSTD = "z"
 _PREFIX_LEN = len(ENVELOPE_PREFIX)
 # The associated data ends with the key id and then this, per flag.
 _AAD_SUFFIX: Final = {_FLAG_JSON: b"\x00j", _FLAG_ZSTD: b"\x00z"}
-if sys.version_info >= (3, 11):
-    _b64decode: Callable[[str], bytes] = partial(binascii.a2b_base64, strict_mode=True)
-else:  # no strict mode: stray characters are skipped, and a changed ciphertext fails its tag
-    _b64decode = binascii.a2b_base64
+# pydantic-core's base64 decoder (Rust): about twice as fast as binascii's. It refuses
+# characters outside the alphabets and non-zero trailing bits, but also takes the URL-safe
+# alphabet, a missing padding and (the text being JSON) escapes: _b64decode refuses those.
+_B64: Final = SchemaValidator(core_schema.bytes_schema(), CoreConfig(val_json_bytes="base64"))
 _ZSTD_LEVEL = 3
 
 
@@ -602,6 +601,19 @@ def _split(envelope: str, *, key: str, field: str) -> tuple[str, str, str]:
     if len(parts) != 3 or parts[1] not in (_FLAG_JSON, _FLAG_ZSTD) or not _KEY_ID.match(parts[0]):
         raise _corrupt(key, field, "its envelope is malformed")
     return parts[0], parts[1], parts[2]
+
+
+def _b64decode(payload: str) -> bytes:
+    """The bytes of canonical base64 ``payload`` (standard alphabet, padded, zero trailing bits).
+
+    Any other spelling of the same bytes is refused (ValueError), so that one ciphertext has one
+    representation: a history holding the same ciphertext twice, spelt two ways, is caught as
+    the same ciphertext twice, and a cached plaintext is served for that spelling only.
+    """
+    if len(payload) % 4 or "-" in payload or "_" in payload or "\\" in payload or '"' in payload:
+        raise ValueError("not canonical base64")
+    raw: bytes = _B64.validate_json('"' + payload + '"')  # ValidationError is a ValueError
+    return raw
 
 
 def _corrupt(key: str, field: str, why: str) -> CorruptRecordError:

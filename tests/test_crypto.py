@@ -288,6 +288,83 @@ async def test_tampering_with_one_character_is_a_corrupt_record(
         await enc.sessions.get("s1")
 
 
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def respellings(env: str) -> list[tuple[str, str]]:
+    """Other spellings of the ciphertext of ``env``, each decoding to the same bytes under a
+    lenient base64 decoder: (what changed, the envelope)."""
+    head, payload = env.rsplit(":", 1)
+    out = [("a JSON-escaped character", head + ":\\u00" + payload[:1].encode().hex() + payload[1:])]
+    if payload.endswith("="):
+        pads = len(payload) - len(payload.rstrip("="))
+        out.append(("the padding dropped", f"{head}:{payload.rstrip('=')}"))
+        # The last data character carries 4 (one '=') or 2 (two) spare bits, zero when canonical.
+        last = payload[-pads - 1]
+        spare = _B64[_B64.index(last) + 1]
+        out.append(("non-zero trailing bits", f"{head}:{payload[: -pads - 1]}{spare}{'=' * pads}"))
+    if "+" in payload or "/" in payload:
+        url_safe = payload.replace("+", "-").replace("/", "_")
+        out.append(("the URL-safe alphabet", f"{head}:{url_safe}"))
+    return out
+
+
+async def test_another_spelling_of_a_ciphertext_is_tampering(
+    enc: Store, sync_client: redis.Redis
+) -> None:
+    """One ciphertext has one representation: padding, trailing bits, alphabet or escapes
+    changed, a history holding the same ciphertext twice spelt two ways, a flag or a key id
+    altered: each is refused, also once the right spelling is in the plaintext cache."""
+    key = enc.sessions.key("s1")
+    # Contexts of a few lengths, so that the payload ends with '=', '==' and no padding.
+    seen_pads = set()
+    for n in range(3):
+        await enc.sessions.save(make_session(context={"topic": "x" * n, "n": [1, 2]}))
+        stored = raw_doc(sync_client, key)
+        env = stored["context"]
+        seen_pads.add(len(env) - len(env.rstrip("=")))
+        assert (await enc.sessions.get("s1")).context["topic"] == "x" * n  # now cached
+        for what, other in respellings(env):
+            set_path(sync_client, key, "$.context", other)
+            with pytest.raises(CorruptRecordError, match=r"context.*base64"):
+                await enc.sessions.get("s1")
+            set_path(sync_client, key, "$.history", stored["history"])
+            entry = stored["history"][0]
+            for what, twin in respellings(entry):
+                set_path(sync_client, key, "$.context", env)
+                set_path(sync_client, key, "$.history", [entry, twin])
+                with pytest.raises(CorruptRecordError, match=r"history\[1\]") as info:
+                    await enc.sessions.get("s1")
+                assert info.value.key == key, what
+        set_path(sync_client, key, "$.history", stored["history"])
+        set_path(sync_client, key, "$.context", env)
+        assert (await enc.sessions.get("s1")).context["topic"] == "x" * n
+    assert seen_pads == {0, 1, 2}
+    # The flag or the key id altered: a key id of the ring that did not seal it fails to
+    # authenticate, one outside the ring is a missing key.
+    stored = raw_doc(sync_client, key)
+    env = stored["context"]
+    two_keys = FieldCipher({"k1": K1, "k2": K2}, "k1")
+    async with Store(enc.settings, cipher=two_keys) as both:
+        for other, error, error_k1_only in (
+            (env.replace(":k1:j:", ":k2:j:", 1), CorruptRecordError, EncryptionKeyError),
+            (env.replace(":k1:j:", ":k1:z:", 1), CorruptRecordError, CorruptRecordError),
+            (env.replace(":k1:j:", ":k1:x:", 1), CorruptRecordError, CorruptRecordError),
+            (env.replace(":k1:j:", ":k3:j:", 1), EncryptionKeyError, EncryptionKeyError),
+        ):
+            set_path(sync_client, key, "$.context", other)
+            with pytest.raises(error):
+                await both.sessions.get("s1")
+            with pytest.raises(error_k1_only):
+                await enc.sessions.get("s1")
+            for history in ([stored["history"][0], other], [other]):
+                set_path(sync_client, key, "$.context", env)
+                set_path(sync_client, key, "$.history", history)
+                with pytest.raises((CorruptRecordError, EncryptionKeyError)):
+                    await both.sessions.get("s1")
+            set_path(sync_client, key, "$.history", stored["history"])
+
+
 async def test_ciphertexts_swapped_between_records_or_fields_fail(
     enc: Store, sync_client: redis.Redis
 ) -> None:

@@ -42,14 +42,21 @@ import math
 import re
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError, to_json
 
 from flywheel_state.errors import FlywheelStateError
 from flywheel_state.migrations import MigrationProblem, Rewrite
-from flywheel_state.models import ExecutionResult, Session
+from flywheel_state.models import ExecutionResult, HistoryEntry, Session
 from flywheel_state.models._base import Document
+from flywheel_state.models._types import (
+    INT64_MAX,
+    INT64_MIN,
+    MICROSECOND_RANGE_SECONDS,
+    validate_id,
+)
 
 LEGACY = "_legacy"
 SCHEMA_VERSION = 1
@@ -500,7 +507,128 @@ def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> R
         if field in src:
             doc[field] = src.pop(field)
     _extras(imp, src, metadata)
-    return imp.result(imp.encode(Session, doc, SESSION_DEFAULTS))
+    metadata[LEGACY] = imp.legacy_block()
+    encoded = _session_json(doc)
+    if encoded is None:  # something the model would convert, repair or refuse
+        encoded = imp.encode(Session, doc, SESSION_DEFAULTS)
+    return imp.result(encoded)
+
+
+# The fast path of import_session: the stored JSON built directly, for a document the model
+# would accept as it is. It is what ``Session.model_validate(doc).model_dump_json()`` writes,
+# byte for byte (tests compare both paths over many inputs): the same fields in the model's
+# order, with the model's defaults, serialized by the same serializer (pydantic_core) with the
+# model's NaN/infinity mode. It is used only while the live models have exactly the fields it
+# knows (a changed model falls back to full validation, never to a wrong document).
+_SESSION_FIELDS = (
+    "schema_version",
+    "version",
+    "id",
+    "backend",
+    "backend_session_id",
+    "status",
+    "current_flow_id",
+    "user_id",
+    "context",
+    "history",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "last_active",
+    "total_queries",
+    "successful_queries",
+    "total_response_time",
+)
+_FAST_SESSIONS = (
+    tuple(name for name in Session.model_fields if name != "pk") == _SESSION_FIELDS
+    and Session.SCHEMA_VERSION == SCHEMA_VERSION
+    and tuple(HistoryEntry.model_fields) == HISTORY_ENTRY_FIELDS
+    and HistoryEntry.model_config.get("extra") == "allow"
+)
+_INF_NAN: Literal["null", "constants", "strings"] = Session.model_config.get(
+    "ser_json_inf_nan", "null"
+)
+
+
+def _stored_as_is(epoch: Any) -> bool:
+    """True when the model stores ``epoch`` (a datetime in epoch seconds) unchanged.
+
+    The model reads a stored epoch back as a datetime to the microsecond (within +-9e9 s) and
+    writes ``datetime.timestamp()``: for the double nearest to a whole number of microseconds
+    (what the legacy parser and stored_now give) that is the same double. Anything else (digits
+    below the microsecond, millisecond precision farther out) takes the model's path.
+    """
+    return (
+        type(epoch) is float
+        and -MICROSECOND_RANGE_SECONDS < epoch < MICROSECOND_RANGE_SECONDS
+        and round(epoch * 1e6) / 1e6 == epoch
+    )
+
+
+def _session_json(doc: dict[str, Any]) -> str | None:
+    """``doc`` as the Session model stores it, or None when the model must see it (a value
+    it would convert, repair or refuse)."""
+    if not _FAST_SESSIONS:
+        return None
+    try:
+        validate_id(doc["id"])
+    except FlywheelStateError:
+        return None
+    flow_session = doc.get("backend_session_id")
+    if flow_session is not None and type(flow_session) is not str:
+        return None
+    for name in ("current_flow_id", "user_id"):
+        tag = doc.get(name)
+        if tag is not None and (type(tag) is not str or not tag.isprintable()):
+            return None
+    for name in ("created_at", "updated_at", "last_active"):
+        if not _stored_as_is(doc[name]):
+            return None
+    counters = []
+    for name in ("total_queries", "successful_queries"):
+        count = doc.get(name, 0)
+        if type(count) is not int or not INT64_MIN <= count <= INT64_MAX:
+            return None
+        counters.append(count)
+    response_time = doc.get("total_response_time", 0.0)
+    if type(response_time) is not float or not math.isfinite(response_time):
+        return None
+    history = []
+    for item in doc["history"]:
+        role = item.get("role")
+        stamp = item.get("timestamp")
+        if (role is not None and type(role) is not str) or (
+            stamp is not None and not _stored_as_is(stamp)
+        ):
+            return None
+        entry = {"role": role, "content": item.get("content"), "timestamp": stamp}
+        for name, value in item.items():  # other keys follow, in their order (extra="allow")
+            if name not in entry:
+                entry[name] = value
+        history.append(entry)
+    out = {
+        "schema_version": doc["schema_version"],
+        "version": doc["version"],
+        "id": doc["id"],
+        "backend": doc["backend"],
+        "backend_session_id": flow_session,
+        "status": doc.get("status", "pending"),
+        "current_flow_id": doc.get("current_flow_id"),
+        "user_id": doc.get("user_id"),
+        "context": doc["context"],
+        "history": history,
+        "metadata": doc["metadata"],
+        "created_at": doc["created_at"],
+        "updated_at": doc["updated_at"],
+        "last_active": doc["last_active"],
+        "total_queries": counters[0],
+        "successful_queries": counters[1],
+        "total_response_time": response_time,
+    }
+    try:
+        return to_json(out, inf_nan_mode=_INF_NAN).decode()
+    except PydanticSerializationError:  # the model's path raises it, as it always did
+        return None
 
 
 def _session_order(data: dict[str, Any]) -> list[str]:

@@ -487,7 +487,7 @@ def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> R
     if not isinstance(history, list):
         imp.keep_raw("history", history, [], "history is not a list: stored as []")
         history = []
-    entries = [_history_entry(imp, i, item) for i, item in enumerate(history)]
+    entries, plain_history = _history(imp, history)
 
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -508,7 +508,7 @@ def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> R
             doc[field] = src.pop(field)
     _extras(imp, src, metadata)
     metadata[LEGACY] = imp.legacy_block()
-    encoded = _session_json(doc)
+    encoded = _session_json(doc) if plain_history else None
     if encoded is None:  # something the model would convert, repair or refuse
         encoded = imp.encode(Session, doc, SESSION_DEFAULTS)
     return imp.result(encoded)
@@ -567,7 +567,8 @@ def _stored_as_is(epoch: Any) -> bool:
 
 def _session_json(doc: dict[str, Any]) -> str | None:
     """``doc`` as the Session model stores it, or None when the model must see it (a value
-    it would convert, repair or refuse)."""
+    it would convert, repair or refuse). Its history entries are checked by :func:`_history`
+    already."""
     if not _FAST_SESSIONS:
         return None
     try:
@@ -593,19 +594,6 @@ def _session_json(doc: dict[str, Any]) -> str | None:
     response_time = doc.get("total_response_time", 0.0)
     if type(response_time) is not float or not math.isfinite(response_time):
         return None
-    history = []
-    for item in doc["history"]:
-        role = item.get("role")
-        stamp = item.get("timestamp")
-        if (role is not None and type(role) is not str) or (
-            stamp is not None and not _stored_as_is(stamp)
-        ):
-            return None
-        entry = {"role": role, "content": item.get("content"), "timestamp": stamp}
-        for name, value in item.items():  # other keys follow, in their order (extra="allow")
-            if name not in entry:
-                entry[name] = value
-        history.append(entry)
     out = {
         "schema_version": doc["schema_version"],
         "version": doc["version"],
@@ -616,7 +604,7 @@ def _session_json(doc: dict[str, Any]) -> str | None:
         "current_flow_id": doc.get("current_flow_id"),
         "user_id": doc.get("user_id"),
         "context": doc["context"],
-        "history": history,
+        "history": doc["history"],
         "metadata": doc["metadata"],
         "created_at": doc["created_at"],
         "updated_at": doc["updated_at"],
@@ -637,29 +625,47 @@ def _session_order(data: dict[str, Any]) -> list[str]:
     return [k for k in known if k in data] + [k for k in data if k not in known]
 
 
-def _history_entry(imp: _Import, index: int, item: Any) -> dict[str, Any]:
-    if not isinstance(item, dict):
-        imp.note("wrapped", index)
-        return {"content": item}
-    entry = dict(item)
-    nulls = [f for f in HISTORY_ENTRY_FIELDS if f in entry and entry[f] is None]
-    if nulls:  # the document can't tell an explicit null from an absent field
-        imp.legacy.setdefault("item_nulls", {})[str(index)] = nulls
-    if "timestamp" in entry and entry["timestamp"] is not None:
-        value = entry["timestamp"]
-        epoch = parse_datetime(value)
-        if epoch is None:
-            entry["_legacy_timestamp"] = entry.pop("timestamp")
-            imp.problem(
-                f"history item {index}: timestamp is not a datetime; kept as _legacy_timestamp",
-                field=f"history.{index}.timestamp",
-                value=entry["_legacy_timestamp"],
-            )
-        else:
-            entry["timestamp"] = epoch
-            if value != render_datetime(epoch):  # str(dt), "Z", an epoch number...
-                imp.legacy.setdefault("item_dates", {})[str(index)] = value
-    return entry
+def _history(imp: _Import, items: list[Any]) -> tuple[list[dict[str, Any]], bool]:
+    """The history entries, each as the model stores it (``role``, ``content``, ``timestamp``,
+    then the item's other keys in their order), and whether the model would take them all as
+    they are (every role a string or null, every timestamp stored as it is)."""
+    entries: list[dict[str, Any]] = []
+    plain = True
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            imp.note("wrapped", index)
+            entries.append({"role": None, "content": item, "timestamp": None})
+            continue
+        role = item.get("role")
+        stamp = item.get("timestamp")
+        entry = {"role": role, "content": item.get("content"), "timestamp": stamp}
+        if role is None or stamp is None or entry["content"] is None:
+            # The document can't tell an explicit null from an absent field.
+            nulls = [f for f in HISTORY_ENTRY_FIELDS if f in item and item[f] is None]
+            if nulls:
+                imp.legacy.setdefault("item_nulls", {})[str(index)] = nulls
+        for name, value in item.items():
+            if name not in entry:
+                entry[name] = value
+        if stamp is not None:
+            epoch = parse_datetime(stamp)
+            if epoch is None:
+                entry["timestamp"] = None
+                entry["_legacy_timestamp"] = stamp
+                imp.problem(
+                    f"history item {index}: timestamp is not a datetime; kept as _legacy_timestamp",
+                    field=f"history.{index}.timestamp",
+                    value=stamp,
+                )
+            else:
+                entry["timestamp"] = epoch
+                if stamp != render_datetime(epoch):  # str(dt), "Z", an epoch number...
+                    imp.legacy.setdefault("item_dates", {})[str(index)] = stamp
+                plain = plain and _stored_as_is(epoch)
+        if role is not None and type(role) is not str:
+            plain = False
+        entries.append(entry)
+    return entries, plain
 
 
 def import_execution(key: str, key_id: str, data: Any, now: float) -> Rewrite:

@@ -541,3 +541,86 @@ def test_the_fast_path_writes_what_the_model_writes_byte_for_byte(
         assert fast == slow, (i, data)
         taken += used
     assert n // 3 < taken < n  # both paths were exercised
+
+
+# ---------------------------------------------------------------------- the parser
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of equal types: -0.0 is not 0.0, NaN is NaN, key order counts."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return bool(a == b)
+
+
+def _outcome(parse: Callable[[bytes], Any], text: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", parse(text)
+    except ValueError:
+        return "refused", None
+    except RecursionError:
+        return "too deep", None
+
+
+_TEXTS = (
+    b'{"a":[1,2.5,-0.0,1e5,1E-5,"x\\u00e9",null,true,false],"b":{"c":"d"}}',
+    b"[1.7976931348623157e308,5e-324,0.1,1e400,-1e400,2.2250738585072011e-308]",
+    b"[123456789012345678901234567890,-0,-9223372036854775809,18446744073709551616]",
+    b"[NaN,Infinity,-Infinity]",
+    b'{"a":1,"b":2,"a":3}',
+    b'{"a":{"x":1,"x":[2]}}',
+    '{"k":"\u00e9\u4e2d\U0001f600\u2028"}'.encode(),
+    b'["\\ud83d\\ude00","\\ud800","\\udc00x","\\u0000"]',
+    b'"\xed\xa0\x80"',  # an encoded surrogate: json.loads takes it (surrogatepass)
+    b"\xef\xbb\xbf[1]",
+    '{"a":1}'.encode("utf-16"),
+    '{"a":1}'.encode("utf-16-le"),
+    b"[" * 300 + b"]" * 300,
+    b"[" * 5000 + b"]" * 5000,
+    b"1" * 4300,
+    b"1" * 4301,
+    b" \t\r\n[1] \n",
+    b"\x0c[1]",
+    b"[1,]",
+    b"01",
+    b'"a\x01"',
+    b"nan",
+    b"-NaN",
+    b"",
+)
+
+
+def test_loads_gives_what_json_loads_gives() -> None:
+    rng = random.Random(5)
+    texts = list(_TEXTS)
+    alphabet = b'{}[],:"\\ 0123456789.eE+-ntrufalsNIy\x00\x7f\xc0\x80\xed\xa0\xe9\xff\x1f'
+    for _ in range(40_000):
+        text = bytearray(rng.choice(_TEXTS[:8]))
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(text) + 1)
+            roll = rng.random()
+            if roll < 0.4:
+                text[pos:pos] = bytes([rng.choice(alphabet)])
+            elif pos < len(text):
+                if roll < 0.7:
+                    del text[pos]
+                else:
+                    text[pos] = rng.choice(alphabet)
+        texts.append(bytes(text))
+    for _ in range(20_000):
+        digits = [str(rng.randint(0, 10 ** rng.randint(1, 25))) for _ in range(3)]
+        number = rng.choice(("{0}.{1}e{2}", "{0}.{1}", "{0}e-{2}", "-{0}.{1}E+{2}")).format(*digits)
+        texts.append(number.encode())
+    accepted = 0
+    for text in texts:
+        mine, theirs = _outcome(legacy_codec.loads, text), _outcome(json.loads, text)
+        assert mine[0] == theirs[0], text
+        assert _same(mine[1], theirs[1]), text
+        accepted += mine[0] == "ok"
+    assert accepted > 25_000

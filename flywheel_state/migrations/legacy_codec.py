@@ -45,7 +45,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError, to_json
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from flywheel_state.errors import FlywheelStateError
 from flywheel_state.migrations import MigrationProblem, Rewrite
@@ -150,6 +150,19 @@ _DATETIME = re.compile(
     r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?",
     re.IGNORECASE,
 )
+
+
+def loads(raw: bytes | str) -> Any:
+    """``json.loads(raw)``, the same values, faster: pydantic_core's parser (from_json), and
+    json.loads itself for what that refuses (lone surrogates, a UTF-8 BOM or UTF-16 text,
+    nesting deeper than 200, invalid JSON: json.loads raises then, as it always did). Where
+    from_json accepts a text, it gives what json.loads gives: the same numbers (big integers,
+    NaN and infinities, the same doubles), strings and key order (the last of duplicate keys
+    wins, in the first one's place); tests compare the two on many texts."""
+    try:
+        return from_json(raw)
+    except ValueError:
+        return json.loads(raw)
 
 
 def _parse_slow(text: str) -> datetime | None:

@@ -425,16 +425,15 @@ def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> R
     imp.legacy["kept"] = [f for f in SESSION_OPTIONAL if f in data]
     # The downgrade writes fields in the original code's order; remember any other order, so
     # the string it writes back is the original, byte for byte.
-    order = list(data)
-    if order != _session_order(data):
-        imp.legacy["order"] = order
-    if isinstance(data.get("metadata"), dict):
-        meta_order = list(data["metadata"])
+    if not _in_session_order(data):
+        imp.legacy["order"] = list(data)
+    raw_metadata = data.get("metadata")
+    if isinstance(raw_metadata, dict) and (shape_b or LEGACY in raw_metadata):
+        meta_order = list(raw_metadata)
         # A "_legacy" of its own comes back after the other keys, then shape B's datetimes (which
-        # leave metadata) in field order.
-        moved = [k for k in (*SESSION_SHAPE, *SESSION_OPTIONAL) if shape_b and k in meta_order]
-        moved = [k for k in moved if k in SESSION_DATETIMES]
-        tail = [LEGACY] if LEGACY in meta_order else []
+        # leave metadata) in field order. (Shape A without one: always the original order.)
+        moved = [k for k in _MOVED_DATETIMES if shape_b and k in raw_metadata]
+        tail = [LEGACY] if LEGACY in raw_metadata else []
         rest = [k for k in meta_order if k not in moved and k != LEGACY]
         if meta_order != rest + tail + moved:
             imp.legacy["metadata_order"] = meta_order
@@ -632,10 +631,26 @@ def _session_json(doc: dict[str, Any]) -> str | None:
         return None
 
 
-def _session_order(data: dict[str, Any]) -> list[str]:
-    """The order the downgrade writes ``data``'s top-level fields in, without a recorded one."""
-    known = ("_schema_version", *SESSION_SHAPE, *SESSION_OPTIONAL)
-    return [k for k in known if k in data] + [k for k in data if k not in known]
+_KNOWN_ORDER = {
+    name: i for i, name in enumerate(("_schema_version", *SESSION_SHAPE, *SESSION_OPTIONAL))
+}
+# Shape B's datetimes that leave metadata, in the order the downgrade puts them back.
+_MOVED_DATETIMES = tuple(f for f in (*SESSION_SHAPE, *SESSION_OPTIONAL) if f in SESSION_DATETIMES)
+
+
+def _in_session_order(data: dict[str, Any]) -> bool:
+    """True when ``data``'s top-level fields are in the order the downgrade writes them
+    without a recorded one: the known fields in their order, then the others."""
+    last = -1
+    for name in data:
+        position = _KNOWN_ORDER.get(name)
+        if position is None:
+            last = len(_KNOWN_ORDER)  # an unknown field: no known one may follow
+        elif position < last:
+            return False
+        else:
+            last = position
+    return True
 
 
 def _history(imp: _Import, items: list[Any]) -> tuple[list[dict[str, Any]], bool]:
@@ -661,7 +676,20 @@ def _history(imp: _Import, items: list[Any]) -> tuple[list[dict[str, Any]], bool
             if name not in entry:
                 entry[name] = value
         if stamp is not None:
-            epoch = parse_datetime(stamp)
+            canonical = False
+            if type(stamp) is str:
+                parsed = _parse(stamp)
+                epoch = None if parsed is None else _epoch(parsed)
+                # A canonical ISO text (what the downgrade writes) needs no second look when
+                # the epoch reads back as the same microsecond (within +-9e9 s).
+                canonical = (
+                    epoch is not None
+                    and -MICROSECOND_RANGE_SECONDS < epoch < MICROSECOND_RANGE_SECONDS
+                    and parsed is not None
+                    and parsed.isoformat() == stamp
+                )
+            else:
+                epoch = parse_datetime(stamp)
             if epoch is None:
                 entry["timestamp"] = None
                 entry["_legacy_timestamp"] = stamp
@@ -672,7 +700,7 @@ def _history(imp: _Import, items: list[Any]) -> tuple[list[dict[str, Any]], bool
                 )
             else:
                 entry["timestamp"] = epoch
-                if stamp != render_datetime(epoch):  # str(dt), "Z", an epoch number...
+                if not canonical and stamp != render_datetime(epoch):  # str(dt), "Z", a number
                     imp.legacy.setdefault("item_dates", {})[str(index)] = stamp
                 plain = plain and _stored_as_is(epoch)
         if role is not None and type(role) is not str:

@@ -23,7 +23,8 @@ conversion function (the frozen mapping of 0002):
 (c) ``redis-om``: the same reads, then a redis-om 1.2 JsonModel per session, ``save()`` +
     ``expire()`` into a pipeline per batch (after DEL of the string).
 
-With ``--check`` the exit status is 1 when the library imports fewer than 10,000 documents/s.
+With ``--check`` the exit status is 1 when the library imports fewer than 20,000 documents/s at
+the largest size (issue 13's target, at 100k sessions).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from redis.asyncio import Redis
 
 from flywheel_state import Store
 
-TARGET_DOCS_PER_S = 10_000
+TARGET_DOCS_PER_S = 20_000
 BATCH = 500
 STATUSES = ("running", "completed", "pending", "failed", "active", "cancelled")
 _WORDS = (

@@ -7,8 +7,10 @@ resumes after an injected failure.
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import AsyncIterator, Callable
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +19,7 @@ import pytest
 from flywheel_state import RedisExecutionCache, RedisSessionManager, Settings, Store
 from flywheel_state._compat_mapping import session_from
 from flywheel_state.errors import MigrationError
-from flywheel_state.migrations import legacy_history
+from flywheel_state.migrations import legacy_codec, legacy_history
 from flywheel_state.migrations.legacy_codec import history_prefix
 from flywheel_state.models import Session
 
@@ -370,3 +372,260 @@ async def test_0003_resumes_after_an_injected_failure(
         f"s{i}-{n}" for i in range(6) for n in range(3)
     )
     del converted
+
+
+# ---------------------------------------------------------------------- the fast path
+
+_WHEN = (
+    "2025-11-18T10:00:01.250000",
+    "2025-11-18 10:00:00.123456",
+    "2025-11-18T10:00:00",
+    "2025-11-18 10:00",
+    "2025-11-18",
+    "2025-11-18T10:00:00Z",
+    "2025-11-18T10:00:00.5+02:00",
+    "2025-11-18T10:00:00.1234567-0130",
+    "1969-07-20T20:17:40.000001",
+    "1700-01-01T00:00:00.999999",
+    "2025-11-18T10:00:00.000000",
+    "2025-11-18T10:00:00.123",
+    "2025-W47-2T10:00:00.123456",
+    "20251118T100000",
+    "2300-01-01T00:00:00.123456",  # beyond +-9e9 s: stored to the millisecond
+    "2255-06-01T00:00:00.000001",
+    "9999-12-31T23:59:59.999999",
+    "0001-01-01 00:00:00",
+    "junk",
+    "",
+    1763460000,
+    1763460000.5,
+    1763460000.1234567,
+    -1.000001,
+    1.5e10,
+    3e10,
+    float("nan"),
+    True,
+    None,
+    ["2025-11-18"],
+)
+_ANY = (
+    "text",
+    "é\u2028\x00\U0001f600",
+    0,
+    -(2**63),
+    2**64,
+    10**40,
+    1.5,
+    1e16,
+    1e-7,
+    -0.0,
+    float("nan"),
+    float("inf"),
+    True,
+    None,
+    [],
+    {},
+    {"nested": [1, {"deep": None}]},
+)
+
+
+def _pick(rng: random.Random, values: Sequence[Any]) -> Any:
+    return copy.deepcopy(values[rng.randrange(len(values))])
+
+
+def _random_legacy(rng: random.Random, sid: str) -> dict[str, Any]:
+    """A legacy session, mostly plausible, often odd (every branch of import_session)."""
+    doc: dict[str, Any] = _a(sid) if rng.random() < 0.6 else _b(sid)
+    odd = rng.random() < 0.5
+    for field in ("created_at", "last_active", "updated_at"):
+        if rng.random() < (0.5 if odd else 0.2):
+            target = doc["metadata"] if "_schema_version" in doc and rng.random() < 0.5 else doc
+            target[field] = _pick(rng, _WHEN) if odd else rng.choice(_WHEN[:9])
+    if odd:
+        for field, values in (
+            ("status", ("running", "DONE", "SessionStatus.IDLE", "weird", None, 3)),
+            ("backend", ("flowise", "Custom", "n8n", None, ["x"])),
+            ("backend_session_id", ("b1", None, 17, {"x": 1})),
+            ("current_flow_id", ("csv2507", "tab\there", "\u2028line", None, 5)),
+            ("user_id", ("u1", "bell\x07", None, 3.5)),
+            ("total_queries", (0, 4, -1, 2**63, 4.0, True, "3")),
+            ("successful_queries", (1, 2**63 - 1, -(2**63) - 1)),
+            ("total_response_time", (0.0, 1.25, 3, float("inf"), float("nan"), "x", 10**400)),
+            ("context", ("text", [1], {"k": "v"})),
+            ("metadata", ([1], "m", {"_legacy": {"own": 1}, "x": 2})),
+            ("history", ({"role": "user"}, "h")),
+            ("id", (sid, "other", 5, None)),
+            ("extra", (1, {"a": "b"})),
+            ("source", ("top",)),
+        ):
+            if rng.random() < 0.15:
+                doc[field] = _pick(rng, values)
+            elif rng.random() < 0.05:
+                doc.pop(field, None)
+        if rng.random() < 0.3:
+            doc["context"] = {f"k{i}": _pick(rng, _ANY) for i in range(rng.randint(0, 4))}
+        if rng.random() < 0.3 and isinstance(doc.get("metadata"), dict):
+            doc["metadata"].update({f"m{i}": _pick(rng, _ANY) for i in range(rng.randint(0, 3))})
+    items: list[Any] = []
+    for _ in range(rng.randint(0, 5)):
+        roll = rng.random()
+        if odd and roll < 0.15:
+            items.append(_pick(rng, _ANY))
+            continue
+        item: dict[str, Any] = {}
+        if roll < 0.6:
+            item["role"] = _pick(rng, ("user", "assistant", None, 5)) if odd else "user"
+            item["content"] = _pick(rng, _ANY) if odd else "hello"
+        else:
+            item.update(q="question", a="answer")
+        if rng.random() < 0.7:
+            item["timestamp"] = _pick(rng, _WHEN) if odd else rng.choice(_WHEN[:9])
+        if odd and rng.random() < 0.2:
+            item["_private"] = _pick(rng, _ANY)
+        if odd and rng.random() < 0.2:
+            item = dict(reversed(list(item.items())))
+        items.append(item)
+    if "history" not in doc or isinstance(doc["history"], list):
+        doc["history"] = items
+    if odd and rng.random() < 0.2:
+        doc = dict(reversed(list(doc.items())))
+    return doc
+
+
+def _both_paths(
+    monkeypatch: pytest.MonkeyPatch, data: dict[str, Any], key_id: str
+) -> tuple[Any, Any, bool]:
+    """import_session as it runs, and with the fast path off (the model encodes every time)."""
+    now = legacy_codec.stored_now()
+    fast_taken = []
+    real = legacy_codec._session_json
+
+    def watched(doc: dict[str, Any]) -> str | None:
+        out = real(doc)
+        fast_taken.append(out is not None)
+        return out
+
+    def run() -> Any:
+        try:
+            return legacy_codec.import_session(
+                f"ns:session:{key_id}", key_id, copy.deepcopy(data), now
+            )
+        except Exception as exc:  # the same error on both paths
+            return (type(exc), str(exc))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(legacy_codec, "_session_json", watched)
+        fast = run()
+    with monkeypatch.context() as patch:
+        patch.setattr(legacy_codec, "_session_json", lambda doc: None)
+        slow = run()
+    return fast, slow, any(fast_taken)
+
+
+def test_the_fast_path_writes_what_the_model_writes_for_the_shared_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    taken = 0
+    for name, case in TABLE.items():
+        fast, slow, used = _both_paths(monkeypatch, case(name), name)
+        assert fast == slow, name
+        taken += used
+    assert taken >= len(TABLE) // 2  # the plain cases are not left to the model
+
+
+def test_the_fast_path_writes_what_the_model_writes_byte_for_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(13)
+    taken = 0
+    n = 3000
+    for i in range(n):
+        key_id = f"s{i}" if rng.random() < 0.97 else rng.choice(("a b", "x*", "", "é" * 300))
+        data = _random_legacy(rng, key_id)
+        fast, slow, used = _both_paths(monkeypatch, data, key_id)
+        assert fast == slow, (i, data)
+        taken += used
+    assert n // 3 < taken < n  # both paths were exercised
+
+
+# ---------------------------------------------------------------------- the parser
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of equal types: -0.0 is not 0.0, NaN is NaN, key order counts."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return bool(a == b)
+
+
+def _outcome(parse: Callable[[bytes], Any], text: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", parse(text)
+    except ValueError:
+        return "refused", None
+    except RecursionError:
+        return "too deep", None
+
+
+_TEXTS = (
+    b'{"a":[1,2.5,-0.0,1e5,1E-5,"x\\u00e9",null,true,false],"b":{"c":"d"}}',
+    b"[1.7976931348623157e308,5e-324,0.1,1e400,-1e400,2.2250738585072011e-308]",
+    b"[123456789012345678901234567890,-0,-9223372036854775809,18446744073709551616]",
+    b"[NaN,Infinity,-Infinity]",
+    b'{"a":1,"b":2,"a":3}',
+    b'{"a":{"x":1,"x":[2]}}',
+    '{"k":"\u00e9\u4e2d\U0001f600\u2028"}'.encode(),
+    b'["\\ud83d\\ude00","\\ud800","\\udc00x","\\u0000"]',
+    b'"\xed\xa0\x80"',  # an encoded surrogate: json.loads takes it (surrogatepass)
+    b"\xef\xbb\xbf[1]",
+    '{"a":1}'.encode("utf-16"),
+    '{"a":1}'.encode("utf-16-le"),
+    b"[" * 300 + b"]" * 300,
+    b"[" * 5000 + b"]" * 5000,
+    b"1" * 4300,
+    b"1" * 4301,
+    b" \t\r\n[1] \n",
+    b"\x0c[1]",
+    b"[1,]",
+    b"01",
+    b'"a\x01"',
+    b"nan",
+    b"-NaN",
+    b"",
+)
+
+
+def test_loads_gives_what_json_loads_gives() -> None:
+    rng = random.Random(5)
+    texts = list(_TEXTS)
+    alphabet = b'{}[],:"\\ 0123456789.eE+-ntrufalsNIy\x00\x7f\xc0\x80\xed\xa0\xe9\xff\x1f'
+    for _ in range(40_000):
+        text = bytearray(rng.choice(_TEXTS[:8]))
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(text) + 1)
+            roll = rng.random()
+            if roll < 0.4:
+                text[pos:pos] = bytes([rng.choice(alphabet)])
+            elif pos < len(text):
+                if roll < 0.7:
+                    del text[pos]
+                else:
+                    text[pos] = rng.choice(alphabet)
+        texts.append(bytes(text))
+    for _ in range(20_000):
+        digits = [str(rng.randint(0, 10 ** rng.randint(1, 25))) for _ in range(3)]
+        number = rng.choice(("{0}.{1}e{2}", "{0}.{1}", "{0}e-{2}", "-{0}.{1}E+{2}")).format(*digits)
+        texts.append(number.encode())
+    accepted = 0
+    for text in texts:
+        mine, theirs = _outcome(legacy_codec.loads, text), _outcome(json.loads, text)
+        assert mine[0] == theirs[0], text
+        assert _same(mine[1], theirs[1]), text
+        accepted += mine[0] == "ok"
+    assert accepted > 25_000

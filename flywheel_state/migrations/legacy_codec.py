@@ -42,14 +42,21 @@ import math
 import re
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from flywheel_state.errors import FlywheelStateError
 from flywheel_state.migrations import MigrationProblem, Rewrite
-from flywheel_state.models import ExecutionResult, Session
+from flywheel_state.models import ExecutionResult, HistoryEntry, Session
 from flywheel_state.models._base import Document
+from flywheel_state.models._types import (
+    INT64_MAX,
+    INT64_MIN,
+    MICROSECOND_RANGE_SECONDS,
+    validate_id,
+)
 
 LEGACY = "_legacy"
 SCHEMA_VERSION = 1
@@ -143,6 +150,19 @@ _DATETIME = re.compile(
     r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?",
     re.IGNORECASE,
 )
+
+
+def loads(raw: bytes | str) -> Any:
+    """``json.loads(raw)``, the same values, faster: pydantic_core's parser (from_json), and
+    json.loads itself for what that refuses (lone surrogates, a UTF-8 BOM or UTF-16 text,
+    nesting deeper than 200, invalid JSON: json.loads raises then, as it always did). Where
+    from_json accepts a text, it gives what json.loads gives: the same numbers (big integers,
+    NaN and infinities, the same doubles), strings and key order (the last of duplicate keys
+    wins, in the first one's place); tests compare the two on many texts."""
+    try:
+        return from_json(raw)
+    except ValueError:
+        return json.loads(raw)
 
 
 def _parse_slow(text: str) -> datetime | None:
@@ -405,16 +425,15 @@ def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> R
     imp.legacy["kept"] = [f for f in SESSION_OPTIONAL if f in data]
     # The downgrade writes fields in the original code's order; remember any other order, so
     # the string it writes back is the original, byte for byte.
-    order = list(data)
-    if order != _session_order(data):
-        imp.legacy["order"] = order
-    if isinstance(data.get("metadata"), dict):
-        meta_order = list(data["metadata"])
+    if not _in_session_order(data):
+        imp.legacy["order"] = list(data)
+    raw_metadata = data.get("metadata")
+    if isinstance(raw_metadata, dict) and (shape_b or LEGACY in raw_metadata):
+        meta_order = list(raw_metadata)
         # A "_legacy" of its own comes back after the other keys, then shape B's datetimes (which
-        # leave metadata) in field order.
-        moved = [k for k in (*SESSION_SHAPE, *SESSION_OPTIONAL) if shape_b and k in meta_order]
-        moved = [k for k in moved if k in SESSION_DATETIMES]
-        tail = [LEGACY] if LEGACY in meta_order else []
+        # leave metadata) in field order. (Shape A without one: always the original order.)
+        moved = [k for k in _MOVED_DATETIMES if shape_b and k in raw_metadata]
+        tail = [LEGACY] if LEGACY in raw_metadata else []
         rest = [k for k in meta_order if k not in moved and k != LEGACY]
         if meta_order != rest + tail + moved:
             imp.legacy["metadata_order"] = meta_order
@@ -480,7 +499,7 @@ def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> R
     if not isinstance(history, list):
         imp.keep_raw("history", history, [], "history is not a list: stored as []")
         history = []
-    entries = [_history_entry(imp, i, item) for i, item in enumerate(history)]
+    entries, plain_history = _history(imp, history)
 
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -500,38 +519,194 @@ def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> R
         if field in src:
             doc[field] = src.pop(field)
     _extras(imp, src, metadata)
-    return imp.result(imp.encode(Session, doc, SESSION_DEFAULTS))
+    metadata[LEGACY] = imp.legacy_block()
+    encoded = _session_json(doc) if plain_history else None
+    if encoded is None:  # something the model would convert, repair or refuse
+        encoded = imp.encode(Session, doc, SESSION_DEFAULTS)
+    return imp.result(encoded)
 
 
-def _session_order(data: dict[str, Any]) -> list[str]:
-    """The order the downgrade writes ``data``'s top-level fields in, without a recorded one."""
-    known = ("_schema_version", *SESSION_SHAPE, *SESSION_OPTIONAL)
-    return [k for k in known if k in data] + [k for k in data if k not in known]
+# The fast path of import_session: the stored JSON built directly, for a document the model
+# would accept as it is. It is what ``Session.model_validate(doc).model_dump_json()`` writes,
+# byte for byte (tests compare both paths over many inputs): the same fields in the model's
+# order, with the model's defaults, serialized by the same serializer (pydantic_core) with the
+# model's NaN/infinity mode. It is used only while the live models have exactly the fields it
+# knows (a changed model falls back to full validation, never to a wrong document).
+_SESSION_FIELDS = (
+    "schema_version",
+    "version",
+    "id",
+    "backend",
+    "backend_session_id",
+    "status",
+    "current_flow_id",
+    "user_id",
+    "context",
+    "history",
+    "metadata",
+    "created_at",
+    "updated_at",
+    "last_active",
+    "total_queries",
+    "successful_queries",
+    "total_response_time",
+)
+_FAST_SESSIONS = (
+    tuple(name for name in Session.model_fields if name != "pk") == _SESSION_FIELDS
+    and Session.SCHEMA_VERSION == SCHEMA_VERSION
+    and tuple(HistoryEntry.model_fields) == HISTORY_ENTRY_FIELDS
+    and HistoryEntry.model_config.get("extra") == "allow"
+)
+_INF_NAN: Literal["null", "constants", "strings"] = Session.model_config.get(
+    "ser_json_inf_nan", "null"
+)
 
 
-def _history_entry(imp: _Import, index: int, item: Any) -> dict[str, Any]:
-    if not isinstance(item, dict):
-        imp.note("wrapped", index)
-        return {"content": item}
-    entry = dict(item)
-    nulls = [f for f in HISTORY_ENTRY_FIELDS if f in entry and entry[f] is None]
-    if nulls:  # the document can't tell an explicit null from an absent field
-        imp.legacy.setdefault("item_nulls", {})[str(index)] = nulls
-    if "timestamp" in entry and entry["timestamp"] is not None:
-        value = entry["timestamp"]
-        epoch = parse_datetime(value)
-        if epoch is None:
-            entry["_legacy_timestamp"] = entry.pop("timestamp")
-            imp.problem(
-                f"history item {index}: timestamp is not a datetime; kept as _legacy_timestamp",
-                field=f"history.{index}.timestamp",
-                value=entry["_legacy_timestamp"],
-            )
+def _stored_as_is(epoch: Any) -> bool:
+    """True when the model stores ``epoch`` (a datetime in epoch seconds) unchanged.
+
+    The model reads a stored epoch back as a datetime to the microsecond (within +-9e9 s) and
+    writes ``datetime.timestamp()``: for the double nearest to a whole number of microseconds
+    (what the legacy parser and stored_now give) that is the same double. Anything else (digits
+    below the microsecond, millisecond precision farther out) takes the model's path.
+    """
+    return (
+        type(epoch) is float
+        and -MICROSECOND_RANGE_SECONDS < epoch < MICROSECOND_RANGE_SECONDS
+        and round(epoch * 1e6) / 1e6 == epoch
+    )
+
+
+def _session_json(doc: dict[str, Any]) -> str | None:
+    """``doc`` as the Session model stores it, or None when the model must see it (a value
+    it would convert, repair or refuse). Its history entries are checked by :func:`_history`
+    already."""
+    if not _FAST_SESSIONS:
+        return None
+    try:
+        validate_id(doc["id"])
+    except FlywheelStateError:
+        return None
+    flow_session = doc.get("backend_session_id")
+    if flow_session is not None and type(flow_session) is not str:
+        return None
+    for name in ("current_flow_id", "user_id"):
+        tag = doc.get(name)
+        if tag is not None and (type(tag) is not str or not tag.isprintable()):
+            return None
+    for name in ("created_at", "updated_at", "last_active"):
+        if not _stored_as_is(doc[name]):
+            return None
+    counters = []
+    for name in ("total_queries", "successful_queries"):
+        count = doc.get(name, 0)
+        if type(count) is not int or not INT64_MIN <= count <= INT64_MAX:
+            return None
+        counters.append(count)
+    response_time = doc.get("total_response_time", 0.0)
+    if type(response_time) is not float or not math.isfinite(response_time):
+        return None
+    out = {
+        "schema_version": doc["schema_version"],
+        "version": doc["version"],
+        "id": doc["id"],
+        "backend": doc["backend"],
+        "backend_session_id": flow_session,
+        "status": doc.get("status", "pending"),
+        "current_flow_id": doc.get("current_flow_id"),
+        "user_id": doc.get("user_id"),
+        "context": doc["context"],
+        "history": doc["history"],
+        "metadata": doc["metadata"],
+        "created_at": doc["created_at"],
+        "updated_at": doc["updated_at"],
+        "last_active": doc["last_active"],
+        "total_queries": counters[0],
+        "successful_queries": counters[1],
+        "total_response_time": response_time,
+    }
+    try:
+        return to_json(out, inf_nan_mode=_INF_NAN).decode()
+    except PydanticSerializationError:  # the model's path raises it, as it always did
+        return None
+
+
+_KNOWN_ORDER = {
+    name: i for i, name in enumerate(("_schema_version", *SESSION_SHAPE, *SESSION_OPTIONAL))
+}
+# Shape B's datetimes that leave metadata, in the order the downgrade puts them back.
+_MOVED_DATETIMES = tuple(f for f in (*SESSION_SHAPE, *SESSION_OPTIONAL) if f in SESSION_DATETIMES)
+
+
+def _in_session_order(data: dict[str, Any]) -> bool:
+    """True when ``data``'s top-level fields are in the order the downgrade writes them
+    without a recorded one: the known fields in their order, then the others."""
+    last = -1
+    for name in data:
+        position = _KNOWN_ORDER.get(name)
+        if position is None:
+            last = len(_KNOWN_ORDER)  # an unknown field: no known one may follow
+        elif position < last:
+            return False
         else:
-            entry["timestamp"] = epoch
-            if value != render_datetime(epoch):  # str(dt), "Z", an epoch number...
-                imp.legacy.setdefault("item_dates", {})[str(index)] = value
-    return entry
+            last = position
+    return True
+
+
+def _history(imp: _Import, items: list[Any]) -> tuple[list[dict[str, Any]], bool]:
+    """The history entries, each as the model stores it (``role``, ``content``, ``timestamp``,
+    then the item's other keys in their order), and whether the model would take them all as
+    they are (every role a string or null, every timestamp stored as it is)."""
+    entries: list[dict[str, Any]] = []
+    plain = True
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            imp.note("wrapped", index)
+            entries.append({"role": None, "content": item, "timestamp": None})
+            continue
+        role = item.get("role")
+        stamp = item.get("timestamp")
+        entry = {"role": role, "content": item.get("content"), "timestamp": stamp}
+        if role is None or stamp is None or entry["content"] is None:
+            # The document can't tell an explicit null from an absent field.
+            nulls = [f for f in HISTORY_ENTRY_FIELDS if f in item and item[f] is None]
+            if nulls:
+                imp.legacy.setdefault("item_nulls", {})[str(index)] = nulls
+        for name, value in item.items():
+            if name not in entry:
+                entry[name] = value
+        if stamp is not None:
+            canonical = False
+            if type(stamp) is str:
+                parsed = _parse(stamp)
+                epoch = None if parsed is None else _epoch(parsed)
+                # A canonical ISO text (what the downgrade writes) needs no second look when
+                # the epoch reads back as the same microsecond (within +-9e9 s).
+                canonical = (
+                    epoch is not None
+                    and -MICROSECOND_RANGE_SECONDS < epoch < MICROSECOND_RANGE_SECONDS
+                    and parsed is not None
+                    and parsed.isoformat() == stamp
+                )
+            else:
+                epoch = parse_datetime(stamp)
+            if epoch is None:
+                entry["timestamp"] = None
+                entry["_legacy_timestamp"] = stamp
+                imp.problem(
+                    f"history item {index}: timestamp is not a datetime; kept as _legacy_timestamp",
+                    field=f"history.{index}.timestamp",
+                    value=stamp,
+                )
+            else:
+                entry["timestamp"] = epoch
+                if not canonical and stamp != render_datetime(epoch):  # str(dt), "Z", a number
+                    imp.legacy.setdefault("item_dates", {})[str(index)] = stamp
+                plain = plain and _stored_as_is(epoch)
+        if role is not None and type(role) is not str:
+            plain = False
+        entries.append(entry)
+    return entries, plain
 
 
 def import_execution(key: str, key_id: str, data: Any, now: float) -> Rewrite:

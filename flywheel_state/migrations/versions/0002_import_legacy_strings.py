@@ -40,7 +40,6 @@ session reads the same whether it was saved through the original API or migrated
 live models only to encode a version-1 document, through their upgrade chain.
 """
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +52,7 @@ from flywheel_state.migrations.legacy_codec import (
     import_execution,
     import_history,
     import_session,
+    loads,
     parse_datetime,
     stored_now,
 )
@@ -80,7 +80,7 @@ def _dispatch(
         for prefix, handler in prefixes:
             if key.startswith(prefix):
                 try:
-                    data = json.loads(raw)
+                    data = loads(raw)  # json.loads, faster
                 except ValueError:
                     return Rewrite(None, (ctx.problem(key, "not valid JSON; left as it is"),))
                 return handler(key, key[len(prefix) :], data)

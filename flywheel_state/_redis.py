@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from redis import exceptions as redis_exc
 
@@ -36,6 +36,7 @@ else:
     Pipe = Any
 
 __all__ = [
+    "DRIVER_ERRORS",
     "BudgetPool",
     "Client",
     "Pipe",
@@ -43,6 +44,7 @@ __all__ = [
     "call_budget",
     "execute_write",
     "outcome_unknown",
+    "reraise",
     "translate_errors",
 ]
 
@@ -88,15 +90,28 @@ def translate_errors(what: str, *, write: bool = False) -> Iterator[None]:
     """
     try:
         yield
-    except FlywheelStateError:
-        raise
-    except (
-        redis_exc.RedisError,
-        redis_exc.RedisClusterException,
-        OSError,
-        asyncio.TimeoutError,
-    ) as exc:
-        raise _convert(exc, what, write) from exc
+    except Exception as exc:
+        reraise(exc, what, write=write)
+
+
+DRIVER_ERRORS = (
+    redis_exc.RedisError,
+    redis_exc.RedisClusterException,
+    OSError,
+    asyncio.TimeoutError,
+)
+"""What :func:`translate_errors` converts: errors of the driver and of the connection."""
+
+
+def reraise(exc: Exception, what: str, *, write: bool = False) -> NoReturn:
+    """Raise ``exc`` converted as :func:`translate_errors` converts it (others as they are).
+
+    For hot paths that catch the error themselves (``except Exception as exc: reraise(exc,
+    ...)``): no context manager per call, and ``what`` built only when something failed.
+    """
+    if isinstance(exc, FlywheelStateError) or not isinstance(exc, DRIVER_ERRORS):
+        raise exc
+    raise _convert(exc, what, write) from exc
 
 
 def call_budget(client: Any) -> float | None:

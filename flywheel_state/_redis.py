@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from redis import exceptions as redis_exc
 
@@ -41,6 +41,7 @@ else:
     Pipe = Any
 
 __all__ = [
+    "DRIVER_ERRORS",
     "BudgetPool",
     "Client",
     "Pipe",
@@ -49,11 +50,11 @@ __all__ = [
     "execute_read",
     "execute_write",
     "outcome_unknown",
+    "reraise",
     "translate_errors",
 ]
 
 _UNAVAILABLE = (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError, asyncio.TimeoutError)
-_TRANSLATED = (redis_exc.RedisError, redis_exc.RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 def _text(exc: BaseException) -> str:
@@ -84,6 +85,15 @@ def outcome_unknown(what: str, exc: BaseException) -> OutcomeUnknownError:
     )
 
 
+DRIVER_ERRORS = (
+    redis_exc.RedisError,
+    redis_exc.RedisClusterException,
+    OSError,
+    asyncio.TimeoutError,
+)
+"""What :func:`translate_errors` converts: errors of the driver and of the connection."""
+
+
 class translate_errors:  # lower case: used like the function it replaced
     """Convert redis-py errors raised inside the block into flywheel-state errors.
 
@@ -112,10 +122,21 @@ class translate_errors:  # lower case: used like the function it replaced
         traceback: TracebackType | None,
     ) -> None:
         # Returns None: never swallows an exception (and mypy knows it).
-        if exc is not None and isinstance(exc, _TRANSLATED):
+        if exc is not None and isinstance(exc, DRIVER_ERRORS):
             if isinstance(exc, FlywheelStateError):
                 return
             raise _convert(exc, self.what, self.write) from exc
+
+
+def reraise(exc: Exception, what: str, *, write: bool = False) -> NoReturn:
+    """Raise ``exc`` converted as :func:`translate_errors` converts it (others as they are).
+
+    For hot paths that catch the error themselves (``except Exception as exc: reraise(exc,
+    ...)``): no context manager per call, and ``what`` built only when something failed.
+    """
+    if isinstance(exc, FlywheelStateError) or not isinstance(exc, DRIVER_ERRORS):
+        raise exc
+    raise _convert(exc, what, write) from exc
 
 
 def call_budget(client: Any) -> float | None:

@@ -632,10 +632,11 @@ def is_envelope(value: object) -> bool:
 def has_envelope_marker(raw: bytes | str) -> bool:
     """A fast test: may this stored JSON text hold an envelope? (False: it surely does not.)"""
     # One memchr for "$" first: most plain documents hold none, and it is several times
-    # faster than searching for the whole marker.
+    # faster than searching for the whole marker. bytes.find, not ``in``: ``x in raw`` first
+    # tries x as an int and raises (and formats) a TypeError inside, each time.
     if isinstance(raw, str):
         return "$" in raw and _MARK_STR in raw
-    return b"$" in raw and _MARK_BYTES in raw
+    return raw.find(b"$") >= 0 and raw.find(_MARK_BYTES) >= 0
 
 
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")

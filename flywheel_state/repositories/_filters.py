@@ -633,6 +633,24 @@ def parse_sort(schema: QuerySchema, sort: str | None) -> tuple[str, bool]:
     Raises:
         InvalidQueryError: Not a string, or not a sortable field.
     """
+    if sort is None or type(sort) is str:
+        # Every query parses its sort: remember the answers (a schema is immutable and hashed
+        # by identity; only exact strings, whose hash and equality are their text).
+        key = (schema, sort)
+        found = _SORTS.get(key)
+        if found is None:
+            found = _parse_sort(schema, sort)
+            if len(_SORTS) >= 256:
+                _SORTS.clear()
+            _SORTS[key] = found
+        return found
+    return _parse_sort(schema, sort)
+
+
+_SORTS: dict[tuple[QuerySchema, str | None], tuple[str, bool]] = {}
+
+
+def _parse_sort(schema: QuerySchema, sort: Any) -> tuple[str, bool]:
     text = schema.default_sort if sort is None else sort
     if not isinstance(text, str):
         raise InvalidQueryError(f"sort must be a string, got {_type_name(text)}: {text!r}")

@@ -36,16 +36,18 @@ Semantics shared by every repository (documented once here, relied on by the tes
 from __future__ import annotations
 
 import contextlib
-import itertools
+import gc
 import json
 import logging
+import operator
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
+from pydantic_core import SchemaValidator, ValidationError, core_schema
 from redis import exceptions as redis_exc
 
-from flywheel_state._redis import as_str, translate_errors
+from flywheel_state._redis import as_str, reraise, translate_errors
 from flywheel_state.errors import (
     CorruptRecordError,
     FlywheelStateError,
@@ -62,7 +64,6 @@ from flywheel_state.repositories._filters import (
     compile_filters,
     parse_sort,
 )
-from flywheel_state.repositories._gc import collector_paused
 
 if TYPE_CHECKING:
     from flywheel_state._redis import Client
@@ -185,6 +186,33 @@ def _sort_value(value: Any) -> float | None:
     return float(value)
 
 
+_SORT_READERS: dict[str, SchemaValidator] = {}
+
+
+def _document_sort_value(attr: str, raw: bytes | str, invalid: Any) -> Any:
+    """The sort value of a stored document as json.loads would read it (``invalid`` when it
+    is not JSON: decoding the page reports it).
+
+    A validator that keeps only ``attr`` of a JSON object: several times cheaper than parsing
+    the whole document into Python objects, which a tied page does for most of its rows.
+    """
+    reader = _SORT_READERS.get(attr)
+    if reader is None:
+        field = core_schema.typed_dict_field(core_schema.any_schema(), required=False)
+        reader = SchemaValidator(
+            core_schema.typed_dict_schema({attr: field}, extra_behavior="ignore")
+        )
+        _SORT_READERS[attr] = reader
+    try:
+        return _sort_value(reader.validate_json(raw).get(attr))
+    except ValidationError:  # not a JSON object, or not JSON at all
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return invalid
+        return _sort_value(doc.get(attr) if isinstance(doc, dict) else None)
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, _Unique) or isinstance(b, _Unique):
         return a is b
@@ -193,6 +221,42 @@ def _same(a: Any, b: Any) -> bool:
 
 def _key_bytes(key: Any) -> bytes:
     return key if isinstance(key, bytes) else str(key).encode()
+
+
+@dataclass(frozen=True)
+class _StatsPlan:
+    """What ``stats()`` sends and how it reads the reply, built once per schema."""
+
+    zeros: tuple[tuple[str, dict[str, int]], ...]  # (attr, its counts before counting)
+    group: tuple[Any, ...]  # the GROUPBY ... REDUCE COUNT arguments
+    names: tuple[bytes, ...]  # the row field names: the attrs, then the count alias
+    str_names: tuple[str, ...]  # the same, for a client that decodes replies
+    stats_type: type[Stats]
+
+
+_STATS_PLANS: dict[QuerySchema, _StatsPlan] = {}
+
+
+def _stats_plan(schema: QuerySchema) -> _StatsPlan:
+    plan = _STATS_PLANS.get(schema)
+    if plan is None:
+        attrs = schema.stats_fields
+        zeros = []
+        for attr in attrs:
+            spec = schema.field(attr)
+            enum = spec.enum if spec is not None else None
+            zeros.append((attr, {str(m.value): 0 for m in enum} if enum is not None else {}))
+        group = ("GROUPBY", len(attrs), *(f"@{a}" for a in attrs))
+        str_names = (*attrs, _COUNT_ALIAS)
+        plan = _StatsPlan(
+            zeros=tuple(zeros),
+            group=(*group, "REDUCE", "COUNT", 0, "AS", _COUNT_ALIAS),
+            names=tuple(n.encode() for n in str_names),
+            str_names=str_names,
+            stats_type=schema.stats_type or Stats,
+        )
+        _STATS_PLANS[schema] = plan
+    return plan
 
 
 # ---------------------------------------------------------------------------------- the mixin
@@ -274,8 +338,11 @@ class QueryMixin(Generic[M]):
 
     _alias_cache: tuple[str, str] | None = None
 
-    def _compile(self, filters: Mapping[str, Any], where: Where = None) -> str | None:
-        schema = self._schema
+    def _compile(
+        self, filters: Mapping[str, Any], where: Where = None, schema: QuerySchema | None = None
+    ) -> str | None:
+        if schema is None:
+            schema = self._schema
         if where is not None or len(filters) > 4:
             return compile_filters(schema, self.model.__name__, filters, where)
         # Plain-string keyword filters (the common admin query) compile to the same text every
@@ -294,13 +361,14 @@ class QueryMixin(Generic[M]):
         cache[key] = query
         return query
 
-    def _tail(self) -> list[Any]:
+    def _tail(self, client: Any = None) -> list[Any]:
         # Past the server's own TIMEOUT (500 ms by default, ON_TIMEOUT RETURN) a query silently
         # returns what it has so far: a count of 43,999 instead of 100,000, an empty GROUPBY.
         # Give the server a longer budget than the client's read timeout instead, so a slow
         # query ends as a clear client-side timeout error, never as a wrong answer.
         # Computed once per client (a per-query fixed cost otherwise).
-        client: Any = self._client
+        if client is None:
+            client = self._client
         cached = self._tail_cache
         if cached is not None and cached[0] is client:
             return cached[1]
@@ -348,57 +416,82 @@ class QueryMixin(Generic[M]):
         return window
 
     async def _count(self, query: str) -> int:
-        with translate_errors(f"counting in {self.index_alias}"):
-            reply = await self._client.execute_command(
-                "FT.SEARCH", self.index_alias, query, "LIMIT", 0, 0, *self._tail()
+        client = self._client
+        alias = self.index_alias
+        try:
+            reply = await client.execute_command(
+                "FT.SEARCH", alias, query, "LIMIT", 0, 0, *self._tail(client)
             )
+        except Exception as exc:
+            reraise(exc, f"counting in {alias}")
         return int(reply[0])
 
     async def _page(
         self, query: str, attr: str, descending: bool, offset: int, limit: int, *, docs: bool
-    ) -> tuple[int, list[dict[str, Any]]]:
-        """The total and the rows ``offset .. offset + limit`` in (attr, key) order."""
+    ) -> tuple[int, list[Any], list[Any]]:
+        """The total, and the keys and documents of rows ``offset .. offset + limit`` in
+        (attr, key) order (a document is None when its record went away since it matched; the
+        documents are all None without ``docs``)."""
         cached = self._result_window
         if cached is not None and (cached[0] is None or offset + limit <= cached[0]):
             window = cached[0]  # the common case, without awaiting the check
         else:
             window = await self._check_window(offset, limit)
-        page = await self._page_by_search(query, attr, descending, offset, limit, window, docs)
+        client = self._client
+        alias = self.index_alias
+        # FT.SEARCH sorts on one field and breaks ties by an internal document number, not by
+        # key. Rows of different sort values are in the right order; only rows of one exact
+        # value (a tie) may be in the wrong one. The search reads one row more on each side of
+        # the page: when no two neighbouring rows share a sort key the page is exact as it is
+        # (one round trip). Otherwise _resolve_ties orders ties inside the page by key and
+        # reads the members of a tied value that straddles a page boundary with a narrow query
+        # on that one value, instead of sorting every match.
+        lo = offset - 1 if offset > 0 else 0
+        before = offset - lo
+        after = 1 if window is None or offset + limit < window else 0
+        shape = ("RETURN", 1, "$") if docs else ("NOCONTENT",)
+        try:
+            reply = await client.execute_command(
+                "FT.SEARCH", alias, query, "SORTBY", attr, "DESC" if descending else "ASC",
+                "LIMIT", lo, before + limit + after, "WITHSORTKEYS", *shape,
+                *self._tail(client),
+            )  # fmt: skip
+        except Exception as exc:
+            reraise(exc, f"querying {alias}")
+        step = 3 if docs else 2
+        # reply: [total, key, sort key, [b"$", document] (docs only), key, sort key, ...]
+        sort_keys = reply[2::step]
+        if not any(map(operator.eq, sort_keys, sort_keys[1:])):
+            first, stop = 1 + step * before, 1 + step * (before + limit)
+            keys = reply[first:stop:step]
+            if not docs:
+                return int(reply[0]), keys, [None] * len(keys)
+            # RETURN 1 $: [b"$", document]; nothing when the record went away meanwhile.
+            raws = [f[1] if f else None for f in reply[first + 2 : stop + 2 : step]]
+            return int(reply[0]), keys, raws
+        page = await self._tied_page(
+            reply, query, attr, descending, offset, before, limit, after, docs
+        )
         if page is None:
             page = await self._page_by_aggregate(query, attr, descending, offset, limit, docs)
-        return page
+        total, rows = page
+        return total, [row["__key"] for row in rows], [row.get("$") for row in rows]
 
-    async def _page_by_search(
+    async def _tied_page(
         self,
+        reply: Any,
         query: str,
         attr: str,
         descending: bool,
         offset: int,
+        before: int,
         limit: int,
-        window: int | None,
+        after: int,
         docs: bool,
     ) -> tuple[int, list[dict[str, Any]]] | None:
-        """The page from one FT.SEARCH, its tied boundary values resolved; None: use the exact path.
-
-        FT.SEARCH sorts on one field and breaks ties by an internal document number, not by
-        key. Rows of different sort values are in the right order; only rows of one exact value
-        (a tie) may be in the wrong one. The search reads one row more on each side of the page:
-        when no two neighbouring rows share a sort key the page is exact as it is (one round
-        trip). Otherwise :meth:`_resolve_ties` orders ties inside the page by key and reads the
-        members of a tied value that straddles a page boundary with a narrow query on that one
-        value, instead of sorting every match. None only for a tie of null values on a boundary.
-        """
-        lo = offset - 1 if offset > 0 else 0
-        before = offset - lo
-        after = 1 if window is None or offset + limit < window else 0
-        alias = self.index_alias
-        direction = "DESC" if descending else "ASC"
-        shape = ("RETURN", 1, "$") if docs else ("NOCONTENT",)
-        with translate_errors(f"querying {alias}"):
-            reply = await self._client.execute_command(
-                "FT.SEARCH", alias, query, "SORTBY", attr, direction, "LIMIT", lo,
-                before + limit + after, "WITHSORTKEYS", *shape, *self._tail(),
-            )  # fmt: skip
+        """The page from an FT.SEARCH window (see :meth:`_page`) in which neighbouring rows
+        share a sort key: its ties resolved, or None (a tie of null values on a boundary: the
+        exact path decides)."""
         step = 3 if docs else 2
         rows: list[dict[str, Any]] = []
         sort_keys: list[Any] = []
@@ -410,15 +503,12 @@ class QueryMixin(Generic[M]):
                     row["$"] = fields[1]
             rows.append(row)
             sort_keys.append(reply[i + 1])
-        total = int(reply[0])
-        if not any(a == b for a, b in itertools.pairwise(sort_keys)):
-            return total, rows[before : before + limit]
         # The window stops at the result window's edge: rows may follow that were not read.
         more_after = after == 0 and len(rows) == before + limit
         page = await self._resolve_ties(
             query, attr, descending, rows, sort_keys, offset, before, limit, more_after, docs
         )
-        return None if page is None else (total, page)
+        return None if page is None else (int(reply[0]), page)
 
     async def _exact_values(
         self, attr: str, rows: list[dict[str, Any]], sort_keys: list[Any], docs: bool
@@ -438,13 +528,8 @@ class QueryMixin(Generic[M]):
         if docs:
             for i in tied:
                 raw = rows[i].get("$")
-                if raw is None:
-                    continue
-                try:
-                    doc = json.loads(raw)
-                except ValueError:
-                    continue  # decoding the page reports it
-                values[i] = _sort_value(doc.get(attr) if isinstance(doc, dict) else None)
+                if raw is not None:
+                    values[i] = _document_sort_value(attr, raw, values[i])
             return values
         with translate_errors(f"reading sort values in {self.index_alias}"):
             async with self._client.pipeline(transaction=False) as pipe:
@@ -535,18 +620,31 @@ class QueryMixin(Generic[M]):
         self, query: str, attr: str, descending: bool, values: list[float]
     ) -> list[int]:
         """For each value, how many matches sort before it (counted by the server)."""
-        tail = self._tail()
-        with translate_errors(f"querying {self.index_alias}"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for value in values:
-                    v = _number(value)
-                    low, high = (f"({v}", "+inf") if descending else ("-inf", f"({v}")
-                    narrowed = self._narrow(query, attr, low, high)
-                    pipe.execute_command(
-                        "FT.SEARCH", self.index_alias, narrowed, "LIMIT", 0, 0, *tail
-                    )
-                replies = await pipe.execute()
+        commands: list[list[Any]] = []
+        for value in values:
+            v = _number(value)
+            low, high = (f"({v}", "+inf") if descending else ("-inf", f"({v}")
+            commands.append(["FT.SEARCH", "", self._narrow(query, attr, low, high), "LIMIT", 0, 0])
+        replies = await self._send(commands)
         return [int(reply[0]) for reply in replies]
+
+    async def _send(self, commands: list[list[Any]]) -> list[Any]:
+        """The replies of ``commands`` on the index (each has "" for the index name), in one
+        round trip: a lone command without the cost of a pipeline."""
+        client = self._client
+        alias = self.index_alias
+        tail = self._tail(client)
+        for command in commands:
+            command[1] = alias
+        try:
+            if len(commands) == 1:
+                return [await client.execute_command(*commands[0], *tail)]
+            async with client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command, *tail)
+                return list(await pipe.execute())
+        except Exception as exc:
+            reraise(exc, f"querying {alias}")
 
     async def _value_members(
         self,
@@ -560,19 +658,16 @@ class QueryMixin(Generic[M]):
         ``desc`` reads them from the highest key down (the last members of the value), and
         gives them back in ascending key order.
         """
-        tail = self._tail()
-        with translate_errors(f"querying {self.index_alias}"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for _, value, skip, take, desc in lookups:
-                    v = _number(value)
-                    args: list[Any] = ["FT.AGGREGATE", self.index_alias]
-                    args += [self._narrow(query, attr, v, v), "LOAD", 1, _KEY]
-                    args += ["SORTBY", 2, _KEY, "DESC" if desc else "ASC", "MAX", skip + take]
-                    args += ["LIMIT", skip, take]
-                    if docs:
-                        args += ["LOAD", 1, "$"]
-                    pipe.execute_command(*args, *tail)
-                replies = await pipe.execute()
+        commands: list[list[Any]] = []
+        for _, value, skip, take, desc in lookups:
+            v = _number(value)
+            args: list[Any] = ["FT.AGGREGATE", "", self._narrow(query, attr, v, v), "LOAD", 1]
+            args += [_KEY, "SORTBY", 2, _KEY, "DESC" if desc else "ASC", "MAX", skip + take]
+            args += ["LIMIT", skip, take]
+            if docs:
+                args += ["LOAD", 1, "$"]
+            commands.append(args)
+        replies = await self._send(commands)
         out: list[list[dict[str, Any]]] = []
         for (_, _, _, _, desc), reply in zip(lookups, replies, strict=True):
             members = _rows(reply)
@@ -696,34 +791,55 @@ class QueryMixin(Generic[M]):
             CorruptRecordError: A matching document is not a valid record (its key is in the
                 message and in ``error.key``), unless ``on_corrupt="skip"``.
         """
-        limit = _check_int("limit", limit, 1, MAX_PAGE_SIZE)
-        offset = _check_int("offset", offset, 0, None)
-        skip = self._on_corrupt(on_corrupt)
-        attr, descending = parse_sort(self._schema, sort)
-        query = self._compile(filters, where)
+        if type(limit) is not int or not 0 < limit <= MAX_PAGE_SIZE:
+            limit = _check_int("limit", limit, 1, MAX_PAGE_SIZE)
+        if type(offset) is not int or offset < 0:
+            offset = _check_int("offset", offset, 0, None)
+        skip = False if on_corrupt == "raise" else self._on_corrupt(on_corrupt)
+        schema = self._schema
+        attr, descending = parse_sort(schema, sort)
+        query = self._compile(filters, where, schema)
         if query is None:
             return Page(items=[], total=0, offset=offset, limit=limit)
-        total, rows = await self._page(query, attr, descending, offset, limit, docs=True)
+        total, keys, raws = await self._page(query, attr, descending, offset, limit, docs=True)
+        if not skip:
+            items = self._decode_docs(keys, raws, None)
+            return Page(items=items, total=total, offset=offset, limit=limit)
         skipped: list[str] = []
-        items = self._decode_rows(rows, skipped if skip else None)
+        items = self._decode_docs(keys, raws, skipped)
         return Page(items=items, total=total, offset=offset, limit=limit, skipped=tuple(skipped))
 
     def _decode_rows(self, rows: list[dict[str, Any]], skipped: list[str] | None) -> list[M]:
         """The rows' documents; with a ``skipped`` list, invalid ones go there instead."""
-        out: list[M] = []
+        return self._decode_docs(
+            [row["__key"] for row in rows], [row.get("$") for row in rows], skipped
+        )
+
+    def _decode_docs(self, keys: list[Any], raws: list[Any], skipped: list[str] | None) -> list[M]:
+        """The documents ``raws`` of ``keys`` (None: gone since they matched, left out); with a
+        ``skipped`` list, invalid ones go there instead of raising."""
         # A pause only pays on batches large enough to trigger collections (one per ~700
         # allocations, several per model); on a short page it is a fixed cost.
-        with collector_paused(getattr(self, "pause_gc_in_batches", False) and len(rows) > 16):
-            for row in rows:
-                raw = row.get("$")
-                if raw is None:  # expired or deleted between matching and loading
-                    continue
-                try:
-                    out.append(self._decode(as_str(row["__key"]), raw))
-                except CorruptRecordError as exc:
-                    if skipped is None:
-                        raise
-                    skipped.append(self._skipped(exc, f"querying {self.index_alias}"))
+        if len(raws) > 16 and getattr(self, "pause_gc_in_batches", False) and gc.isenabled():
+            gc.disable()
+            try:
+                return self._decode_all(keys, raws, skipped)
+            finally:
+                gc.enable()
+        return self._decode_all(keys, raws, skipped)
+
+    def _decode_all(self, keys: list[Any], raws: list[Any], skipped: list[str] | None) -> list[M]:
+        out: list[M] = []
+        decode = self._decode
+        for key, raw in zip(keys, raws, strict=True):
+            if raw is None:  # expired or deleted between matching and loading
+                continue
+            try:
+                out.append(decode(key if type(key) is str else as_str(key), raw))
+            except CorruptRecordError as exc:
+                if skipped is None:
+                    raise
+                skipped.append(self._skipped(exc, f"querying {self.index_alias}"))
         return out
 
     async def count(self, *, where: Where = None, **filters: Any) -> int:
@@ -769,8 +885,8 @@ class QueryMixin(Generic[M]):
         if query is None:
             return []
         if limit is not None and order is not None:
-            _, rows = await self._page(query, *order, offset, limit, docs=False)
-            return [self._id(row["__key"]) for row in rows]
+            _, keys, _ = await self._page(query, *order, offset, limit, docs=False)
+            return [self._id(key) for key in keys]
         out: list[str] = []
         skip = offset
         async for rows in self._stream(query, order, MAX_BATCH_SIZE, docs=False):
@@ -841,31 +957,35 @@ class QueryMixin(Generic[M]):
         loaded into Python: the server groups and counts.
         """
         schema = self._schema
-        query = self._compile(filters, where)
-        attrs = list(schema.stats_fields)
-        out: dict[str, dict[str, int]] = {}
-        for attr in attrs:
-            spec = schema.field(attr)
-            enum = spec.enum if spec is not None else None
-            out[attr] = {str(m.value): 0 for m in enum} if enum is not None else {}
+        query = self._compile(filters, where, schema)
+        plan = _stats_plan(schema)
+        out = {attr: dict(zero) for attr, zero in plan.zeros}
         total = 0
         if query is not None:
-            tail = self._tail()
-            args: list[Any] = ["FT.AGGREGATE", self.index_alias, query, "GROUPBY", len(attrs)]
-            args += [f"@{a}" for a in attrs] + ["REDUCE", "COUNT", 0, "AS", _COUNT_ALIAS]
-            with translate_errors(f"computing stats of {self.index_alias}"):
-                async with self._client.pipeline(transaction=True) as pipe:
-                    pipe.execute_command("FT.SEARCH", self.index_alias, query, "LIMIT", 0, 0, *tail)
-                    pipe.execute_command(*args, *tail)
+            client = self._client
+            alias = self.index_alias
+            tail = self._tail(client)
+            try:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.execute_command("FT.SEARCH", alias, query, "LIMIT", 0, 0, *tail)
+                    pipe.execute_command("FT.AGGREGATE", alias, query, *plan.group, *tail)
                     count_reply, group_reply = await pipe.execute()
-            for row in _rows(group_reply):
-                n = int(as_str(row[_COUNT_ALIAS]))
-                for attr in attrs:
-                    value = row.get(attr)
+            except Exception as exc:
+                reraise(exc, f"computing stats of {alias}")
+            # Rows: [name, value, ..., "__count", n]; a null group value is None.
+            for row in group_reply[1:]:
+                fields = dict(zip(row[::2], row[1::2], strict=False))
+                names = plan.names if row and type(row[0]) is bytes else plan.str_names
+                n = int(fields[names[-1]])
+                for (attr, _), name in zip(plan.zeros, names, strict=False):
+                    value = fields.get(name)
                     if value is not None:
-                        key = as_str(value)
-                        out[attr][key] = out[attr].get(key, 0) + n
+                        counts = out[attr]
+                        key = (
+                            value.decode("utf-8", "replace") if type(value) is bytes else str(value)
+                        )
+                        counts[key] = counts.get(key, 0) + n
             total = int(count_reply[0])
-        stats_type = schema.stats_type or Stats
+        stats_type = plan.stats_type
         result: Stats = stats_type(total=total, **out)
         return result

@@ -124,6 +124,54 @@ def call_budget(client: Any) -> float | None:
     return None if timeout is None else float(timeout)
 
 
+_ONE_WORD: dict[str, bool] = {}
+
+
+def _one_word(name: str) -> bool:
+    """True when redis-py sends command name ``name`` as one word (it splits 'CONFIG GET')."""
+    known = _ONE_WORD.get(name)
+    if known is None:
+        known = name.split() == [name]
+        if len(_ONE_WORD) < 256:  # the hot path's few command names
+            _ONE_WORD[name] = known
+    return known
+
+
+def _packed(conn: Any, args: tuple[Any, ...]) -> Any:
+    """``args`` as one RESP command, as ``conn.pack_command`` packs it.
+
+    The arguments of the hot path are str, bytes and int: packed here in one pass, about
+    half the work of redis-py's general packer (an encoder call and type checks per argument,
+    then buffer splitting). Anything else, or a connection that does not encode UTF-8 strictly,
+    goes to redis-py's packer.
+    """
+    encoder = conn.encoder
+    name = args[0]
+    if (
+        encoder.encoding != "utf-8"
+        or encoder.encoding_errors != "strict"
+        or type(name) is not str
+        or not _one_word(name)
+    ):
+        return conn.pack_command(*args)
+    parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
+    for arg in args:
+        kind = type(arg)
+        if kind is str:
+            data = arg.encode()
+        elif kind is bytes:
+            data = arg
+        elif kind is int:
+            data = b"%d" % arg
+        else:
+            return conn.pack_command(*args)
+        append(b"$%d\r\n" % len(data))
+        append(data)
+        append(b"\r\n")
+    return b"".join(parts)
+
+
 async def _round_trip(conn: Any, args: tuple[Any, ...]) -> Any:
     """Send one command on ``conn`` and read its reply, within the connection's timeout.
 
@@ -134,14 +182,15 @@ async def _round_trip(conn: Any, args: tuple[Any, ...]) -> Any:
     it). A timeout, like any error or a cancellation, makes redis-py drop the connection in
     the middle of the send or read.
     """
+    packed = _packed(conn, args)
     budget = conn.socket_timeout
     if not budget:
-        await conn.send_command(*args)
+        await conn.send_packed_command(packed)
         return await conn.read_response()
     conn.socket_timeout = None  # the timer below stands for redis-py's own
     try:
         async with _timeout(budget):
-            await conn.send_command(*args)
+            await conn.send_packed_command(packed)
             return await conn.read_response()
     except asyncio.TimeoutError:
         await conn.disconnect(nowait=True)

@@ -181,6 +181,18 @@ async def test_expected_version_conflicts(store: Store) -> None:
         await store.sessions.save(make_session("fresh"), expected_version=0)
 
 
+async def test_a_refused_save_leaves_the_model_version_as_it_was(store: Store) -> None:
+    s = await store.sessions.save(make_session())
+    assert s.version == 1
+    # A value that can't be stored: refused while encoding, the version is put back.
+    s.context = {"when": datetime.now(timezone.utc)}
+    with pytest.raises(InvalidQueryError):
+        await store.sessions.save(s)
+    assert s.version == 1
+    s.context = {}
+    assert (await store.sessions.save(s)).version == 2
+
+
 @pytest.mark.parametrize("bad", ["abc", "1", 1.5, True, -1])
 async def test_expected_version_must_be_a_non_negative_int(store: Store, bad: object) -> None:
     await store.sessions.save(make_session())

@@ -91,6 +91,7 @@ _MAX_TTL_SECONDS = timedelta.max.total_seconds()
 # RedisJSON parses at most this many levels of nesting in one command; a document deeper than
 # that could not be written back whole.
 _MAX_JSON_DEPTH = 127
+_MAX_VERSION = 2**53  # the bound of Document.version
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 # A patch path the write script can fold into its single JSON.MERGE: a top-level member.
 _MEMBER_PATH = re.compile(r"\$\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -264,8 +265,12 @@ def _walk(node: Any, depth: int) -> None:
             names = _ANY_FIELDS.get(item_kind)
             if names is not None and not item.__pydantic_extra__:
                 # A model seen before (a history entry) holding only text: nothing to check.
+                # (A plain loop: a generator and all() per entry cost more than the check.)
                 values = item.__dict__
-                if all(type(values.get(n)) in _TEXT for n in names):
+                for name in names:
+                    if type(values.get(name)) not in _TEXT:
+                        break
+                else:
                     continue
         try:
             _walk(item, depth)
@@ -552,11 +557,16 @@ class Repository(QueryMixin[M], Generic[M]):
         seen = model.version if expected_version is None else int(expected_version)
         guess = seen + 1 if isinstance(seen, int) else 1
         previous = model.version
-        model.version = guess
+        if type(guess) is int and 0 <= guess <= _MAX_VERSION:
+            # A valid version: set without validate_assignment's round trip through pydantic
+            # (twice per write); put back the same way below.
+            model.__dict__["version"] = guess
+        else:
+            model.version = guess  # raises the model's own ValidationError
         try:
             doc = self._encode(model)
         finally:
-            model.version = previous
+            model.__dict__["version"] = previous
         return [mode, self._ttl_ms(ttl, partial=False), expected, doc, guess]
 
     async def save(
@@ -690,13 +700,7 @@ class Repository(QueryMixin[M], Generic[M]):
         Raises:
             CorruptRecordError: The key holds something that is not a valid document.
         """
-        key = self.key(id)
-        raw = await self._fetch(key)
-        if raw is None:
-            return None
-        model = self._decode(key, raw)
-        await self._after_read([key])
-        return model
+        return await self._read_one(self.key(id))
 
     async def get(self, id: str) -> M:
         """The record ``id``.
@@ -705,9 +709,19 @@ class Repository(QueryMixin[M], Generic[M]):
             NotFoundError: It does not exist (never written, deleted, or expired).
             CorruptRecordError: The key holds something that is not a valid document.
         """
-        model = await self.get_or_none(id)
+        key = self.key(id)
+        # Not through get_or_none: that is a second instrumented call (observability.py).
+        model = await self._read_one(key)
         if model is None:
-            raise NotFoundError(f"{self.key(id)} does not exist", key=self.key(id))
+            raise NotFoundError(f"{key} does not exist", key=key)
+        return model
+
+    async def _read_one(self, key: str) -> M | None:
+        raw = await self._fetch(key)
+        if raw is None:
+            return None
+        model = self._decode(key, raw)
+        await self._after_read([key])
         return model
 
     async def _after_read(self, keys: Sequence[str]) -> None:

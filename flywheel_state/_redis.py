@@ -45,7 +45,9 @@ __all__ = [
     "Client",
     "Pipe",
     "as_str",
+    "batches_directly",
     "call_budget",
+    "execute_many",
     "execute_read",
     "execute_write",
     "outcome_unknown",
@@ -272,6 +274,53 @@ async def execute_write(client: Any, *args: Any, what: str) -> Any:
     finally:
         if conn is not None:
             await pool.release(conn)
+
+
+def batches_directly(client: Any) -> bool:
+    """True when :func:`execute_many` can send on ``client``'s own pool (not a cluster or a
+    single-connection client)."""
+    return getattr(client, "connection_pool", None) is not None and client.connection is None
+
+
+async def execute_many(client: Any, commands: list[tuple[Any, ...]], *, write: bool) -> list[Any]:
+    """Send ``commands`` in one round trip on one pooled connection and read every reply:
+    a non-transactional pipeline, without redis-py's per-command pipeline machinery.
+
+    Replies come back in order; an error reply (``ResponseError``, e.g. ``NOSCRIPT``) stands in
+    its place, as ``pipeline.execute(raise_on_error=False)`` gives it. The send and each reply
+    are bounded by the connection's timeout, as in a pipeline. A timeout, a lost connection or
+    a cancellation drops the connection (no reply is left for another call) and raises. With
+    ``write`` and ``Settings.wait_replicas`` / ``wait_aof``, a WAIT follows on the same
+    connection, as :class:`~flywheel_state._topology.DurablePipeline` does. Only for a client
+    :func:`batches_directly` accepts, and commands whose reply needs no response callback.
+    """
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        packed = [_packed(conn, command) for command in commands]
+        await conn.send_packed_command(
+            [part for piece in packed for part in ((piece,) if type(piece) is bytes else piece)]
+        )
+        replies: list[Any] = []
+        append = replies.append
+        read = conn.read_response
+        for _ in commands:
+            try:
+                append(await read())
+            except redis_exc.ResponseError as exc:  # the whole reply was read
+                append(exc)
+        replicas = getattr(client, "wait_replicas", 0)
+        aof = getattr(client, "wait_aof", False)
+        if write and (replicas > 0 or aof):
+            from flywheel_state._topology import wait_acknowledged
+
+            await wait_acknowledged(conn, replicas, client.wait_ms, "a batch of writes", aof)
+        return replies
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
 
 
 class BudgetPool(FastBlockingConnectionPool):

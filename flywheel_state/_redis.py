@@ -46,7 +46,9 @@ __all__ = [
     "Client",
     "Pipe",
     "as_str",
+    "batches_directly",
     "call_budget",
+    "execute_many",
     "execute_read",
     "execute_write",
     "outcome_unknown",
@@ -145,6 +147,54 @@ def call_budget(client: Any) -> float | None:
     return None if timeout is None else float(timeout)
 
 
+_ONE_WORD: dict[str, bool] = {}
+
+
+def _one_word(name: str) -> bool:
+    """True when redis-py sends command name ``name`` as one word (it splits 'CONFIG GET')."""
+    known = _ONE_WORD.get(name)
+    if known is None:
+        known = name.split() == [name]
+        if len(_ONE_WORD) < 256:  # the hot path's few command names
+            _ONE_WORD[name] = known
+    return known
+
+
+def _packed(conn: Any, args: tuple[Any, ...]) -> Any:
+    """``args`` as one RESP command, as ``conn.pack_command`` packs it.
+
+    The arguments of the hot path are str, bytes and int: packed here in one pass, about
+    half the work of redis-py's general packer (an encoder call and type checks per argument,
+    then buffer splitting). Anything else, or a connection that does not encode UTF-8 strictly,
+    goes to redis-py's packer.
+    """
+    encoder = conn.encoder
+    name = args[0]
+    if (
+        encoder.encoding != "utf-8"
+        or encoder.encoding_errors != "strict"
+        or type(name) is not str
+        or not _one_word(name)
+    ):
+        return conn.pack_command(*args)
+    parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
+    for arg in args:
+        kind = type(arg)
+        if kind is str:
+            data = arg.encode()
+        elif kind is bytes:
+            data = arg
+        elif kind is int:
+            data = b"%d" % arg
+        else:
+            return conn.pack_command(*args)
+        append(b"$%d\r\n" % len(data))
+        append(data)
+        append(b"\r\n")
+    return b"".join(parts)
+
+
 async def _round_trip(conn: Any, args: tuple[Any, ...]) -> Any:
     """Send one command on ``conn`` and read its reply, within the connection's timeout.
 
@@ -155,14 +205,15 @@ async def _round_trip(conn: Any, args: tuple[Any, ...]) -> Any:
     it). A timeout, like any error or a cancellation, makes redis-py drop the connection in
     the middle of the send or read.
     """
+    packed = _packed(conn, args)
     budget = conn.socket_timeout
     if not budget:
-        await conn.send_command(*args)
+        await conn.send_packed_command(packed)
         return await conn.read_response()
     conn.socket_timeout = None  # the timer below stands for redis-py's own
     try:
         async with _timeout(budget):
-            await conn.send_command(*args)
+            await conn.send_packed_command(packed)
             return await conn.read_response()
     except asyncio.TimeoutError:
         await conn.disconnect(nowait=True)
@@ -244,6 +295,53 @@ async def execute_write(client: Any, *args: Any, what: str) -> Any:
     finally:
         if conn is not None:
             await pool.release(conn)
+
+
+def batches_directly(client: Any) -> bool:
+    """True when :func:`execute_many` can send on ``client``'s own pool (not a cluster or a
+    single-connection client)."""
+    return getattr(client, "connection_pool", None) is not None and client.connection is None
+
+
+async def execute_many(client: Any, commands: list[tuple[Any, ...]], *, write: bool) -> list[Any]:
+    """Send ``commands`` in one round trip on one pooled connection and read every reply:
+    a non-transactional pipeline, without redis-py's per-command pipeline machinery.
+
+    Replies come back in order; an error reply (``ResponseError``, e.g. ``NOSCRIPT``) stands in
+    its place, as ``pipeline.execute(raise_on_error=False)`` gives it. The send and each reply
+    are bounded by the connection's timeout, as in a pipeline. A timeout, a lost connection or
+    a cancellation drops the connection (no reply is left for another call) and raises. With
+    ``write`` and ``Settings.wait_replicas`` / ``wait_aof``, a WAIT follows on the same
+    connection, as :class:`~flywheel_state._topology.DurablePipeline` does. Only for a client
+    :func:`batches_directly` accepts, and commands whose reply needs no response callback.
+    """
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        packed = [_packed(conn, command) for command in commands]
+        await conn.send_packed_command(
+            [part for piece in packed for part in ((piece,) if type(piece) is bytes else piece)]
+        )
+        replies: list[Any] = []
+        append = replies.append
+        read = conn.read_response
+        for _ in commands:
+            try:
+                append(await read())
+            except redis_exc.ResponseError as exc:  # the whole reply was read
+                append(exc)
+        replicas = getattr(client, "wait_replicas", 0)
+        aof = getattr(client, "wait_aof", False)
+        if write and (replicas > 0 or aof):
+            from flywheel_state._topology import wait_acknowledged
+
+            await wait_acknowledged(conn, replicas, client.wait_ms, "a batch of writes", aof)
+        return replies
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
 
 
 class BudgetPool(FastBlockingConnectionPool):

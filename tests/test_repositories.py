@@ -181,6 +181,29 @@ async def test_expected_version_conflicts(store: Store) -> None:
         await store.sessions.save(make_session("fresh"), expected_version=0)
 
 
+async def test_batches_load_the_write_script_when_the_server_lost_it(
+    store: Store, sync_client: redis.Redis
+) -> None:
+    await store.sessions.save_many([make_session(f"b{i}") for i in range(3)])
+    sync_client.script_flush()  # e.g. a restarted server: every EVALSHA replies NOSCRIPT
+    saved = await store.sessions.save_many([await store.sessions.get(f"b{i}") for i in range(3)])
+    assert [s.version for s in saved] == [2, 2, 2]
+    got = await store.sessions.get_many(["b0", "b1", "b2", "nope"])
+    assert [s.version if s else None for s in got] == [2, 2, 2, None]
+
+
+async def test_a_refused_save_leaves_the_model_version_as_it_was(store: Store) -> None:
+    s = await store.sessions.save(make_session())
+    assert s.version == 1
+    # A value that can't be stored: refused while encoding, the version is put back.
+    s.context = {"when": datetime.now(timezone.utc)}
+    with pytest.raises(InvalidQueryError):
+        await store.sessions.save(s)
+    assert s.version == 1
+    s.context = {}
+    assert (await store.sessions.save(s)).version == 2
+
+
 @pytest.mark.parametrize("bad", ["abc", "1", 1.5, True, -1])
 async def test_expected_version_must_be_a_non_negative_int(store: Store, bad: object) -> None:
     await store.sessions.save(make_session())

@@ -146,8 +146,9 @@ async def test_many_callers_on_a_stalled_server_each_wait_one_budget_at_most(
     assert (await asyncio.wait_for(store.sessions.get("s1"), BUDGET + 5)).id == "s1"
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["get", "get_many"])
 async def test_a_read_cancelled_after_sending_leaves_no_reply_behind(
-    own_server: EmbeddedRedis, namespace: str
+    own_server: EmbeddedRedis, namespace: str, many: bool
 ) -> None:
     # One pooled connection: the call after the cancelled one gets that very connection. Had
     # the cancelled read left it open, the server's late reply to JSON.GET s1 would be read as
@@ -159,7 +160,8 @@ async def test_a_read_cancelled_after_sending_leaves_no_reply_behind(
         await store.sessions.save(Session(id="s1", backend=Backend.FLOWISE, user_id="one"))
         await store.sessions.save(Session(id="s2", backend=Backend.FLOWISE, user_id="two"))
         with stalled(own_server):
-            read = asyncio.ensure_future(store.sessions.get("s1"))
+            first = store.sessions.get_many(["s1", "s1"]) if many else store.sessions.get("s1")
+            read = asyncio.ensure_future(first)
             await asyncio.sleep(0.2)  # sent: the stopped server buffers it
             assert not read.done()
             read.cancel()

@@ -140,6 +140,20 @@ async def test_wrong_json_types_write_nothing(store: Store, sync_client: redis.R
         await store.sessions.append_history("s1", {"content": "x"})
     assert stored(sync_client, key) == before
 
+    # A history that is not an array (or is missing): the append, even a keyed one, writes
+    # nothing, neither the entry nor the counters, the version or the idempotency key.
+    sync_client.execute_command("JSON.SET", key, "$.total_queries", "1")
+    for history in ('{"a": 1}', '"text"', None):
+        if history is None:
+            sync_client.execute_command("JSON.DEL", key, "$.history")
+        else:
+            sync_client.execute_command("JSON.SET", key, "$.history", history)
+        before = stored(sync_client, key)
+        for keyed in (None, "k1"):
+            with pytest.raises(CorruptRecordError, match="history"):
+                await store.sessions.append_history("s1", {"content": "x"}, idempotency_key=keyed)
+            assert stored(sync_client, key) == before
+
     # A JSON value that is not an object is never merged into (that would replace it).
     sync_client.execute_command("JSON.SET", key, "$", "[1, 2]")
     with pytest.raises(CorruptRecordError):
@@ -197,3 +211,28 @@ async def test_save_many_batches_go_in_order_and_stop_at_the_first_error(
     assert [s.version for s in saved[998:1002]] == [3, 3, 1, 1]
     got = await store.sessions.get_many([s.id for s in sessions])
     assert [g.version if g else None for g in got] == [s.version for s in sessions]
+
+
+@pytest.mark.parametrize("version", ["7", "7.5", '"seven"'])
+async def test_saves_keep_the_idempotency_window_whatever_the_stored_version(
+    store: Store, sync_client: redis.Redis, version: str
+) -> None:
+    # The script reads the version and the window in one command when both look as it wrote
+    # them, else one by one: either way a save keeps the window.
+    await saved_session(store)
+    key = store.sessions.key("s1")
+    await store.sessions.append_history("s1", {"content": "a"}, idempotency_key="k1")
+    sync_client.execute_command("JSON.SET", key, "$.version", version)
+    session = await store.sessions.get("s1") if version == "7" else None
+    if session is None:
+        doc = stored(sync_client, key)
+        doc["version"] = 7
+        session = Session.model_validate(doc)
+    await store.sessions.save(session)
+    assert (
+        await store.sessions.append_history("s1", {"content": "b"}, idempotency_key="k1")
+        == (stored(sync_client, key)["version"])
+    )
+    assert [e["content"] for e in stored(sync_client, key)["history"]] == ["a"]
+    await store.sessions.append_history("s1", {"content": "c"}, idempotency_key="k2")
+    assert [e["content"] for e in stored(sync_client, key)["history"]] == ["a", "c"]

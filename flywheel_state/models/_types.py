@@ -198,10 +198,11 @@ def _validate_utc(value: Any) -> datetime:
     """
     kind = type(value)
     if kind is float or kind is int:
-        if -MICROSECOND_RANGE_SECONDS < value < MICROSECOND_RANGE_SECONDS:
-            scaled = value * 128.0
-            if not (scaled.is_integer() and scaled % 2 == 1):
-                return datetime.fromtimestamp(value, timezone.utc)
+        # value * 128 % 2 == 1 exactly when value * 128 is an odd integer (a tie, see above).
+        if -MICROSECOND_RANGE_SECONDS < value < MICROSECOND_RANGE_SECONDS and (
+            value * 128.0 % 2.0 != 1.0
+        ):
+            return datetime.fromtimestamp(value, timezone.utc)
     elif kind is datetime:
         if value.tzinfo is timezone.utc and _US_LOW < value < _US_HIGH:
             return value  # type: ignore[no-any-return]

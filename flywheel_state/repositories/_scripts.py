@@ -146,9 +146,21 @@ else
   local exact = {}
   local once = {}
   local arrays = {}
+  -- An append that is the first write (only 'once' and 'merge' before it, which write last)
+  -- has its path's type checked by its own reply, without a JSON.TYPE: JSON.ARRAPPEND writes
+  -- nothing and replies no length when the path is not an array.
+  local lazy = {}
+  local first = true
   for j = 0, nops - 1 do
     local i = 5 + 3 * j
     local op, path, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if op == 'append' and first and not arrays[path] then
+      lazy[i] = true
+      arrays[path] = true
+    end
+    if op ~= 'once' and op ~= 'merge' then
+      first = false
+    end
     if op == 'once' then
       local digest = string.sub(redis.sha1hex(value), 1, 16)
       local raw = redis.call('JSON.GET', key, '$.' .. path)
@@ -220,7 +232,10 @@ else
         values[#values + 1] = ARGV[7 + 3 * j]
         j = j + 1
       end
-      redis.call('JSON.ARRAPPEND', key, path, unpack(values))
+      local lengths = redis.call('JSON.ARRAPPEND', key, path, unpack(values))
+      if lazy[i] and type(lengths[1]) ~= 'number' then
+        return {'badpath', 0, path}
+      end
     elseif op == 'incr' then
       if folded[i] then
         patch[#patch + 1] = ',"' .. string.sub(path, 3) .. '":' .. string.format('%d', folded[i])

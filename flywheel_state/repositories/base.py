@@ -21,6 +21,8 @@ from flywheel_state import _topology
 from flywheel_state._redis import (
     Client,
     as_str,
+    batches_directly,
+    execute_many,
     execute_read,
     execute_write,
     translate_errors,
@@ -91,6 +93,7 @@ _MAX_TTL_SECONDS = timedelta.max.total_seconds()
 # RedisJSON parses at most this many levels of nesting in one command; a document deeper than
 # that could not be written back whole.
 _MAX_JSON_DEPTH = 127
+_MAX_VERSION = 2**53  # the bound of Document.version
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 # A patch path the write script can fold into its single JSON.MERGE: a top-level member.
 _MEMBER_PATH = re.compile(r"\$\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -264,8 +267,12 @@ def _walk(node: Any, depth: int) -> None:
             names = _ANY_FIELDS.get(item_kind)
             if names is not None and not item.__pydantic_extra__:
                 # A model seen before (a history entry) holding only text: nothing to check.
+                # (A plain loop: a generator and all() per entry cost more than the check.)
                 values = item.__dict__
-                if all(type(values.get(n)) in _TEXT for n in names):
+                for name in names:
+                    if type(values.get(name)) not in _TEXT:
+                        break
+                else:
                     continue
         try:
             _walk(item, depth)
@@ -373,11 +380,7 @@ class Repository(QueryMixin[M], Generic[M]):
         event: str = "",
         fields: Sequence[str] = (),
     ) -> Any:
-        if self._events is not None:
-            # The event rides in the same script call (see repositories/_scripts.py).
-            id = keys[0][len(self._prefix) :]
-            keys = [keys[0], self._events.key]
-            args = [*args, *self._events.write_args(self.model.KIND, id, event, fields)]
+        keys, args = self._with_event(keys, args, event, fields)
         if client is not None:  # a pipeline: it loads the script itself
             if _topology.is_cluster_pipeline(client):  # Redis Cluster refuses Script there
                 return await _topology.queue_script(self._script, client, keys, args)
@@ -397,6 +400,34 @@ class Repository(QueryMixin[M], Generic[M]):
             return await execute_write(
                 client, "EVAL", WRITE_SCRIPT, len(keys), *keys, *args, what=what
             )
+
+    def _with_event(
+        self, keys: list[str], args: list[Any], event: str = "", fields: Sequence[str] = ()
+    ) -> tuple[list[str], list[Any]]:
+        if self._events is None:
+            return keys, args
+        # The event rides in the same script call (see repositories/_scripts.py).
+        id = keys[0][len(self._prefix) :]
+        keys = [keys[0], self._events.key]
+        return keys, [*args, *self._events.write_args(self.model.KIND, id, event, fields)]
+
+    async def _run_scripts(
+        self, client: Client, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run the write script once per ``(keys, args)``, in one round trip (execute_many);
+        the replies in order, an error reply in its place."""
+        sha: str = self._script.sha  # type: ignore[attr-defined]
+        commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+        replies = await execute_many(client, commands, write=True)
+        missing = [
+            i for i, reply in enumerate(replies) if isinstance(reply, redis_exc.NoScriptError)
+        ]
+        if missing:  # those did not run: the server does not have the script (yet)
+            await execute_read(client, "SCRIPT", "LOAD", WRITE_SCRIPT)
+            again = await execute_many(client, [commands[i] for i in missing], write=True)
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
 
     async def _delete_keys(self, keys: list[str], what: str) -> int:
         """DEL ``keys``: one command on one connection, or split by slot on a cluster."""
@@ -552,11 +583,16 @@ class Repository(QueryMixin[M], Generic[M]):
         seen = model.version if expected_version is None else int(expected_version)
         guess = seen + 1 if isinstance(seen, int) else 1
         previous = model.version
-        model.version = guess
+        if type(guess) is int and 0 <= guess <= _MAX_VERSION:
+            # A valid version: set without validate_assignment's round trip through pydantic
+            # (twice per write); put back the same way below.
+            model.__dict__["version"] = guess
+        else:
+            model.version = guess  # raises the model's own ValidationError
         try:
             doc = self._encode(model)
         finally:
-            model.version = previous
+            model.__dict__["version"] = previous
         return [mode, self._ttl_ms(ttl, partial=False), expected, doc, guess]
 
     async def save(
@@ -657,6 +693,11 @@ class Repository(QueryMixin[M], Generic[M]):
         self, client: Client, keys: list[str], arglists: list[list[Any]]
     ) -> list[Any]:
         with translate_errors(f"saving {len(keys)} records", write=True):
+            if batches_directly(client):
+                calls = [
+                    self._with_event([key], args) for key, args in zip(keys, arglists, strict=True)
+                ]
+                return await self._run_scripts(client, calls)
             async with client.pipeline(transaction=False) as pipe:
                 for key, args in zip(keys, arglists, strict=True):
                     await self._write(keys=[key], args=args, client=pipe)
@@ -690,13 +731,7 @@ class Repository(QueryMixin[M], Generic[M]):
         Raises:
             CorruptRecordError: The key holds something that is not a valid document.
         """
-        key = self.key(id)
-        raw = await self._fetch(key)
-        if raw is None:
-            return None
-        model = self._decode(key, raw)
-        await self._after_read([key])
-        return model
+        return await self._read_one(self.key(id))
 
     async def get(self, id: str) -> M:
         """The record ``id``.
@@ -705,9 +740,19 @@ class Repository(QueryMixin[M], Generic[M]):
             NotFoundError: It does not exist (never written, deleted, or expired).
             CorruptRecordError: The key holds something that is not a valid document.
         """
-        model = await self.get_or_none(id)
+        key = self.key(id)
+        # Not through get_or_none: that is a second instrumented call (observability.py).
+        model = await self._read_one(key)
         if model is None:
-            raise NotFoundError(f"{self.key(id)} does not exist", key=self.key(id))
+            raise NotFoundError(f"{key} does not exist", key=key)
+        return model
+
+    async def _read_one(self, key: str) -> M | None:
+        raw = await self._fetch(key)
+        if raw is None:
+            return None
+        model = self._decode(key, raw)
+        await self._after_read([key])
         return model
 
     async def _after_read(self, keys: Sequence[str]) -> None:
@@ -730,14 +775,19 @@ class Repository(QueryMixin[M], Generic[M]):
         """
         skip = self._on_corrupt(on_corrupt)
         keys = [self.key(i) for i in ids]
+        client = self._client
         out: list[M | None] = []
         for start in range(0, len(keys), BATCH_SIZE):
             batch = keys[start : start + BATCH_SIZE]
             with translate_errors(f"reading {len(batch)} records"):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for key in batch:
-                        pipe.execute_command("JSON.GET", key)
-                    replies = await pipe.execute(raise_on_error=False)
+                if batches_directly(client):
+                    commands = [("JSON.GET", key) for key in batch]
+                    replies = await execute_many(client, commands, write=False)
+                else:
+                    async with client.pipeline(transaction=False) as pipe:
+                        for key in batch:
+                            pipe.execute_command("JSON.GET", key)
+                        replies = await pipe.execute(raise_on_error=False)
             found: list[str] = []
             corrupt: dict[int, CorruptRecordError] = {}
             for i, (key, reply) in enumerate(zip(batch, replies, strict=False)):

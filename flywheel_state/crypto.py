@@ -644,6 +644,30 @@ _INNERMOST = re.compile(r"\{\}|\[\]")
 _INNERMOST_B = re.compile(rb"\{\}|\[\]")
 
 
+_OPEN_CURLY: Final = ord("{")
+_OPEN_SQUARE: Final = ord("[")
+
+
+def _brackets_at_most(text: bytes, limit: int) -> bool:
+    """True when ``text`` holds at most ``limit`` opening brackets (``{`` and ``[``, in strings
+    or not), so that it can't nest deeper than ``limit``.
+
+    Found with ``bytes.find`` (memchr), stopping at ``limit + 1``: much cheaper than counting
+    every byte, and a flat object costs three scans.
+    """
+    if len(text) <= 256:  # counting a short text costs less than one find call
+        return text.count(_OPEN_CURLY) + text.count(_OPEN_SQUARE) <= limit
+    seen = 0
+    for bracket in (_OPEN_CURLY, _OPEN_SQUARE):
+        at = text.find(bracket)
+        while at >= 0:
+            seen += 1
+            if seen > limit:
+                return False
+            at = text.find(bracket, at + 1)
+    return True
+
+
 def json_depth(text: str | bytes) -> int:
     """How deeply valid JSON ``text`` nests (``{}``: 1), fast on large values.
 
@@ -772,25 +796,38 @@ class RecordCodec:
         parts = [clear[:-1]]
         sep = "," if len(clear) > 2 else ""
         for name in self.fields.whole:
-            text = encode(partial(self._dump_field, name, getattr(model, name)), f"{what} {name}")
+            adapter = self._adapter(name)
+            value = getattr(model, name)
+            try:
+                data: bytes = adapter.dump_json(value)  # sealed as the serializer wrote it
+            except (ValueError, TypeError, RecursionError):
+                # Let the repository's encoder name the field and raise its typed error.
+                encode(partial(self._dump_field, name, value), f"{what} {name}")
+                raise
             # Brackets bound the depth from above: most values need no closer look.
             if (
                 check is not None
-                and text.count("{") + text.count("[") + 1 > max_depth
-                and json_depth(text) + 1 > max_depth
+                and not _brackets_at_most(data, max_depth - 1)
+                and json_depth(data) + 1 > max_depth
             ):
-                check(text, f"field {name}", at_depth=1)
-            env = cipher.seal(
-                text.encode(), self.place(id, name), compress=name in self.fields.compressible
-            )
+                check(data.decode(), f"field {name}", at_depth=1)
+            env = cipher.seal(data, self.place(id, name), compress=name in self.fields.compressible)
             parts.append(f'{sep}"{name}":"{env}"')
             sep = ","
         for name in self.fields.entries:
             place = self.place(id, self._entry_field(name))
             entries = getattr(model, name)
+            texts: list[bytes] = []
             try:
-                # The serializer itself: what model_dump_json runs, without its per-call setup.
-                texts = [entry.__pydantic_serializer__.to_json(entry) for entry in entries]
+                # The serializer itself (what model_dump_json runs, without its per-call
+                # setup), looked up once per type rather than once per entry.
+                cls: type | None = None
+                to_json: Any = None
+                for entry in entries:
+                    if type(entry) is not cls:
+                        cls = type(entry)
+                        to_json = entry.__pydantic_serializer__.to_json
+                    texts.append(to_json(entry))
             except (ValueError, TypeError, RecursionError):
                 # Let the repository's encoder name the entry and raise its typed error.
                 texts = [
@@ -799,8 +836,11 @@ class RecordCodec:
                 ]
             if check is not None:
                 for entry_text in texts:
-                    if (
-                        entry_text.count(b"{") + entry_text.count(b"[") + 2 > max_depth
+                    # A flat entry (one object, no list: the usual turn) is told by two
+                    # memchr scans and needs no closer look. (Byte values, not b"[": a
+                    # bytes needle first fails as an int, which costs a formatted error.)
+                    if (_OPEN_SQUARE in entry_text or _OPEN_CURLY in entry_text[1:]) and (
+                        not _brackets_at_most(entry_text, max_depth - 2)
                         and json_depth(entry_text) + 2 > max_depth
                     ):
                         check(entry_text.decode(), f"{name} entry", at_depth=2)

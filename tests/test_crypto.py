@@ -609,6 +609,19 @@ def test_json_depth_matches_the_structure_whatever_the_strings_hold() -> None:
         assert json_depth(text.encode()) == depth(v), text
 
 
+def test_the_bracket_bound_counts_every_opening_bracket_up_to_the_limit() -> None:
+    """The cheap bound that spares most values the depth scan: true exactly when the text has
+    at most ``limit`` opening brackets (in strings or not), short texts and long ones alike."""
+    from flywheel_state.crypto import _brackets_at_most
+
+    for filler in (b"", b" " * 300):  # counted (short) and found one by one (long)
+        for text in (b"{}", b"[[1, 2], {}]", b'{"a": "[[[{{{"}', b"{" * 5 + filler + b"[" * 5):
+            full = text + filler
+            n = full.count(b"{") + full.count(b"[")
+            assert _brackets_at_most(full, n)
+            assert not _brackets_at_most(full, n - 1)
+
+
 def test_each_value_gets_its_own_nonce() -> None:
     c = cipher()
     place = b"ns\x00session\x00s1\x00context\x00"

@@ -279,8 +279,11 @@ class FieldCipher:
         self.cache_bytes = cache_bytes
         # An OrderedDict: dropping the oldest entry is O(1) (a dict's first key is not, once
         # many have been popped from its front).
-        self._cache: OrderedDict[tuple[bytes, str], bytes] = OrderedDict()
-        self._reuse: dict[tuple[bytes, bytes], str] = {}
+        # Looked up by place and the envelope's tail (its tag: what tells ciphertexts apart),
+        # so a lookup hashes a few bytes, not the whole envelope; a hit is compared in full.
+        self._cache: OrderedDict[tuple[bytes, str], tuple[str, bytes]] = OrderedDict()
+        # Likewise by place and the plaintext's tail: (place, tail) -> (plaintext, envelope).
+        self._reuse: dict[tuple[bytes, bytes], tuple[bytes, str]] = {}
         self._cache_size = 0
         self._cache_lock = threading.Lock()
         self._ring = ring
@@ -422,9 +425,9 @@ class FieldCipher:
             EncryptionKeyError: The envelope names a key id not in the ring.
             CorruptRecordError: Malformed, tampered with, or sealed for another place.
         """
-        hit = self._cache.get((place, envelope))
-        if hit is not None:
-            return hit
+        hit = self._cache.get((place, envelope[-_TAIL:]))
+        if hit is not None and hit[0] == envelope:
+            return hit[1]
         try:
             kid, flags, payload = envelope[_PREFIX_LEN:].split(":", 2)
         except ValueError:
@@ -485,6 +488,8 @@ class FieldCipher:
 
         With ``reusable`` (list elements), also the ciphertext by (place, plaintext), so that a
         save of an unchanged history entry writes its ciphertext again instead of a new one.
+        Both are found by tails (:data:`_TAIL`) and compared in full: two values sharing a
+        tail only cost one of them its place in the cache.
         """
         limit = self.cache_bytes
         cache = self._cache
@@ -492,16 +497,19 @@ class FieldCipher:
         with self._cache_lock:
             for env, plain in zip(envelopes, plains, strict=True):
                 size = len(plain) + len(env) + _CACHE_OVERHEAD
-                if size > limit // 4 or (place, env) in cache:
+                slot = (place, env[-_TAIL:])
+                if size > limit // 4 or slot in cache:
                     continue
-                cache[(place, env)] = plain
+                cache[slot] = (env, plain)
                 if reusable:
-                    reuse[(place, plain)] = env
+                    reuse[(place, plain[-_TAIL:])] = (plain, env)
                 self._cache_size += size
             while self._cache_size > limit and cache:
-                (old_place, old_env), old = cache.popitem(last=False)
-                if reuse.get((old_place, old)) == old_env:
-                    del reuse[(old_place, old)]
+                (old_place, _), (old_env, old) = cache.popitem(last=False)
+                reuse_slot = (old_place, old[-_TAIL:])
+                kept = reuse.get(reuse_slot)
+                if kept is not None and kept[1] is old_env:
+                    del reuse[reuse_slot]
                 self._cache_size -= len(old) + len(old_env) + _CACHE_OVERHEAD
 
     def seal_all(self, plaintexts: Sequence[bytes], place: bytes) -> list[str]:
@@ -521,11 +529,18 @@ class FieldCipher:
         new_envs: list[str] = []
         new_plains: list[bytes] = []
         nonces = b""
-        reused: set[str] = set()
+        # By identity: one plaintext has one entry in the reuse map, so a ciphertext given
+        # twice is the same object twice.
+        reused: set[int] = set()
         for plain in plaintexts:
-            env = reuse((place, plain))
-            if env is not None and env not in reused and env.startswith(head):
-                reused.add(env)
+            kept = reuse((place, plain[-_TAIL:]))
+            if (
+                kept is not None
+                and kept[0] == plain
+                and id(env := kept[1]) not in reused
+                and env.startswith(head)
+            ):
+                reused.add(id(env))
                 out.append(env)
                 continue
             if not nonces:
@@ -554,34 +569,41 @@ class FieldCipher:
         out: list[bytes] = []
         append = out.append
         opened: list[tuple[str, bytes]] = []
+        tails: list[str] = []
         head = ""
         skip = 0
         aead: Any = None
         aad = b""
         try:
             for env in envelopes:
-                hit = cached((place, env))  # type: ignore[arg-type]
-                if hit is not None:
-                    append(hit)
+                if type(env) is not str:
+                    return None
+                tail = env[-_TAIL:]
+                tails.append(tail)
+                hit = cached((place, tail))
+                if hit is not None and hit[0] == env:
+                    append(hit[1])
                     continue
-                if not head or not env.startswith(head):  # type: ignore[attr-defined]
-                    # A new key id (or not an envelope: startswith or split fails).
-                    if not env.startswith(ENVELOPE_PREFIX):  # type: ignore[attr-defined]
+                if not head or not env.startswith(head):
+                    # A new key id (or not an envelope: the prefix or the split fails).
+                    if not env.startswith(ENVELOPE_PREFIX):
                         return None
-                    kid, flags, _ = env[_PREFIX_LEN:].split(":", 2)  # type: ignore[index]
+                    kid, flags, _ = env[_PREFIX_LEN:].split(":", 2)
                     aead = ring.get(kid)
                     if aead is None or flags != _FLAG_JSON:
                         return None
                     head = f"{ENVELOPE_PREFIX}{kid}:{flags}:"
                     skip = len(head)
                     aad = place + kid.encode() + _AAD_SUFFIX[_FLAG_JSON]
-                raw = _b64decode(env[skip:])  # type: ignore[index]
+                raw = _b64decode(env[skip:])
                 plain = aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad)
                 append(plain)
-                opened.append((env, plain))  # type: ignore[arg-type]
+                opened.append((env, plain))
         except (ValueError, TypeError, AttributeError, binascii.Error, self._invalid_tag):
             return None
-        if len(set(envelopes)) != len(out):  # the same ciphertext twice: refused by open()
+        # The same ciphertext twice (then the same tail: base64 is canonical) is refused by
+        # open(); distinct ones sharing a tail only take the slow path.
+        if len(set(tails)) != len(out):
             return None
         if opened and self.cache_bytes:
             self._remember(place, [e for e, _ in opened], [p for _, p in opened], reusable=True)
@@ -594,6 +616,9 @@ class FieldCipher:
 
 _CACHE_OVERHEAD = 200
 """Bytes a cache entry costs beyond its plaintext and ciphertext (tuple, dict slot, objects)."""
+_TAIL = 24
+"""Characters of an envelope (or bytes of a plaintext) the cache is looked up by: an envelope's
+last 24 base64 characters hold its last 18 bytes, the 16-byte tag among them."""
 
 
 def _split(envelope: str, *, key: str, field: str) -> tuple[str, str, str]:

@@ -903,7 +903,8 @@ class RecordCodec:
                 ciphertext that fails authentication.
         """
         try:
-            data = from_json(raw)
+            # Keys only: caching values costs more than it saves (envelopes are never cached).
+            data = from_json(raw, cache_strings="keys")
         except ValueError as exc:
             data = exc
         if type(data) is not dict:

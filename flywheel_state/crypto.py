@@ -279,8 +279,11 @@ class FieldCipher:
         self.cache_bytes = cache_bytes
         # An OrderedDict: dropping the oldest entry is O(1) (a dict's first key is not, once
         # many have been popped from its front).
-        self._cache: OrderedDict[tuple[bytes, str], bytes] = OrderedDict()
-        self._reuse: dict[tuple[bytes, bytes], str] = {}
+        # Looked up by place and the envelope's tail (its tag: what tells ciphertexts apart),
+        # so a lookup hashes a few bytes, not the whole envelope; a hit is compared in full.
+        self._cache: OrderedDict[tuple[bytes, str], tuple[str, bytes]] = OrderedDict()
+        # Likewise by place and the plaintext's tail: (place, tail) -> (plaintext, envelope).
+        self._reuse: dict[tuple[bytes, bytes], tuple[bytes, str]] = {}
         self._cache_size = 0
         self._cache_lock = threading.Lock()
         self._ring = ring
@@ -422,9 +425,9 @@ class FieldCipher:
             EncryptionKeyError: The envelope names a key id not in the ring.
             CorruptRecordError: Malformed, tampered with, or sealed for another place.
         """
-        hit = self._cache.get((place, envelope))
-        if hit is not None:
-            return hit
+        hit = self._cache.get((place, envelope[-_TAIL:]))
+        if hit is not None and hit[0] == envelope:
+            return hit[1]
         try:
             kid, flags, payload = envelope[_PREFIX_LEN:].split(":", 2)
         except ValueError:
@@ -485,6 +488,8 @@ class FieldCipher:
 
         With ``reusable`` (list elements), also the ciphertext by (place, plaintext), so that a
         save of an unchanged history entry writes its ciphertext again instead of a new one.
+        Both are found by tails (:data:`_TAIL`) and compared in full: two values sharing a
+        tail only cost one of them its place in the cache.
         """
         limit = self.cache_bytes
         cache = self._cache
@@ -492,16 +497,19 @@ class FieldCipher:
         with self._cache_lock:
             for env, plain in zip(envelopes, plains, strict=True):
                 size = len(plain) + len(env) + _CACHE_OVERHEAD
-                if size > limit // 4 or (place, env) in cache:
+                slot = (place, env[-_TAIL:])
+                if size > limit // 4 or slot in cache:
                     continue
-                cache[(place, env)] = plain
+                cache[slot] = (env, plain)
                 if reusable:
-                    reuse[(place, plain)] = env
+                    reuse[(place, plain[-_TAIL:])] = (plain, env)
                 self._cache_size += size
             while self._cache_size > limit and cache:
-                (old_place, old_env), old = cache.popitem(last=False)
-                if reuse.get((old_place, old)) == old_env:
-                    del reuse[(old_place, old)]
+                (old_place, _), (old_env, old) = cache.popitem(last=False)
+                reuse_slot = (old_place, old[-_TAIL:])
+                kept = reuse.get(reuse_slot)
+                if kept is not None and kept[1] is old_env:
+                    del reuse[reuse_slot]
                 self._cache_size -= len(old) + len(old_env) + _CACHE_OVERHEAD
 
     def seal_all(self, plaintexts: Sequence[bytes], place: bytes) -> list[str]:
@@ -521,11 +529,18 @@ class FieldCipher:
         new_envs: list[str] = []
         new_plains: list[bytes] = []
         nonces = b""
-        reused: set[str] = set()
+        # By identity: one plaintext has one entry in the reuse map, so a ciphertext given
+        # twice is the same object twice.
+        reused: set[int] = set()
         for plain in plaintexts:
-            env = reuse((place, plain))
-            if env is not None and env not in reused and env.startswith(head):
-                reused.add(env)
+            kept = reuse((place, plain[-_TAIL:]))
+            if (
+                kept is not None
+                and kept[0] == plain
+                and id(env := kept[1]) not in reused
+                and env.startswith(head)
+            ):
+                reused.add(id(env))
                 out.append(env)
                 continue
             if not nonces:
@@ -554,34 +569,41 @@ class FieldCipher:
         out: list[bytes] = []
         append = out.append
         opened: list[tuple[str, bytes]] = []
+        tails: list[str] = []
         head = ""
         skip = 0
         aead: Any = None
         aad = b""
         try:
             for env in envelopes:
-                hit = cached((place, env))  # type: ignore[arg-type]
-                if hit is not None:
-                    append(hit)
+                if type(env) is not str:
+                    return None
+                tail = env[-_TAIL:]
+                tails.append(tail)
+                hit = cached((place, tail))
+                if hit is not None and hit[0] == env:
+                    append(hit[1])
                     continue
-                if not head or not env.startswith(head):  # type: ignore[attr-defined]
-                    # A new key id (or not an envelope: startswith or split fails).
-                    if not env.startswith(ENVELOPE_PREFIX):  # type: ignore[attr-defined]
+                if not head or not env.startswith(head):
+                    # A new key id (or not an envelope: the prefix or the split fails).
+                    if not env.startswith(ENVELOPE_PREFIX):
                         return None
-                    kid, flags, _ = env[_PREFIX_LEN:].split(":", 2)  # type: ignore[index]
+                    kid, flags, _ = env[_PREFIX_LEN:].split(":", 2)
                     aead = ring.get(kid)
                     if aead is None or flags != _FLAG_JSON:
                         return None
                     head = f"{ENVELOPE_PREFIX}{kid}:{flags}:"
                     skip = len(head)
                     aad = place + kid.encode() + _AAD_SUFFIX[_FLAG_JSON]
-                raw = _b64decode(env[skip:])  # type: ignore[index]
+                raw = _b64decode(env[skip:])
                 plain = aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], aad)
                 append(plain)
-                opened.append((env, plain))  # type: ignore[arg-type]
+                opened.append((env, plain))
         except (ValueError, TypeError, AttributeError, binascii.Error, self._invalid_tag):
             return None
-        if len(set(envelopes)) != len(out):  # the same ciphertext twice: refused by open()
+        # The same ciphertext twice (then the same tail: base64 is canonical) is refused by
+        # open(); distinct ones sharing a tail only take the slow path.
+        if len(set(tails)) != len(out):
             return None
         if opened and self.cache_bytes:
             self._remember(place, [e for e, _ in opened], [p for _, p in opened], reusable=True)
@@ -594,6 +616,9 @@ class FieldCipher:
 
 _CACHE_OVERHEAD = 200
 """Bytes a cache entry costs beyond its plaintext and ciphertext (tuple, dict slot, objects)."""
+_TAIL = 24
+"""Characters of an envelope (or bytes of a plaintext) the cache is looked up by: an envelope's
+last 24 base64 characters hold its last 18 bytes, the 16-byte tag among them."""
 
 
 def _split(envelope: str, *, key: str, field: str) -> tuple[str, str, str]:
@@ -643,6 +668,30 @@ _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _NOT_BRACKETS_B = re.compile(rb"[^\[\]{}]+")
 _INNERMOST = re.compile(r"\{\}|\[\]")
 _INNERMOST_B = re.compile(rb"\{\}|\[\]")
+
+
+_OPEN_CURLY: Final = ord("{")
+_OPEN_SQUARE: Final = ord("[")
+
+
+def _brackets_at_most(text: bytes, limit: int) -> bool:
+    """True when ``text`` holds at most ``limit`` opening brackets (``{`` and ``[``, in strings
+    or not), so that it can't nest deeper than ``limit``.
+
+    Found with ``bytes.find`` (memchr), stopping at ``limit + 1``: much cheaper than counting
+    every byte, and a flat object costs three scans.
+    """
+    if len(text) <= 256:  # counting a short text costs less than one find call
+        return text.count(_OPEN_CURLY) + text.count(_OPEN_SQUARE) <= limit
+    seen = 0
+    for bracket in (_OPEN_CURLY, _OPEN_SQUARE):
+        at = text.find(bracket)
+        while at >= 0:
+            seen += 1
+            if seen > limit:
+                return False
+            at = text.find(bracket, at + 1)
+    return True
 
 
 def json_depth(text: str | bytes) -> int:
@@ -773,25 +822,38 @@ class RecordCodec:
         parts = [clear[:-1]]
         sep = "," if len(clear) > 2 else ""
         for name in self.fields.whole:
-            text = encode(partial(self._dump_field, name, getattr(model, name)), f"{what} {name}")
+            adapter = self._adapter(name)
+            value = getattr(model, name)
+            try:
+                data: bytes = adapter.dump_json(value)  # sealed as the serializer wrote it
+            except (ValueError, TypeError, RecursionError):
+                # Let the repository's encoder name the field and raise its typed error.
+                encode(partial(self._dump_field, name, value), f"{what} {name}")
+                raise
             # Brackets bound the depth from above: most values need no closer look.
             if (
                 check is not None
-                and text.count("{") + text.count("[") + 1 > max_depth
-                and json_depth(text) + 1 > max_depth
+                and not _brackets_at_most(data, max_depth - 1)
+                and json_depth(data) + 1 > max_depth
             ):
-                check(text, f"field {name}", at_depth=1)
-            env = cipher.seal(
-                text.encode(), self.place(id, name), compress=name in self.fields.compressible
-            )
+                check(data.decode(), f"field {name}", at_depth=1)
+            env = cipher.seal(data, self.place(id, name), compress=name in self.fields.compressible)
             parts.append(f'{sep}"{name}":"{env}"')
             sep = ","
         for name in self.fields.entries:
             place = self.place(id, self._entry_field(name))
             entries = getattr(model, name)
+            texts: list[bytes] = []
             try:
-                # The serializer itself: what model_dump_json runs, without its per-call setup.
-                texts = [entry.__pydantic_serializer__.to_json(entry) for entry in entries]
+                # The serializer itself (what model_dump_json runs, without its per-call
+                # setup), looked up once per type rather than once per entry.
+                cls: type | None = None
+                to_json: Any = None
+                for entry in entries:
+                    if type(entry) is not cls:
+                        cls = type(entry)
+                        to_json = entry.__pydantic_serializer__.to_json
+                    texts.append(to_json(entry))
             except (ValueError, TypeError, RecursionError):
                 # Let the repository's encoder name the entry and raise its typed error.
                 texts = [
@@ -800,8 +862,11 @@ class RecordCodec:
                 ]
             if check is not None:
                 for entry_text in texts:
-                    if (
-                        entry_text.count(b"{") + entry_text.count(b"[") + 2 > max_depth
+                    # A flat entry (one object, no list: the usual turn) is told by two
+                    # memchr scans and needs no closer look. (Byte values, not b"[": a
+                    # bytes needle first fails as an int, which costs a formatted error.)
+                    if (_OPEN_SQUARE in entry_text or _OPEN_CURLY in entry_text[1:]) and (
+                        not _brackets_at_most(entry_text, max_depth - 2)
                         and json_depth(entry_text) + 2 > max_depth
                     ):
                         check(entry_text.decode(), f"{name} entry", at_depth=2)
@@ -839,7 +904,8 @@ class RecordCodec:
                 ciphertext that fails authentication.
         """
         try:
-            data = from_json(raw)
+            # Keys only: caching values costs more than it saves (envelopes are never cached).
+            data = from_json(raw, cache_strings="keys")
         except ValueError as exc:
             data = exc
         if type(data) is not dict:

@@ -365,6 +365,33 @@ async def test_another_spelling_of_a_ciphertext_is_tampering(
             set_path(sync_client, key, "$.history", stored["history"])
 
 
+async def test_the_plaintext_cache_serves_the_exact_ciphertext_only(
+    enc: Store, sync_client: redis.Redis
+) -> None:
+    """The cache is looked up by the envelope's tail: an envelope changed anywhere before its
+    tail, once the original is cached, is still opened (and fails) rather than served."""
+    await enc.sessions.save(make_session())
+    key = enc.sessions.key("s1")
+    stored = raw_doc(sync_client, key)
+    assert (await enc.sessions.get("s1")).context["topic"] == "structural tension"  # cached
+    env, entry = stored["context"], stored["history"][0]
+
+    def changed(value: str) -> str:
+        at = len(ENVELOPE_PREFIX) + 12  # inside the nonce, far from the tail
+        return value[:at] + ("A" if value[at] != "A" else "B") + value[at + 1 :]
+
+    set_path(sync_client, key, "$.context", changed(env))
+    with pytest.raises(CorruptRecordError, match=r"context.*authentication"):
+        await enc.sessions.get("s1")
+    set_path(sync_client, key, "$.context", env)
+    for history in ([changed(entry)], [entry, changed(entry)], [changed(entry), entry]):
+        set_path(sync_client, key, "$.history", history)
+        with pytest.raises(CorruptRecordError, match=r"history\[\d\].*authentication"):
+            await enc.sessions.get("s1")
+    set_path(sync_client, key, "$.history", stored["history"])
+    assert len((await enc.sessions.get("s1")).history) == 2
+
+
 async def test_ciphertexts_swapped_between_records_or_fields_fail(
     enc: Store, sync_client: redis.Redis
 ) -> None:
@@ -607,6 +634,19 @@ def test_json_depth_matches_the_structure_whatever_the_strings_hold() -> None:
         text = json.dumps(v)
         assert json_depth(text) == depth(v), text
         assert json_depth(text.encode()) == depth(v), text
+
+
+def test_the_bracket_bound_counts_every_opening_bracket_up_to_the_limit() -> None:
+    """The cheap bound that spares most values the depth scan: true exactly when the text has
+    at most ``limit`` opening brackets (in strings or not), short texts and long ones alike."""
+    from flywheel_state.crypto import _brackets_at_most
+
+    for filler in (b"", b" " * 300):  # counted (short) and found one by one (long)
+        for text in (b"{}", b"[[1, 2], {}]", b'{"a": "[[[{{{"}', b"{" * 5 + filler + b"[" * 5):
+            full = text + filler
+            n = full.count(b"{") + full.count(b"[")
+            assert _brackets_at_most(full, n)
+            assert not _brackets_at_most(full, n - 1)
 
 
 def test_each_value_gets_its_own_nonce() -> None:

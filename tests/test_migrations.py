@@ -528,14 +528,16 @@ async def test_a_key_changed_between_read_and_write_is_read_again(
     module = scripts.get("0002").module
     ns = bare.namespace
     n = 300
-    await write_legacy(bare, {f"item:{i}": (f"v{i:03d}", DAY) for i in range(n)})
+    # Multi-byte text among them: the script splits its arguments by byte lengths.
+    values = {i: f"v{i:03d}" + ("é中😀" * (i % 4)) for i in range(n)}
+    await write_legacy(bare, {f"item:{i}": (v, DAY) for i, v in values.items()})
     writer = redis.Redis.from_url(redis_url)
     changes = 0
 
     def change(key: str, raw: bytes) -> None:  # runs between the batch's read and its write
         nonlocal changes
-        if key == f"{ns}:item:5" and raw == b"v005":
-            writer.set(key, "w005", keepttl=True)
+        if key == f"{ns}:item:5" and raw == values[5].encode():
+            writer.set(key, "w" + values[5][1:], keepttl=True)
         elif key == f"{ns}:item:6":
             changes += 1
             writer.set(key, f"x{changes:03d}", keepttl=True)
@@ -549,9 +551,14 @@ async def test_a_key_changed_between_read_and_write_is_read_again(
     assert step.revision == "0002" and step.documents_changed == n - 1
     assert module.CALLS.count(f"{ns}:item:5") == 2
     assert json.loads(await bare.client.execute_command("JSON.GET", f"{ns}:item:5")) == {
-        "value": "w005"
+        "value": "w" + values[5][1:]
     }
     assert 0 < await bare.client.pttl(f"{ns}:item:5") <= DAY * 1000
+    others = [i for i in range(n) if i not in (5, 6)]
+    docs = await bare.client.execute_command(
+        "JSON.MGET", *[f"{ns}:item:{i}" for i in others], "$.value"
+    )
+    assert [json.loads(d)[0] for d in docs] == [values[i] for i in others]
     # item 6 changed before every write: left as the writer left it, and reported.
     assert await bare.client.get(f"{ns}:item:6") == f"x{changes:03d}".encode()
     assert [p.message for p in step.problems if p.key == f"{ns}:item:6"] == [

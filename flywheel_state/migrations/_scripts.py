@@ -30,10 +30,8 @@ other clients wait: about a millisecond)."""
 # On a Redis Cluster a call holds one key only (KEYS[1] is the key to rewrite, in its own slot):
 # the counters and problems are then left to the runner's checkpoint.
 # ARGV[1] from type ('string' | 'ReJSON-RL'); ARGV[2] to type; ARGV[3] the checkpoint's rewrite
-# counter field; ARGV[4] its problem counter field; ARGV[5] the values read, one after the
-# other; ARGV[6] the new values, likewise; ARGV[7] their byte lengths, "<read>,<new>," per key;
-# then one per key: its problems as "<count>|<JSON array>" ('' for none). (Two long arguments
-# instead of two per key: the client packs a call several times faster.)
+# counter field; ARGV[4] its problem counter field; then three per key: the value read; the
+# key's problems as "<count>|<JSON array>" ('' for none); and the new value.
 # The counters and problems are recorded with the rewrites themselves, so they survive a runner
 # killed between a batch's writes and its checkpoint.
 # Reply: one status per key: 'ok', 'gone', 'skip' (not the from type any more), 'changed', or
@@ -45,16 +43,9 @@ local out = {}
 local ok = 0
 local first = 3
 if #KEYS == 1 then first = 1 end
-local lengths = {}
-for n in string.gmatch(ARGV[7], '%d+') do lengths[#lengths + 1] = tonumber(n) end
-local read_at, new_at = 1, 1
 for i = first, #KEYS do
   local key = KEYS[i]
-  local j = i - first
-  local read_len, new_len = lengths[2 * j + 1], lengths[2 * j + 2]
-  local read = string.sub(ARGV[5], read_at, read_at + read_len - 1)
-  local new = string.sub(ARGV[6], new_at, new_at + new_len - 1)
-  read_at, new_at = read_at + read_len, new_at + new_len
+  local a = 5 + (i - first) * 3
   local status = 'ok'
   local t = redis.call('TYPE', key)['ok']
   if t == 'none' then
@@ -68,16 +59,16 @@ for i = first, #KEYS do
     else
       current = redis.call('JSON.GET', key)
     end
-    if current ~= read then
+    if current ~= ARGV[a] then
       status = 'changed'
     else
       local pttl = redis.call('PTTL', key)
       if from_type ~= to_type then redis.call('DEL', key) end
       local res
       if to_type == 'string' then
-        res = redis.pcall('SET', key, new)
+        res = redis.pcall('SET', key, ARGV[a + 2])
       else
-        res = redis.pcall('JSON.SET', key, '$', new)
+        res = redis.pcall('JSON.SET', key, '$', ARGV[a + 2])
       end
       if type(res) == 'table' and res.err then
         if from_type ~= to_type then
@@ -90,7 +81,7 @@ for i = first, #KEYS do
         status = 'error:' .. res.err
       else
         ok = ok + 1
-        local problems = ARGV[8 + j]
+        local problems = ARGV[a + 1]
         if problems ~= '' and first == 3 then
           local bar = string.find(problems, '|', 1, true)
           redis.call('RPUSH', KEYS[2], string.sub(problems, bar + 1))

@@ -279,22 +279,11 @@ class RewriteEngine:
         else:
             args = ["EVALSHA", sha, 2 + len(chunk), eng.checkpoint_key, eng.problems_key]
         args += [key for key, _, _ in chunk]
-        new_values = [(result.value or "").encode() for _, _, result in chunk]
-        lengths = "".join(
-            f"{len(raw)},{len(new)}," for (_, raw, _), new in zip(chunk, new_values, strict=True)
-        )
-        args += [
-            from_type,
-            to_type,
-            field + "changed",
-            field + "problems",
-            b"".join(raw for _, raw, _ in chunk),
-            b"".join(new_values),
-            lengths,
-        ]
-        for _, _, result in chunk:
+        args += [from_type, to_type, field + "changed", field + "problems"]
+        for _, raw, result in chunk:
             problems = result.problems
-            args.append(f"{len(problems)}|{_problems_json(problems)}" if problems else "")
+            meta = f"{len(problems)}|{_problems_json(problems)}" if problems else ""
+            args += [raw, meta, result.value]
         return args
 
     async def _read(self, keys: list[str], from_type: KeyType) -> list[bytes | None]:

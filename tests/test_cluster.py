@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from _counting_script import COUNTING_SCRIPT
 
 from flywheel_state import Settings, Store
 from flywheel_state.compat import RedisExecutionCache, RedisSessionManager
@@ -374,54 +375,9 @@ async def test_legacy_flow_histories_over_every_shard(
     assert all(DAY - 120 < t <= DAY for t in ttls)
 
 
-_COUNTING_SCRIPT = '''
-    """Test-only: turn item strings into JSON documents, counting each transform."""
-    from __future__ import annotations
-
-    import json
-
-    revision = "0002"
-    down_revision = "0001"
-    description = "count transforms"
-
-    CALLS: list[str] = []
-    FAIL_AT: int | None = None
-
-
-    async def upgrade(ctx):
-        def transform(key, raw):
-            if FAIL_AT is not None and len(CALLS) == FAIL_AT:
-                raise RuntimeError("injected failure mid-batch")
-            CALLS.append(key)
-            if raw.decode().endswith("7"):
-                return ctx.ops_rewrite(json.dumps({"value": raw.decode()}), key)
-            return json.dumps({"value": raw.decode()})
-
-        await ctx.ops.rewrite_keys(
-            match=ctx.key("item", "*"),
-            from_type="string",
-            to_type="ReJSON-RL",
-            transform=transform,
-            label="items",
-        )
-
-
-    async def downgrade(ctx):
-        raise ctx.irreversible("test script")
-'''
-
-
 def _scripts(tmp_path: Path) -> ScriptDirectory:
-    src = default_scripts().path
-    shutil.copy(src / "0001_initial.py", tmp_path / "0001_initial.py")
-    text = textwrap.dedent(_COUNTING_SCRIPT).replace(
-        'ctx.ops_rewrite(json.dumps({"value": raw.decode()}), key)',
-        'Rewrite(json.dumps({"value": raw.decode()}), (ctx.problem(key, "ends in 7"),))',
-    )
-    text = text.replace(
-        "import json\n", "import json\n\nfrom flywheel_state.migrations.ops import Rewrite\n"
-    )
-    (tmp_path / "0002_count.py").write_text(text)
+    shutil.copy(default_scripts().path / "0001_initial.py", tmp_path / "0001_initial.py")
+    (tmp_path / "0002_count.py").write_text(COUNTING_SCRIPT)
     return ScriptDirectory(tmp_path)
 
 
@@ -432,6 +388,7 @@ async def test_failure_mid_batch_resumes_on_a_cluster(
     runner = MigrationRunner(kv, scripts=scripts, batch_size=100)
     module = scripts.get("0002").module
     module.FAIL_AT = 250  # inside the third batch, while the second one's writes are in flight
+    module.PROBLEM_SUFFIX = "7"
     n = 1000
     client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
     try:

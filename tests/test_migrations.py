@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from _counting_script import COUNTING_SCRIPT, counting_script
 from pydantic import ValidationError
 
 from flywheel_state import Settings, Store
@@ -481,45 +483,10 @@ async def test_interrupted_run_resumes_and_rewrites_each_document_once(bare: Sto
     assert events[-1].done and events[-1].changed == n
 
 
-_COUNTING_SCRIPT = '''
-    """Test-only: turn item strings into JSON documents, counting each transform."""
-    from __future__ import annotations
-
-    import json
-
-    revision = "0002"
-    down_revision = "0001"
-    description = "count transforms"
-
-    CALLS: list[str] = []
-    FAIL_AT: int | None = None
-
-
-    async def upgrade(ctx):
-        def transform(key, raw):
-            if FAIL_AT is not None and len(CALLS) == FAIL_AT:
-                raise RuntimeError("injected failure mid-batch")
-            CALLS.append(key)
-            return json.dumps({"value": raw.decode()})
-
-        await ctx.ops.rewrite_keys(
-            match=ctx.key("item", "*"),
-            from_type="string",
-            to_type="ReJSON-RL",
-            transform=transform,
-            label="items",
-        )
-
-
-    async def downgrade(ctx):
-        raise ctx.irreversible("test script")
-'''
-
-
 async def test_failure_mid_batch_resumes_without_transforming_twice(
     bare: Store, tmp_path: Path
 ) -> None:
-    scripts = script_dir(tmp_path, "0001_initial.py", extra={"0002_count.py": _COUNTING_SCRIPT})
+    scripts = script_dir(tmp_path, "0001_initial.py", extra={"0002_count.py": COUNTING_SCRIPT})
     runner = MigrationRunner(bare, scripts=scripts, batch_size=100)
     module = scripts.get("0002").module
     module.FAIL_AT = 250  # inside the third batch, while the second one's writes are in flight
@@ -548,6 +515,55 @@ async def test_failure_mid_batch_resumes_without_transforming_twice(
     assert (await runner.history())[-1].documents_changed == n
     with pytest.raises(MigrationError, match="irreversible: test script"):
         await runner.downgrade("0001")
+
+
+async def test_a_key_changed_between_read_and_write_is_read_again(
+    bare: Store, tmp_path: Path, redis_url: str
+) -> None:
+    """The rewrite writes only over the value it read: a writer's change in between (here one
+    of the same length) is read and transformed again; a key that keeps changing is left as
+    it is and reported."""
+    scripts = script_dir(tmp_path, "0001_initial.py", extra={"0002_count.py": COUNTING_SCRIPT})
+    runner = MigrationRunner(bare, scripts=scripts, batch_size=100)
+    module = scripts.get("0002").module
+    ns = bare.namespace
+    n = 300
+    # Multi-byte text among them: the script splits its arguments by byte lengths.
+    values = {i: f"v{i:03d}" + ("é中😀" * (i % 4)) for i in range(n)}
+    await write_legacy(bare, {f"item:{i}": (v, DAY) for i, v in values.items()})
+    writer = redis.Redis.from_url(redis_url)
+    changes = 0
+
+    def change(key: str, raw: bytes) -> None:  # runs between the batch's read and its write
+        nonlocal changes
+        if key == f"{ns}:item:5" and raw == values[5].encode():
+            writer.set(key, "w" + values[5][1:], keepttl=True)
+        elif key == f"{ns}:item:6":
+            changes += 1
+            writer.set(key, f"x{changes:03d}", keepttl=True)
+
+    module.BEFORE_TRANSFORM = change
+    try:
+        report = await runner.upgrade()
+    finally:
+        writer.close()
+    step = report.steps[-1]
+    assert step.revision == "0002" and step.documents_changed == n - 1
+    assert module.CALLS.count(f"{ns}:item:5") == 2
+    assert json.loads(await bare.client.execute_command("JSON.GET", f"{ns}:item:5")) == {
+        "value": "w" + values[5][1:]
+    }
+    assert 0 < await bare.client.pttl(f"{ns}:item:5") <= DAY * 1000
+    others = [i for i in range(n) if i not in (5, 6)]
+    docs = await bare.client.execute_command(
+        "JSON.MGET", *[f"{ns}:item:{i}" for i in others], "$.value"
+    )
+    assert [json.loads(d)[0] for d in docs] == [values[i] for i in others]
+    # item 6 changed before every write: left as the writer left it, and reported.
+    assert await bare.client.get(f"{ns}:item:6") == f"x{changes:03d}".encode()
+    assert [p.message for p in step.problems if p.key == f"{ns}:item:6"] == [
+        "kept changing during the migration; left as it was"
+    ]
 
 
 async def _json_keys(store: Store) -> set[str]:
@@ -896,11 +912,11 @@ def test_new_script_from_template_follows_the_head(tmp_path: Path) -> None:
 
 
 def test_a_branched_history_is_refused(tmp_path: Path) -> None:
-    branch = _COUNTING_SCRIPT.replace('revision = "0002"', 'revision = "0003"')
+    branch = counting_script("0003", "0001")  # a second child of 0001
     scripts = script_dir(
         tmp_path,
         "0001_initial.py",
-        extra={"0002_a.py": _COUNTING_SCRIPT, "0003_b.py": branch},
+        extra={"0002_a.py": COUNTING_SCRIPT, "0003_b.py": branch},
     )
     with pytest.raises(MigrationError, match="linear"):
         _ = scripts.scripts

@@ -22,16 +22,16 @@ KEYS_PER_SCRIPT = 50
 other clients wait: about a millisecond)."""
 
 # Rewrites keys from one type to another, each keeping its remaining TTL, atomically, and only if
-# the key still holds exactly what the runner read (its SHA1): a key rewritten already, changed
-# by a writer, deleted or expired in between is left alone and reported as such.
+# the key still holds exactly what the runner read: a key rewritten already, changed by a writer,
+# deleted or expired in between is left alone and reported as such. The value read is sent back
+# and compared whole (a string comparison: cheaper on the server than hashing it, and exact).
 #
 # KEYS[1] the checkpoint hash; KEYS[2] the step's problem list; KEYS[3..] the keys to rewrite.
 # On a Redis Cluster a call holds one key only (KEYS[1] is the key to rewrite, in its own slot):
 # the counters and problems are then left to the runner's checkpoint.
 # ARGV[1] from type ('string' | 'ReJSON-RL'); ARGV[2] to type; ARGV[3] the checkpoint's rewrite
-# counter field; ARGV[4] its problem counter field; then two per key: the SHA1 (40 hex digits)
-# of the value read, followed, if the key has problems, by "<count>|<JSON array>"; and the new
-# value.
+# counter field; ARGV[4] its problem counter field; then three per key: the value read; the
+# key's problems as "<count>|<JSON array>" ('' for none); and the new value.
 # The counters and problems are recorded with the rewrites themselves, so they survive a runner
 # killed between a batch's writes and its checkpoint.
 # Reply: one status per key: 'ok', 'gone', 'skip' (not the from type any more), 'changed', or
@@ -45,7 +45,7 @@ local first = 3
 if #KEYS == 1 then first = 1 end
 for i = first, #KEYS do
   local key = KEYS[i]
-  local a = 5 + (i - first) * 2
+  local a = 5 + (i - first) * 3
   local status = 'ok'
   local t = redis.call('TYPE', key)['ok']
   if t == 'none' then
@@ -59,17 +59,16 @@ for i = first, #KEYS do
     else
       current = redis.call('JSON.GET', key)
     end
-    local meta = ARGV[a]
-    if redis.sha1hex(current) ~= string.sub(meta, 1, 40) then
+    if current ~= ARGV[a] then
       status = 'changed'
     else
       local pttl = redis.call('PTTL', key)
       if from_type ~= to_type then redis.call('DEL', key) end
       local res
       if to_type == 'string' then
-        res = redis.pcall('SET', key, ARGV[a + 1])
+        res = redis.pcall('SET', key, ARGV[a + 2])
       else
-        res = redis.pcall('JSON.SET', key, '$', ARGV[a + 1])
+        res = redis.pcall('JSON.SET', key, '$', ARGV[a + 2])
       end
       if type(res) == 'table' and res.err then
         if from_type ~= to_type then
@@ -82,10 +81,11 @@ for i = first, #KEYS do
         status = 'error:' .. res.err
       else
         ok = ok + 1
-        if #meta > 40 and first == 3 then
-          local bar = string.find(meta, '|', 41, true)
-          redis.call('RPUSH', KEYS[2], string.sub(meta, bar + 1))
-          redis.call('HINCRBY', KEYS[1], ARGV[4], tonumber(string.sub(meta, 41, bar - 1)))
+        local problems = ARGV[a + 1]
+        if problems ~= '' and first == 3 then
+          local bar = string.find(problems, '|', 1, true)
+          redis.call('RPUSH', KEYS[2], string.sub(problems, bar + 1))
+          redis.call('HINCRBY', KEYS[1], ARGV[4], tonumber(string.sub(problems, 1, bar - 1)))
         end
       end
       if pttl > 0 then redis.call('PEXPIRE', key, pttl) end

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -282,10 +281,9 @@ class RewriteEngine:
         args += [key for key, _, _ in chunk]
         args += [from_type, to_type, field + "changed", field + "problems"]
         for _, raw, result in chunk:
-            meta = hashlib.sha1(raw).hexdigest()
-            if result.problems:
-                meta += f"{len(result.problems)}|{_problems_json(result.problems)}"
-            args += [meta, result.value]
+            problems = result.problems
+            meta = f"{len(problems)}|{_problems_json(problems)}" if problems else ""
+            args += [raw, meta, result.value]
         return args
 
     async def _read(self, keys: list[str], from_type: KeyType) -> list[bytes | None]:

@@ -278,6 +278,8 @@ def enum_value(
     value: Any, allowed: tuple[str, ...], aliases: dict[str, str] | None = None
 ) -> str | None:
     """The allowed value ``value`` names (trimmed, any case, ``Status.RUNNING``, an alias)."""
+    if type(value) is str and value in allowed:  # the value itself (no alias is one)
+        return value
     if not isinstance(value, str):
         return None
     text = value.strip()
@@ -515,7 +517,7 @@ def import_session(key: str, key_id: str, data: dict[str, Any], now: float) -> R
     }
     if status is not None:
         doc["status"] = status
-    for field in ("backend_session_id", "current_flow_id", *SESSION_OPTIONAL[1:]):
+    for field in _SESSION_PLAIN_FIELDS:
         if field in src:
             doc[field] = src.pop(field)
     _extras(imp, src, metadata)
@@ -631,6 +633,8 @@ def _session_json(doc: dict[str, Any]) -> str | None:
         return None
 
 
+# Fields import_session copies as they are (the model checks them).
+_SESSION_PLAIN_FIELDS = ("backend_session_id", "current_flow_id", *SESSION_OPTIONAL[1:])
 _KNOWN_ORDER = {
     name: i for i, name in enumerate(("_schema_version", *SESSION_SHAPE, *SESSION_OPTIONAL))
 }

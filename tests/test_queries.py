@@ -8,6 +8,7 @@ unicode, the empty string).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 from collections.abc import Callable, Iterable
@@ -851,3 +852,13 @@ async def test_execution_queries_equal_brute_force(
         }
     finally:
         await repo.delete_many([r.id for r in records])
+
+
+def test_page_fast_constructor_builds_the_same_frozen_page() -> None:
+    items = [object()]
+    fast = Page._of(items, 7, 3, 2)
+    assert fast == Page(items=items, total=7, offset=3, limit=2)
+    assert fast.skipped == ()
+    assert repr(fast) == repr(Page(items=items, total=7, offset=3, limit=2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.total = 8  # type: ignore[misc]

@@ -95,6 +95,7 @@ its key (the default), or ``"skip"`` it, logging a warning with the key and coun
 _KEY = "@__key"
 _COUNT_ALIAS = "__count"
 _COMPILED: dict[tuple[Any, ...], str | None] = {}
+_NOT_CACHED = object()
 
 # ---------------------------------------------------------------------------------- results
 
@@ -117,6 +118,15 @@ class Page(Generic[M]):
     offset: int
     limit: int
     skipped: tuple[str, ...] = ()
+
+    @classmethod
+    def _of(cls, items: list[M], total: int, offset: int, limit: int) -> Page[M]:
+        """``Page(items, total, offset, limit)`` without the frozen dataclass ``__init__`` (one
+        ``object.__setattr__`` per field, about 1 us per query). The same object: the fields
+        are plain instance attributes either way (a test compares the two)."""
+        page = object.__new__(cls)
+        page.__dict__.update(items=items, total=total, offset=offset, limit=limit, skipped=())
+        return page
 
 
 @dataclass(frozen=True)
@@ -175,8 +185,7 @@ def _rows(reply: Any) -> list[dict[str, Any]]:
     return out
 
 
-class _Unique:
-    """A sort value equal to nothing: a row whose exact value does not matter."""
+_INVALID = object()  # a stored document that is not JSON
 
 
 def _sort_value(value: Any) -> float | None:
@@ -211,12 +220,6 @@ def _document_sort_value(attr: str, raw: bytes | str, invalid: Any) -> Any:
         except ValueError:
             return invalid
         return _sort_value(doc.get(attr) if isinstance(doc, dict) else None)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, _Unique) or isinstance(b, _Unique):
-        return a is b
-    return bool(a == b)
 
 
 def _key_bytes(key: Any) -> bytes:
@@ -353,8 +356,9 @@ class QueryMixin(Generic[M]):
                 return compile_filters(schema, self.model.__name__, filters, where)
         key = (schema, *filters.items())
         cache = _COMPILED
-        if key in cache:
-            return cache[key]
+        found = cache.get(key, _NOT_CACHED)
+        if found is not _NOT_CACHED:
+            return found  # type: ignore[return-value]
         query = compile_filters(schema, self.model.__name__, filters, where)
         if len(cache) >= 512:
             cache.clear()
@@ -472,9 +476,9 @@ class QueryMixin(Generic[M]):
         page = await self._tied_page(
             reply, query, attr, descending, offset, before, limit, after, docs
         )
-        if page is None:
-            page = await self._page_by_aggregate(query, attr, descending, offset, limit, docs)
-        total, rows = page
+        if page is not None:
+            return page
+        total, rows = await self._page_by_aggregate(query, attr, descending, offset, limit, docs)
         return total, [row["__key"] for row in rows], [row.get("$") for row in rows]
 
     async def _tied_page(
@@ -488,93 +492,98 @@ class QueryMixin(Generic[M]):
         limit: int,
         after: int,
         docs: bool,
-    ) -> tuple[int, list[dict[str, Any]]] | None:
+    ) -> tuple[int, list[Any], list[Any]] | None:
         """The page from an FT.SEARCH window (see :meth:`_page`) in which neighbouring rows
         share a sort key: its ties resolved, or None (a tie of null values on a boundary: the
         exact path decides)."""
         step = 3 if docs else 2
-        rows: list[dict[str, Any]] = []
-        sort_keys: list[Any] = []
-        for i in range(1, len(reply) - step + 1, step):
-            row: dict[str, Any] = {"__key": reply[i]}
-            if docs:
-                fields = reply[i + 2]
-                if fields:  # RETURN 1 $: [b"$", document]; nothing when it expired meanwhile
-                    row["$"] = fields[1]
-            rows.append(row)
-            sort_keys.append(reply[i + 1])
+        count = (len(reply) - 1) // step
+        keys = reply[1::step][:count]
+        sort_keys = reply[2::step][:count]
+        # RETURN 1 $: [b"$", document]; nothing when the record went away meanwhile.
+        fields = reply[3::step][:count] if docs else [None] * count
+        raws = [f[1] if f else None for f in fields]
         # The window stops at the result window's edge: rows may follow that were not read.
-        more_after = after == 0 and len(rows) == before + limit
+        more_after = after == 0 and count == before + limit
         page = await self._resolve_ties(
-            query, attr, descending, rows, sort_keys, offset, before, limit, more_after, docs
+            query, attr, descending, keys, raws, sort_keys, offset, before, limit, more_after, docs
         )
-        return None if page is None else (int(reply[0]), page)
+        return None if page is None else (int(reply[0]), *page)
 
     async def _exact_values(
-        self, attr: str, rows: list[dict[str, Any]], sort_keys: list[Any], docs: bool
-    ) -> list[Any]:
+        self, attr: str, keys: list[Any], raws: list[Any], sort_keys: list[Any], docs: bool
+    ) -> tuple[list[Any], list[bool]]:
         """The exact sort value of each row that shares its rounded sort key with a neighbour.
 
-        Other rows get a value of their own (``_UNIQUE`` markers never compare equal); a null
-        sort value is None; a record gone since the search also gets a unique marker.
+        Returns the values and, for each row, whether its value is known: other rows (and a
+        record gone since the search, or not JSON) have a value equal to nothing. A null sort
+        value is None (known).
         """
+        n = len(sort_keys)
         tied = [
             i
-            for i, key in enumerate(sort_keys)
-            if (i > 0 and sort_keys[i - 1] == key)
-            or (i + 1 < len(sort_keys) and sort_keys[i + 1] == key)
+            for i in range(n)
+            if (i > 0 and sort_keys[i - 1] == sort_keys[i])
+            or (i + 1 < n and sort_keys[i + 1] == sort_keys[i])
         ]
-        values: list[Any] = [_Unique() for _ in rows]
+        values: list[Any] = [None] * n
+        known = [False] * n
         if docs:
             for i in tied:
-                raw = rows[i].get("$")
+                raw = raws[i]
                 if raw is not None:
-                    values[i] = _document_sort_value(attr, raw, values[i])
-            return values
+                    value = _document_sort_value(attr, raw, _INVALID)
+                    if value is not _INVALID:
+                        values[i] = value
+                        known[i] = True
+            return values, known
         with translate_errors(f"reading sort values in {self.index_alias}"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for i in tied:
-                    pipe.execute_command("JSON.GET", rows[i]["__key"], f"$.{attr}")
+                    pipe.execute_command("JSON.GET", keys[i], f"$.{attr}")
                 replies = await pipe.execute(raise_on_error=False)
         for i, reply in zip(tied, replies, strict=True):
             if isinstance(reply, (bytes, str)):
                 found = json.loads(reply)
                 if found:
                     values[i] = _sort_value(found[0])
-        return values
+                    known[i] = True
+        return values, known
 
     async def _resolve_ties(
         self,
         query: str,
         attr: str,
         descending: bool,
-        rows: list[dict[str, Any]],
+        keys: list[Any],
+        raws: list[Any],
         sort_keys: list[Any],
         offset: int,
         before: int,
         limit: int,
         more_after: bool,
         docs: bool,
-    ) -> list[dict[str, Any]] | None:
-        """The (attr, key) page from a search window with ties in it (see _page_by_search).
+    ) -> tuple[list[Any], list[Any]] | None:
+        """The (attr, key) page's keys and documents from a search window with ties in it.
 
-        ``rows`` is the window in FT.SEARCH order: ``before`` rows (0 or 1) before the page,
-        the page, and at most one row after it. A run of rows of one exact value sits at the
-        same positions in FT.SEARCH order as in (attr, key) order, so a run inside the page only
-        needs sorting by key. A run that also holds the row before the page puts the last
-        members of its value (in key order) on this page, and a run that holds the row after it
-        the first ones: one FT.AGGREGATE on ``@attr:[v v]`` reads exactly those. A run that
-        covers the whole page first counts the records sorted before its value.
+        ``keys`` / ``raws`` are the window in FT.SEARCH order: ``before`` rows (0 or 1) before
+        the page, the page, and at most one row after it. A run of rows of one exact value sits
+        at the same positions in FT.SEARCH order as in (attr, key) order, so a run inside the
+        page only needs sorting by key. A run that also holds the row before the page puts the
+        last members of its value (in key order) on this page, and a run that holds the row
+        after it the first ones: one FT.AGGREGATE on ``@attr:[v v]`` reads exactly those. A run
+        that covers the whole page first counts the records sorted before its value.
         """
-        values = await self._exact_values(attr, rows, sort_keys, docs)
-        end = min(len(rows), before + limit)
+        values, known = await self._exact_values(attr, keys, raws, sort_keys, docs)
+        n = len(keys)
+        end = min(n, before + limit)
         runs: list[tuple[int, int]] = []  # [start, stop) in the window, one exact value each
         start = 0
-        for i in range(1, len(rows) + 1):
-            if i == len(rows) or not _same(values[i], values[start]):
+        for i in range(1, n + 1):
+            if i == n or not (known[i] and known[start] and values[i] == values[start]):
                 runs.append((start, i))
                 start = i
-        page: list[list[dict[str, Any]] | None] = []
+        page: list[list[tuple[Any, Any]] | None] = []  # (key, document) of each run
         lookups: list[tuple[int, Any, int, int, bool]] = []  # (slot, value, skip, take, desc)
         counts: list[tuple[int, Any, int]] = []  # (slot, value, take): runs needing a rank
         for run_start, run_stop in runs:
@@ -584,9 +593,9 @@ class QueryMixin(Generic[M]):
             from_before = run_start < before
             into_after = run_stop > end or (more_after and run_stop == end)
             if not (from_before or into_after):
-                members = rows[first:stop]
+                members = list(zip(keys[first:stop], raws[first:stop], strict=True))
                 if stop - first > 1:
-                    members = sorted(members, key=lambda r: _key_bytes(r["__key"]))
+                    members.sort(key=lambda member: _key_bytes(member[0]))
                 page.append(members)
                 continue
             value = values[run_start]
@@ -608,9 +617,15 @@ class QueryMixin(Generic[M]):
                 lookups.append((slot, value, max(0, offset - rank), take, False))
         if lookups:
             found = await self._value_members(query, attr, lookups, docs)
-            for (slot, *_), members in zip(lookups, found, strict=True):
-                page[slot] = members
-        return [row for members in page for row in members or []]
+            for (slot, *_), rows in zip(lookups, found, strict=True):
+                page[slot] = [(row["__key"], row.get("$")) for row in rows]
+        out_keys: list[Any] = []
+        out_raws: list[Any] = []
+        for run in page:
+            for key, raw in run or ():
+                out_keys.append(key)
+                out_raws.append(raw)
+        return out_keys, out_raws
 
     def _narrow(self, query: str, attr: str, low: str, high: str) -> str:
         narrow = f"@{attr}:[{low} {high}]"
@@ -804,7 +819,7 @@ class QueryMixin(Generic[M]):
         total, keys, raws = await self._page(query, attr, descending, offset, limit, docs=True)
         if not skip:
             items = self._decode_docs(keys, raws, None)
-            return Page(items=items, total=total, offset=offset, limit=limit)
+            return Page._of(items, total, offset, limit)
         skipped: list[str] = []
         items = self._decode_docs(keys, raws, skipped)
         return Page(items=items, total=total, offset=offset, limit=limit, skipped=tuple(skipped))

@@ -577,38 +577,57 @@ class QueryMixin(Generic[M]):
         values, known = await self._exact_values(attr, keys, raws, sort_keys, docs)
         n = len(keys)
         end = min(n, before + limit)
-        runs: list[tuple[int, int]] = []  # [start, stop) in the window, one exact value each
-        start = 0
-        for i in range(1, n + 1):
-            if i == n or not (known[i] and known[start] and values[i] == values[start]):
-                runs.append((start, i))
+        # Runs of two or more rows of one exact value, [start, stop) in the window: only rows
+        # whose value is known (tied by sort key with a neighbour) can be in one. Every other
+        # row is a run of its own and stays where FT.SEARCH put it.
+        runs: list[tuple[int, int]] = []
+        start = prev = -2
+        for i in range(n):
+            if not known[i]:
+                continue
+            if i != prev + 1 or values[i] != values[prev]:
+                if prev > start:
+                    runs.append((start, prev + 1))
                 start = i
-        page: list[list[tuple[Any, Any]] | None] = []  # (key, document) of each run
+            prev = i
+        if prev > start:
+            runs.append((start, prev + 1))
+        if more_after and end > before and not (runs and runs[-1][1] == end):
+            # The window stops at the result window's edge and its last row is alone in it:
+            # rows of the same value may follow, unread.
+            if not known[end - 1]:
+                return None  # its exact value is not known: the exact path decides
+            runs.append((end - 1, end))
+        segments: list[tuple[list[Any], list[Any]] | None] = []  # the page: (keys, documents)
         lookups: list[tuple[int, Any, int, int, bool]] = []  # (slot, value, skip, take, desc)
         counts: list[tuple[int, Any, int]] = []  # (slot, value, take): runs needing a rank
+        done = before  # window rows before this one are in segments
         for run_start, run_stop in runs:
             first, stop = max(run_start, before), min(run_stop, end)
             if first >= stop:
                 continue  # the row before or after the page, in a run of its own
+            if first > done:
+                segments.append((keys[done:first], raws[done:first]))
+            done = stop
             from_before = run_start < before
             into_after = run_stop > end or (more_after and run_stop == end)
             if not (from_before or into_after):
-                members = list(zip(keys[first:stop], raws[first:stop], strict=True))
-                if stop - first > 1:
-                    members.sort(key=lambda member: _key_bytes(member[0]))
-                page.append(members)
+                order = sorted(range(first, stop), key=lambda i: _key_bytes(keys[i]))
+                segments.append(([keys[i] for i in order], [raws[i] for i in order]))
                 continue
             value = values[run_start]
             if value is None:
                 return None  # nulls can't be selected by a range: the exact path decides
-            slot = len(page)
-            page.append(None)
+            slot = len(segments)
+            segments.append(None)
             if from_before and into_after:
                 counts.append((slot, value, stop - first))
             elif from_before:
                 lookups.append((slot, value, 0, stop - first, True))
             else:
                 lookups.append((slot, value, 0, stop - first, False))
+        if end > done:
+            segments.append((keys[done:end], raws[done:end]))
         if counts:
             counted = await self._ranks(query, attr, descending, [c[1] for c in counts])
             for (slot, value, take), rank in zip(counts, counted, strict=True):
@@ -618,13 +637,13 @@ class QueryMixin(Generic[M]):
         if lookups:
             found = await self._value_members(query, attr, lookups, docs)
             for (slot, *_), rows in zip(lookups, found, strict=True):
-                page[slot] = [(row["__key"], row.get("$")) for row in rows]
+                segments[slot] = ([row["__key"] for row in rows], [row.get("$") for row in rows])
         out_keys: list[Any] = []
         out_raws: list[Any] = []
-        for run in page:
-            for key, raw in run or ():
-                out_keys.append(key)
-                out_raws.append(raw)
+        for segment in segments:
+            if segment is not None:
+                out_keys += segment[0]
+                out_raws += segment[1]
         return out_keys, out_raws
 
     def _narrow(self, query: str, attr: str, low: str, high: str) -> str:

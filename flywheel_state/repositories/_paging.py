@@ -40,7 +40,7 @@ import gc
 import json
 import logging
 import operator
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -48,6 +48,7 @@ from pydantic_core import SchemaValidator, ValidationError, core_schema
 from redis import exceptions as redis_exc
 
 from flywheel_state._redis import as_str, reraise, translate_errors
+from flywheel_state.crypto import has_envelope_marker
 from flywheel_state.errors import (
     CorruptRecordError,
     FlywheelStateError,
@@ -287,6 +288,8 @@ class QueryMixin(Generic[M]):
         def key_prefix(self) -> str: ...
 
         def _decode(self, key: str, raw: bytes | str) -> M: ...
+
+        def _validator(self) -> Callable[[bytes | str], M] | None: ...
 
     _result_window: tuple[int | None] | None = None
     #: How many invalid stored documents reads with ``on_corrupt="skip"`` left out so far.
@@ -865,9 +868,16 @@ class QueryMixin(Generic[M]):
     def _decode_all(self, keys: list[Any], raws: list[Any], skipped: list[str] | None) -> list[M]:
         out: list[M] = []
         decode = self._decode
+        validate = self._validator()
         for key, raw in zip(keys, raws, strict=True):
             if raw is None:  # expired or deleted between matching and loading
                 continue
+            if validate is not None and not has_envelope_marker(raw):
+                try:
+                    out.append(validate(raw))
+                    continue
+                except (ValidationError, FlywheelStateError):
+                    pass  # _decode raises the CorruptRecordError naming the key
             try:
                 out.append(decode(key if type(key) is str else as_str(key), raw))
             except CorruptRecordError as exc:

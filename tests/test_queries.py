@@ -572,6 +572,23 @@ async def test_stats_of_empty_namespace(store: Store) -> None:
     assert ex["flow_id"] == {} and ex["total"] == {"all": 0}
 
 
+async def test_stats_count_null_values_in_the_total_only(store: Store) -> None:
+    repo = store.executions
+    await repo.save_many(
+        [
+            execution("e1", flow_id="f1"),
+            execution("e2", flow_id="f1", status=ExecutionStatus.FAILED),
+            execution("e3", flow_id=None),
+            execution("e4", flow_id="f2"),
+        ]
+    )
+    stats = await repo.stats()
+    assert stats["total"] == {"all": 4}
+    assert stats["flow_id"] == {"f1": 2, "f2": 1}
+    assert sum(stats["status"].values()) == 4
+    assert stats["status"]["failed"] == 1
+
+
 # ---------------------------------------------------------------- executions
 
 

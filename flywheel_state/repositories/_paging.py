@@ -1016,19 +1016,24 @@ class QueryMixin(Generic[M]):
                     count_reply, group_reply = await pipe.execute()
             except Exception as exc:
                 reraise(exc, f"computing stats of {alias}")
-            # Rows: [name, value, ..., "__count", n]; a null group value is None.
+            # Rows: [name, value, ..., "__count", n], names in GROUPBY order; a null group
+            # value is None. Counted per raw value first, decoded once per distinct value.
+            tallies: list[dict[Any, int]] = [{} for _ in plan.zeros]
+            names = list(plan.names)
             for row in group_reply[1:]:
-                fields = dict(zip(row[::2], row[1::2], strict=False))
-                names = plan.names if row and type(row[0]) is bytes else plan.str_names
-                n = int(fields[names[-1]])
-                for (attr, _), name in zip(plan.zeros, names, strict=False):
-                    value = fields.get(name)
+                if row[0::2] != names:  # another layout (or a client that decodes replies)
+                    fields = dict(zip(row[::2], row[1::2], strict=False))
+                    named = plan.names if row and type(row[0]) is bytes else plan.str_names
+                    row = [x for name in named for x in (name, fields.get(name))]
+                n = int(row[-1])
+                for tally, value in zip(tallies, row[1:-1:2], strict=False):
                     if value is not None:
-                        counts = out[attr]
-                        key = (
-                            value.decode("utf-8", "replace") if type(value) is bytes else str(value)
-                        )
-                        counts[key] = counts.get(key, 0) + n
+                        tally[value] = tally.get(value, 0) + n
+            for (attr, _), tally in zip(plan.zeros, tallies, strict=True):
+                counts = out[attr]
+                for value, n in tally.items():
+                    key = value.decode("utf-8", "replace") if type(value) is bytes else str(value)
+                    counts[key] = counts.get(key, 0) + n
             total = int(count_reply[0])
         stats_type = plan.stats_type
         result: Stats = stats_type(total=total, **out)

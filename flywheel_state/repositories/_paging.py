@@ -196,23 +196,37 @@ def _sort_value(value: Any) -> float | None:
     return float(value)
 
 
-_SORT_READERS: dict[str, SchemaValidator] = {}
+_SORT_READERS: dict[str, tuple[SchemaValidator, bytes]] = {}
+_BEFORE_KEY = b",{ \t\n\r"  # what may precede the opening quote of an object key
 
 
 def _document_sort_value(attr: str, raw: bytes | str, invalid: Any) -> Any:
     """The sort value of a stored document as json.loads would read it (``invalid`` when it
     is not JSON: decoding the page reports it).
 
-    A validator that keeps only ``attr`` of a JSON object: several times cheaper than parsing
-    the whole document into Python objects, which a tied page does for most of its rows.
+    A tied page needs this for most of its rows, so it avoids parsing whole documents into
+    Python objects. First the suffix from the last ``"attr":`` on, read as ``{`` + suffix:
+    that parses as one object only when the key is a member of the top-level object (a key
+    of a nested object leaves the closing braces of the outer ones as trailing data), and a
+    quote after ``,`` / ``{`` / whitespace opens a string (inside a string it would be
+    escaped), so the match is that key and the last one (json.loads keeps the last of
+    duplicates). Otherwise the whole document, with a validator that keeps only ``attr``.
     """
-    reader = _SORT_READERS.get(attr)
-    if reader is None:
+    found = _SORT_READERS.get(attr)
+    if found is None:
         field = core_schema.typed_dict_field(core_schema.any_schema(), required=False)
         reader = SchemaValidator(
             core_schema.typed_dict_schema({attr: field}, extra_behavior="ignore")
         )
-        _SORT_READERS[attr] = reader
+        found = _SORT_READERS[attr] = (reader, f'"{attr}":'.encode())
+    reader, marker = found
+    if type(raw) is bytes:
+        at = raw.rfind(marker)
+        if at > 0 and raw[at - 1] in _BEFORE_KEY:
+            try:
+                return _sort_value(reader.validate_json(b"{" + raw[at:]).get(attr))
+            except ValidationError:
+                pass  # not a top-level member: read the whole document
     try:
         return _sort_value(reader.validate_json(raw).get(attr))
     except ValidationError:  # not a JSON object, or not JSON at all

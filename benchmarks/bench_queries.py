@@ -428,15 +428,20 @@ class Dataset:
 async def interleaved_medians(fns: list[Op], repeat: int) -> list[float]:
     """Median milliseconds of ``repeat`` runs of each of ``fns`` (after one warm-up run each).
 
-    The functions run in turn, so that they all see the same load.
+    The functions run in turn, so that they all see the same load, in a new (seeded) order
+    each repetition: in a fixed order each function always runs right after the same one, and
+    a call right after a heavy query (the 100,000-session one) is systematically slower.
     """
     for fn in fns:
         await fn()
     times: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    shuffler = random.Random(len(fns))
     for _ in range(repeat):
-        for i, fn in enumerate(fns):
+        shuffler.shuffle(order)
+        for i in order:
             start = time.perf_counter()
-            await fn()
+            await fns[i]()
             times[i].append((time.perf_counter() - start) * 1000)
     return [statistics.median(t) for t in times]
 

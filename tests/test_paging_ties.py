@@ -7,6 +7,7 @@ these tests check by making that path fail.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -169,3 +170,37 @@ async def test_null_ties_on_a_boundary_take_the_exact_path(store: Store) -> None
         want += sorted(r.id for r in records if r.duration_ms is None)
         found, ids, totals = await walk(repo, 3, sort=sort)
         assert found == want and ids == want and totals == {20}
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"last_active":1.5,"b":2}',
+        b'{"a":1,"last_active":1780353840.0}',
+        b'{"last_active":1,"c":{"last_active":5}}',  # a nested key after the top-level one
+        b'{"c":{"last_active":5}}',  # only a nested key
+        b'{"h":[{"last_active":5}],"x":1}',
+        b'{"last_active":1,"x\\"last_active":5}',  # a key ending in an escaped quote + name
+        b'{"s":",\\"last_active\\":9}","last_active":2}',  # the text inside a string
+        b'{"last_active":1,"last_active":3}',  # duplicates: the last one, as json.loads
+        b'{"last_active": 4}',
+        b'{"last_active":null}',
+        b'{"last_active":true}',
+        b'{"last_active":"7"}',
+        b'{"last_active":123456789012345678901234567890}',
+        b'[{"last_active":1}]',
+        b'"last_active":1}',
+        b"{}",
+    ],
+)
+def test_document_sort_value_reads_what_json_loads_reads(doc: bytes) -> None:
+    from flywheel_state.repositories._paging import _document_sort_value, _sort_value
+
+    parsed = json.loads(doc) if doc != b'"last_active":1}' else None
+    want = _sort_value(parsed.get("last_active")) if isinstance(parsed, dict) else None
+    invalid = object()
+    got = _document_sort_value("last_active", doc, invalid)
+    if doc == b'"last_active":1}':
+        assert got is invalid
+    else:
+        assert got == want and type(got) is type(want)

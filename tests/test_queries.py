@@ -8,6 +8,7 @@ unicode, the empty string).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 from collections.abc import Callable, Iterable
@@ -571,6 +572,23 @@ async def test_stats_of_empty_namespace(store: Store) -> None:
     assert ex["flow_id"] == {} and ex["total"] == {"all": 0}
 
 
+async def test_stats_count_null_values_in_the_total_only(store: Store) -> None:
+    repo = store.executions
+    await repo.save_many(
+        [
+            execution("e1", flow_id="f1"),
+            execution("e2", flow_id="f1", status=ExecutionStatus.FAILED),
+            execution("e3", flow_id=None),
+            execution("e4", flow_id="f2"),
+        ]
+    )
+    stats = await repo.stats()
+    assert stats["total"] == {"all": 4}
+    assert stats["flow_id"] == {"f1": 2, "f2": 1}
+    assert sum(stats["status"].values()) == 4
+    assert stats["status"]["failed"] == 1
+
+
 # ---------------------------------------------------------------- executions
 
 
@@ -851,3 +869,13 @@ async def test_execution_queries_equal_brute_force(
         }
     finally:
         await repo.delete_many([r.id for r in records])
+
+
+def test_page_fast_constructor_builds_the_same_frozen_page() -> None:
+    items = [object()]
+    fast = Page._of(items, 7, 3, 2)
+    assert fast == Page(items=items, total=7, offset=3, limit=2)
+    assert fast.skipped == ()
+    assert repr(fast) == repr(Page(items=items, total=7, offset=3, limit=2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.total = 8  # type: ignore[misc]

@@ -40,7 +40,7 @@ import gc
 import json
 import logging
 import operator
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -48,6 +48,7 @@ from pydantic_core import SchemaValidator, ValidationError, core_schema
 from redis import exceptions as redis_exc
 
 from flywheel_state._redis import as_str, reraise, translate_errors
+from flywheel_state.crypto import has_envelope_marker
 from flywheel_state.errors import (
     CorruptRecordError,
     FlywheelStateError,
@@ -95,6 +96,7 @@ its key (the default), or ``"skip"`` it, logging a warning with the key and coun
 _KEY = "@__key"
 _COUNT_ALIAS = "__count"
 _COMPILED: dict[tuple[Any, ...], str | None] = {}
+_NOT_CACHED = object()
 
 # ---------------------------------------------------------------------------------- results
 
@@ -117,6 +119,15 @@ class Page(Generic[M]):
     offset: int
     limit: int
     skipped: tuple[str, ...] = ()
+
+    @classmethod
+    def _of(cls, items: list[M], total: int, offset: int, limit: int) -> Page[M]:
+        """``Page(items, total, offset, limit)`` without the frozen dataclass ``__init__`` (one
+        ``object.__setattr__`` per field, about 1 us per query). The same object: the fields
+        are plain instance attributes either way (a test compares the two)."""
+        page = object.__new__(cls)
+        page.__dict__.update(items=items, total=total, offset=offset, limit=limit, skipped=())
+        return page
 
 
 @dataclass(frozen=True)
@@ -175,8 +186,7 @@ def _rows(reply: Any) -> list[dict[str, Any]]:
     return out
 
 
-class _Unique:
-    """A sort value equal to nothing: a row whose exact value does not matter."""
+_INVALID = object()  # a stored document that is not JSON
 
 
 def _sort_value(value: Any) -> float | None:
@@ -186,23 +196,37 @@ def _sort_value(value: Any) -> float | None:
     return float(value)
 
 
-_SORT_READERS: dict[str, SchemaValidator] = {}
+_SORT_READERS: dict[str, tuple[SchemaValidator, bytes]] = {}
+_BEFORE_KEY = b",{ \t\n\r"  # what may precede the opening quote of an object key
 
 
 def _document_sort_value(attr: str, raw: bytes | str, invalid: Any) -> Any:
     """The sort value of a stored document as json.loads would read it (``invalid`` when it
     is not JSON: decoding the page reports it).
 
-    A validator that keeps only ``attr`` of a JSON object: several times cheaper than parsing
-    the whole document into Python objects, which a tied page does for most of its rows.
+    A tied page needs this for most of its rows, so it avoids parsing whole documents into
+    Python objects. First the suffix from the last ``"attr":`` on, read as ``{`` + suffix:
+    that parses as one object only when the key is a member of the top-level object (a key
+    of a nested object leaves the closing braces of the outer ones as trailing data), and a
+    quote after ``,`` / ``{`` / whitespace opens a string (inside a string it would be
+    escaped), so the match is that key and the last one (json.loads keeps the last of
+    duplicates). Otherwise the whole document, with a validator that keeps only ``attr``.
     """
-    reader = _SORT_READERS.get(attr)
-    if reader is None:
+    found = _SORT_READERS.get(attr)
+    if found is None:
         field = core_schema.typed_dict_field(core_schema.any_schema(), required=False)
         reader = SchemaValidator(
             core_schema.typed_dict_schema({attr: field}, extra_behavior="ignore")
         )
-        _SORT_READERS[attr] = reader
+        found = _SORT_READERS[attr] = (reader, f'"{attr}":'.encode())
+    reader, marker = found
+    if type(raw) is bytes:
+        at = raw.rfind(marker)
+        if at > 0 and raw[at - 1] in _BEFORE_KEY:
+            try:
+                return _sort_value(reader.validate_json(b"{" + raw[at:]).get(attr))
+            except ValidationError:
+                pass  # not a top-level member: read the whole document
     try:
         return _sort_value(reader.validate_json(raw).get(attr))
     except ValidationError:  # not a JSON object, or not JSON at all
@@ -211,12 +235,6 @@ def _document_sort_value(attr: str, raw: bytes | str, invalid: Any) -> Any:
         except ValueError:
             return invalid
         return _sort_value(doc.get(attr) if isinstance(doc, dict) else None)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, _Unique) or isinstance(b, _Unique):
-        return a is b
-    return bool(a == b)
 
 
 def _key_bytes(key: Any) -> bytes:
@@ -284,6 +302,8 @@ class QueryMixin(Generic[M]):
         def key_prefix(self) -> str: ...
 
         def _decode(self, key: str, raw: bytes | str) -> M: ...
+
+        def _validator(self) -> Callable[[bytes | str], M] | None: ...
 
     _result_window: tuple[int | None] | None = None
     #: How many invalid stored documents reads with ``on_corrupt="skip"`` left out so far.
@@ -353,8 +373,9 @@ class QueryMixin(Generic[M]):
                 return compile_filters(schema, self.model.__name__, filters, where)
         key = (schema, *filters.items())
         cache = _COMPILED
-        if key in cache:
-            return cache[key]
+        found = cache.get(key, _NOT_CACHED)
+        if found is not _NOT_CACHED:
+            return found  # type: ignore[return-value]
         query = compile_filters(schema, self.model.__name__, filters, where)
         if len(cache) >= 512:
             cache.clear()
@@ -472,9 +493,9 @@ class QueryMixin(Generic[M]):
         page = await self._tied_page(
             reply, query, attr, descending, offset, before, limit, after, docs
         )
-        if page is None:
-            page = await self._page_by_aggregate(query, attr, descending, offset, limit, docs)
-        total, rows = page
+        if page is not None:
+            return page
+        total, rows = await self._page_by_aggregate(query, attr, descending, offset, limit, docs)
         return total, [row["__key"] for row in rows], [row.get("$") for row in rows]
 
     async def _tied_page(
@@ -488,118 +509,142 @@ class QueryMixin(Generic[M]):
         limit: int,
         after: int,
         docs: bool,
-    ) -> tuple[int, list[dict[str, Any]]] | None:
+    ) -> tuple[int, list[Any], list[Any]] | None:
         """The page from an FT.SEARCH window (see :meth:`_page`) in which neighbouring rows
         share a sort key: its ties resolved, or None (a tie of null values on a boundary: the
         exact path decides)."""
         step = 3 if docs else 2
-        rows: list[dict[str, Any]] = []
-        sort_keys: list[Any] = []
-        for i in range(1, len(reply) - step + 1, step):
-            row: dict[str, Any] = {"__key": reply[i]}
-            if docs:
-                fields = reply[i + 2]
-                if fields:  # RETURN 1 $: [b"$", document]; nothing when it expired meanwhile
-                    row["$"] = fields[1]
-            rows.append(row)
-            sort_keys.append(reply[i + 1])
+        count = (len(reply) - 1) // step
+        keys = reply[1::step][:count]
+        sort_keys = reply[2::step][:count]
+        # RETURN 1 $: [b"$", document]; nothing when the record went away meanwhile.
+        fields = reply[3::step][:count] if docs else [None] * count
+        raws = [f[1] if f else None for f in fields]
         # The window stops at the result window's edge: rows may follow that were not read.
-        more_after = after == 0 and len(rows) == before + limit
+        more_after = after == 0 and count == before + limit
         page = await self._resolve_ties(
-            query, attr, descending, rows, sort_keys, offset, before, limit, more_after, docs
+            query, attr, descending, keys, raws, sort_keys, offset, before, limit, more_after, docs
         )
-        return None if page is None else (int(reply[0]), page)
+        return None if page is None else (int(reply[0]), *page)
 
     async def _exact_values(
-        self, attr: str, rows: list[dict[str, Any]], sort_keys: list[Any], docs: bool
-    ) -> list[Any]:
+        self, attr: str, keys: list[Any], raws: list[Any], sort_keys: list[Any], docs: bool
+    ) -> tuple[list[Any], list[bool]]:
         """The exact sort value of each row that shares its rounded sort key with a neighbour.
 
-        Other rows get a value of their own (``_UNIQUE`` markers never compare equal); a null
-        sort value is None; a record gone since the search also gets a unique marker.
+        Returns the values and, for each row, whether its value is known: other rows (and a
+        record gone since the search, or not JSON) have a value equal to nothing. A null sort
+        value is None (known).
         """
+        n = len(sort_keys)
         tied = [
             i
-            for i, key in enumerate(sort_keys)
-            if (i > 0 and sort_keys[i - 1] == key)
-            or (i + 1 < len(sort_keys) and sort_keys[i + 1] == key)
+            for i in range(n)
+            if (i > 0 and sort_keys[i - 1] == sort_keys[i])
+            or (i + 1 < n and sort_keys[i + 1] == sort_keys[i])
         ]
-        values: list[Any] = [_Unique() for _ in rows]
+        values: list[Any] = [None] * n
+        known = [False] * n
         if docs:
             for i in tied:
-                raw = rows[i].get("$")
+                raw = raws[i]
                 if raw is not None:
-                    values[i] = _document_sort_value(attr, raw, values[i])
-            return values
+                    value = _document_sort_value(attr, raw, _INVALID)
+                    if value is not _INVALID:
+                        values[i] = value
+                        known[i] = True
+            return values, known
         with translate_errors(f"reading sort values in {self.index_alias}"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for i in tied:
-                    pipe.execute_command("JSON.GET", rows[i]["__key"], f"$.{attr}")
+                    pipe.execute_command("JSON.GET", keys[i], f"$.{attr}")
                 replies = await pipe.execute(raise_on_error=False)
         for i, reply in zip(tied, replies, strict=True):
             if isinstance(reply, (bytes, str)):
                 found = json.loads(reply)
                 if found:
                     values[i] = _sort_value(found[0])
-        return values
+                    known[i] = True
+        return values, known
 
     async def _resolve_ties(
         self,
         query: str,
         attr: str,
         descending: bool,
-        rows: list[dict[str, Any]],
+        keys: list[Any],
+        raws: list[Any],
         sort_keys: list[Any],
         offset: int,
         before: int,
         limit: int,
         more_after: bool,
         docs: bool,
-    ) -> list[dict[str, Any]] | None:
-        """The (attr, key) page from a search window with ties in it (see _page_by_search).
+    ) -> tuple[list[Any], list[Any]] | None:
+        """The (attr, key) page's keys and documents from a search window with ties in it.
 
-        ``rows`` is the window in FT.SEARCH order: ``before`` rows (0 or 1) before the page,
-        the page, and at most one row after it. A run of rows of one exact value sits at the
-        same positions in FT.SEARCH order as in (attr, key) order, so a run inside the page only
-        needs sorting by key. A run that also holds the row before the page puts the last
-        members of its value (in key order) on this page, and a run that holds the row after it
-        the first ones: one FT.AGGREGATE on ``@attr:[v v]`` reads exactly those. A run that
-        covers the whole page first counts the records sorted before its value.
+        ``keys`` / ``raws`` are the window in FT.SEARCH order: ``before`` rows (0 or 1) before
+        the page, the page, and at most one row after it. A run of rows of one exact value sits
+        at the same positions in FT.SEARCH order as in (attr, key) order, so a run inside the
+        page only needs sorting by key. A run that also holds the row before the page puts the
+        last members of its value (in key order) on this page, and a run that holds the row
+        after it the first ones: one FT.AGGREGATE on ``@attr:[v v]`` reads exactly those. A run
+        that covers the whole page first counts the records sorted before its value.
         """
-        values = await self._exact_values(attr, rows, sort_keys, docs)
-        end = min(len(rows), before + limit)
-        runs: list[tuple[int, int]] = []  # [start, stop) in the window, one exact value each
-        start = 0
-        for i in range(1, len(rows) + 1):
-            if i == len(rows) or not _same(values[i], values[start]):
-                runs.append((start, i))
+        values, known = await self._exact_values(attr, keys, raws, sort_keys, docs)
+        n = len(keys)
+        end = min(n, before + limit)
+        # Runs of two or more rows of one exact value, [start, stop) in the window: only rows
+        # whose value is known (tied by sort key with a neighbour) can be in one. Every other
+        # row is a run of its own and stays where FT.SEARCH put it.
+        runs: list[tuple[int, int]] = []
+        start = prev = -2
+        for i in range(n):
+            if not known[i]:
+                continue
+            if i != prev + 1 or values[i] != values[prev]:
+                if prev > start:
+                    runs.append((start, prev + 1))
                 start = i
-        page: list[list[dict[str, Any]] | None] = []
+            prev = i
+        if prev > start:
+            runs.append((start, prev + 1))
+        if more_after and end > before and not (runs and runs[-1][1] == end):
+            # The window stops at the result window's edge and its last row is alone in it:
+            # rows of the same value may follow, unread.
+            if not known[end - 1]:
+                return None  # its exact value is not known: the exact path decides
+            runs.append((end - 1, end))
+        segments: list[tuple[list[Any], list[Any]] | None] = []  # the page: (keys, documents)
         lookups: list[tuple[int, Any, int, int, bool]] = []  # (slot, value, skip, take, desc)
         counts: list[tuple[int, Any, int]] = []  # (slot, value, take): runs needing a rank
+        done = before  # window rows before this one are in segments
         for run_start, run_stop in runs:
             first, stop = max(run_start, before), min(run_stop, end)
             if first >= stop:
                 continue  # the row before or after the page, in a run of its own
+            if first > done:
+                segments.append((keys[done:first], raws[done:first]))
+            done = stop
             from_before = run_start < before
             into_after = run_stop > end or (more_after and run_stop == end)
             if not (from_before or into_after):
-                members = rows[first:stop]
-                if stop - first > 1:
-                    members = sorted(members, key=lambda r: _key_bytes(r["__key"]))
-                page.append(members)
+                order = sorted(range(first, stop), key=lambda i: _key_bytes(keys[i]))
+                segments.append(([keys[i] for i in order], [raws[i] for i in order]))
                 continue
             value = values[run_start]
             if value is None:
                 return None  # nulls can't be selected by a range: the exact path decides
-            slot = len(page)
-            page.append(None)
+            slot = len(segments)
+            segments.append(None)
             if from_before and into_after:
                 counts.append((slot, value, stop - first))
             elif from_before:
                 lookups.append((slot, value, 0, stop - first, True))
             else:
                 lookups.append((slot, value, 0, stop - first, False))
+        if end > done:
+            segments.append((keys[done:end], raws[done:end]))
         if counts:
             counted = await self._ranks(query, attr, descending, [c[1] for c in counts])
             for (slot, value, take), rank in zip(counts, counted, strict=True):
@@ -608,9 +653,15 @@ class QueryMixin(Generic[M]):
                 lookups.append((slot, value, max(0, offset - rank), take, False))
         if lookups:
             found = await self._value_members(query, attr, lookups, docs)
-            for (slot, *_), members in zip(lookups, found, strict=True):
-                page[slot] = members
-        return [row for members in page for row in members or []]
+            for (slot, *_), rows in zip(lookups, found, strict=True):
+                segments[slot] = ([row["__key"] for row in rows], [row.get("$") for row in rows])
+        out_keys: list[Any] = []
+        out_raws: list[Any] = []
+        for segment in segments:
+            if segment is not None:
+                out_keys += segment[0]
+                out_raws += segment[1]
+        return out_keys, out_raws
 
     def _narrow(self, query: str, attr: str, low: str, high: str) -> str:
         narrow = f"@{attr}:[{low} {high}]"
@@ -804,7 +855,7 @@ class QueryMixin(Generic[M]):
         total, keys, raws = await self._page(query, attr, descending, offset, limit, docs=True)
         if not skip:
             items = self._decode_docs(keys, raws, None)
-            return Page(items=items, total=total, offset=offset, limit=limit)
+            return Page._of(items, total, offset, limit)
         skipped: list[str] = []
         items = self._decode_docs(keys, raws, skipped)
         return Page(items=items, total=total, offset=offset, limit=limit, skipped=tuple(skipped))
@@ -831,9 +882,16 @@ class QueryMixin(Generic[M]):
     def _decode_all(self, keys: list[Any], raws: list[Any], skipped: list[str] | None) -> list[M]:
         out: list[M] = []
         decode = self._decode
+        validate = self._validator()
         for key, raw in zip(keys, raws, strict=True):
             if raw is None:  # expired or deleted between matching and loading
                 continue
+            if validate is not None and not has_envelope_marker(raw):
+                try:
+                    out.append(validate(raw))
+                    continue
+                except (ValidationError, FlywheelStateError):
+                    pass  # _decode raises the CorruptRecordError naming the key
             try:
                 out.append(decode(key if type(key) is str else as_str(key), raw))
             except CorruptRecordError as exc:
@@ -972,19 +1030,24 @@ class QueryMixin(Generic[M]):
                     count_reply, group_reply = await pipe.execute()
             except Exception as exc:
                 reraise(exc, f"computing stats of {alias}")
-            # Rows: [name, value, ..., "__count", n]; a null group value is None.
+            # Rows: [name, value, ..., "__count", n], names in GROUPBY order; a null group
+            # value is None. Counted per raw value first, decoded once per distinct value.
+            tallies: list[dict[Any, int]] = [{} for _ in plan.zeros]
+            names = list(plan.names)
             for row in group_reply[1:]:
-                fields = dict(zip(row[::2], row[1::2], strict=False))
-                names = plan.names if row and type(row[0]) is bytes else plan.str_names
-                n = int(fields[names[-1]])
-                for (attr, _), name in zip(plan.zeros, names, strict=False):
-                    value = fields.get(name)
+                if row[0::2] != names:  # another layout (or a client that decodes replies)
+                    fields = dict(zip(row[::2], row[1::2], strict=False))
+                    named = plan.names if row and type(row[0]) is bytes else plan.str_names
+                    row = [x for name in named for x in (name, fields.get(name))]
+                n = int(row[-1])
+                for tally, value in zip(tallies, row[1:-1:2], strict=False):
                     if value is not None:
-                        counts = out[attr]
-                        key = (
-                            value.decode("utf-8", "replace") if type(value) is bytes else str(value)
-                        )
-                        counts[key] = counts.get(key, 0) + n
+                        tally[value] = tally.get(value, 0) + n
+            for (attr, _), tally in zip(plan.zeros, tallies, strict=True):
+                counts = out[attr]
+                for value, n in tally.items():
+                    key = value.decode("utf-8", "replace") if type(value) is bytes else str(value)
+                    counts[key] = counts.get(key, 0) + n
             total = int(count_reply[0])
         stats_type = plan.stats_type
         result: Stats = stats_type(total=total, **out)

@@ -475,6 +475,15 @@ class Repository(QueryMixin[M], Generic[M]):
             return self._detector.open_document(key, raw)  # raises on encrypted content
         return raw
 
+    def _validator(self) -> Callable[[bytes | str], M] | None:
+        """The model's JSON validator when a stored document needs nothing but validating (no
+        cipher). Batch reads call it directly and go through :meth:`_decode` (which decrypts,
+        refuses encrypted content without a cipher, and names the key in its errors) for a
+        document that holds an envelope marker or fails validation."""
+        if self._codec is not None:
+            return None
+        return self.model.model_validate_json
+
     def _decode(self, key: str, raw: bytes | str) -> M:
         raw = self._open(key, raw)
         try:

@@ -201,7 +201,12 @@ async def test_a_refused_save_leaves_the_model_version_as_it_was(store: Store) -
         await store.sessions.save(s)
     assert s.version == 1
     s.context = {}
+    stamped = s.updated_at
     assert (await store.sessions.save(s)).version == 2
+    # The save stamps updated_at (UTC) and sets the version as assignments would.
+    assert s.updated_at > stamped and s.updated_at.tzinfo is timezone.utc
+    assert {"version", "updated_at"} <= s.model_fields_set
+    assert await store.sessions.get(s.id) == s
 
 
 @pytest.mark.parametrize("bad", ["abc", "1", 1.5, True, -1])

@@ -281,6 +281,16 @@ def _walk(node: Any, depth: int) -> None:
             raise
 
 
+def _set_version(model: Document, version: int) -> None:
+    """``model.version = version`` for a stored version (a valid one: no validation needed,
+    which is a round trip through pydantic on every write)."""
+    if type(version) is int and 0 <= version <= _MAX_VERSION:
+        model.__dict__["version"] = version
+        model.__pydantic_fields_set__.add("version")
+    else:
+        model.version = version
+
+
 def check_free_form(value: Any, what: str, *, at_depth: int) -> None:
     """Check that a free-form value (``dict[str, Any]``, ``Any``) reads back equal once stored.
 
@@ -635,7 +645,7 @@ class Repository(QueryMixin[M], Generic[M]):
         args = self._write_args(model, "save", ttl, expected_version)
         with translate_errors(f"saving {key}"):
             reply = await self._write(keys=[key], args=args, what=f"saving {key}")
-        model.version = self._check_reply(key, reply, expected_version)
+        _set_version(model, self._check_reply(key, reply, expected_version))
         return model
 
     async def insert(self, model: M, *, ttl: TTLArg = DEFAULT) -> M:
@@ -652,7 +662,7 @@ class Repository(QueryMixin[M], Generic[M]):
         args = self._write_args(model, "insert", ttl, None)
         with translate_errors(f"inserting {key}"):
             reply = await self._write(keys=[key], args=args, what=f"inserting {key}")
-        model.version = self._check_reply(key, reply, None)
+        _set_version(model, self._check_reply(key, reply, None))
         return model
 
     async def save_many(self, models: Iterable[M], *, ttl: TTLArg = DEFAULT) -> list[M]:
@@ -718,7 +728,7 @@ class Repository(QueryMixin[M], Generic[M]):
             if isinstance(reply, Exception):
                 with translate_errors(f"saving {key}"):
                     raise reply
-            model.version = self._check_reply(key, reply, None)
+            _set_version(model, self._check_reply(key, reply, None))
 
     # ------------------------------------------------------------------ reads
 

@@ -160,7 +160,10 @@ class SessionRepository(Repository[Session]):
         self._history_script = AsyncScript(None, _HISTORY_SCRIPT.encode())  # type: ignore[arg-type]
 
     def _prepare(self, model: Session) -> None:
-        model.updated_at = utcnow()
+        # utcnow() is what validating it would give (UTC, to the microsecond): set directly,
+        # without validate_assignment's round trip through pydantic on every save.
+        model.__dict__["updated_at"] = utcnow()
+        model.__pydantic_fields_set__.add("updated_at")
 
     def _stamp_ops(self, now: datetime) -> list[tuple[str, str, Any]]:
         return [("set", "$.updated_at", _epoch(now))]

@@ -425,7 +425,7 @@ class FieldCipher:
             EncryptionKeyError: The envelope names a key id not in the ring.
             CorruptRecordError: Malformed, tampered with, or sealed for another place.
         """
-        hit = self._cache.get((place, envelope[-_TAIL:]))
+        hit = self._cache.get((place, envelope[_TAIL_SLICE]))
         if hit is not None and hit[0] == envelope:
             return hit[1]
         try:
@@ -497,16 +497,16 @@ class FieldCipher:
         with self._cache_lock:
             for env, plain in zip(envelopes, plains, strict=True):
                 size = len(plain) + len(env) + _CACHE_OVERHEAD
-                slot = (place, env[-_TAIL:])
+                slot = (place, env[_TAIL_SLICE])
                 if size > limit // 4 or slot in cache:
                     continue
                 cache[slot] = (env, plain)
                 if reusable:
-                    reuse[(place, plain[-_TAIL:])] = (plain, env)
+                    reuse[(place, plain[_TAIL_SLICE])] = (plain, env)
                 self._cache_size += size
             while self._cache_size > limit and cache:
                 (old_place, _), (old_env, old) = cache.popitem(last=False)
-                reuse_slot = (old_place, old[-_TAIL:])
+                reuse_slot = (old_place, old[_TAIL_SLICE])
                 kept = reuse.get(reuse_slot)
                 if kept is not None and kept[1] is old_env:
                     del reuse[reuse_slot]
@@ -533,7 +533,7 @@ class FieldCipher:
         # twice is the same object twice.
         reused: set[int] = set()
         for plain in plaintexts:
-            kept = reuse((place, plain[-_TAIL:]))
+            kept = reuse((place, plain[_TAIL_SLICE]))
             if (
                 kept is not None
                 and kept[0] == plain
@@ -578,7 +578,7 @@ class FieldCipher:
             for env in envelopes:
                 if type(env) is not str:
                     return None
-                tail = env[-_TAIL:]
+                tail = env[_TAIL_SLICE]
                 tails.append(tail)
                 hit = cached((place, tail))
                 if hit is not None and hit[0] == env:
@@ -619,6 +619,7 @@ _CACHE_OVERHEAD = 200
 _TAIL = 24
 """Characters of an envelope (or bytes of a plaintext) the cache is looked up by: an envelope's
 last 24 base64 characters hold its last 18 bytes, the 16-byte tag among them."""
+_TAIL_SLICE: Final = slice(-_TAIL, None)
 
 
 def _split(envelope: str, *, key: str, field: str) -> tuple[str, str, str]:

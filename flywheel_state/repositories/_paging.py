@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 from pydantic_core import SchemaValidator, ValidationError, core_schema
 from redis import exceptions as redis_exc
 
-from flywheel_state._redis import as_str, reraise, translate_errors
+from flywheel_state._redis import as_str, execute_read, reraise, translate_errors
 from flywheel_state.crypto import has_envelope_marker
 from flywheel_state.errors import (
     CorruptRecordError,
@@ -440,8 +440,8 @@ class QueryMixin(Generic[M]):
         client = self._client
         alias = self.index_alias
         try:
-            reply = await client.execute_command(
-                "FT.SEARCH", alias, query, "LIMIT", 0, 0, *self._tail(client)
+            reply = await execute_read(
+                client, "FT.SEARCH", alias, query, "LIMIT", 0, 0, *self._tail(client)
             )
         except Exception as exc:
             reraise(exc, f"counting in {alias}")
@@ -472,8 +472,8 @@ class QueryMixin(Generic[M]):
         after = 1 if window is None or offset + limit < window else 0
         shape = ("RETURN", 1, "$") if docs else ("NOCONTENT",)
         try:
-            reply = await client.execute_command(
-                "FT.SEARCH", alias, query, "SORTBY", attr, "DESC" if descending else "ASC",
+            reply = await execute_read(
+                client, "FT.SEARCH", alias, query, "SORTBY", attr, "DESC" if descending else "ASC",
                 "LIMIT", lo, before + limit + after, "WITHSORTKEYS", *shape,
                 *self._tail(client),
             )  # fmt: skip
@@ -689,7 +689,7 @@ class QueryMixin(Generic[M]):
             command[1] = alias
         try:
             if len(commands) == 1:
-                return [await client.execute_command(*commands[0], *tail)]
+                return [await execute_read(client, *commands[0], *tail)]
             async with client.pipeline(transaction=False) as pipe:
                 for command in commands:
                     pipe.execute_command(*command, *tail)

@@ -183,6 +183,22 @@ def make_entry(i: int) -> dict[str, Any]:
     return {"role": "user", "content": _text(i, 120)}
 
 
+def session_ops(store: Store, models: list[Session], ids: list[str]) -> dict[str, Op]:
+    """save / get / append_history on ``store``'s sessions, call ``i`` on record ``i % len``."""
+    repo, n = store.sessions, len(ids)
+
+    async def save(i: int) -> object:
+        return await repo.save(models[i % n])
+
+    async def get(i: int) -> object:
+        return await repo.get(ids[i % n])
+
+    async def append(i: int) -> object:
+        return await repo.append_history(ids[i % n], make_entry(i))
+
+    return {"save": save, "get": get, "append": append}
+
+
 # ---------------------------------------------------------------------- the three implementations
 
 
@@ -838,21 +854,7 @@ async def crypto_costs(url: str, args: argparse.Namespace) -> tuple[list[list[st
 
         await reset()
 
-        def ops_for(store: Store) -> dict[str, Op]:
-            repo = store.sessions
-
-            async def save(i: int) -> object:
-                return await repo.save(models[i % KEYS])
-
-            async def get(i: int) -> object:
-                return await repo.get(ids[i % KEYS])
-
-            async def append(i: int) -> object:
-                return await repo.append_history(ids[i % KEYS], make_entry(i))
-
-            return {"save": save, "get": get, "append": append}
-
-        per_store = {name: ops_for(store) for name, store in stores.items()}
+        per_store = {name: session_ops(store, models, ids) for name, store in stores.items()}
         out: list[list[str]] = []
         missed: list[str] = []
         for op in ("save", "get", "append"):

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from _harness import drop_namespace, fresh_namespace, server_url
-from bench_repository import make_entry, make_result, make_session
+from bench_repository import make_result, make_session, session_ops
 from redis.asyncio import Redis
 
 from flywheel_state import Settings, Store
@@ -68,16 +68,7 @@ async def run(url: str, n: int) -> None:
             await store.executions.save_many(results)
 
         def ops(store: Store) -> dict[str, Callable[[int], Awaitable[object]]]:
-            repo, execs = store.sessions, store.executions
-
-            async def save(i: int) -> object:
-                return await repo.save(models[i % KEYS])
-
-            async def get(i: int) -> object:
-                return await repo.get(ids[i % KEYS])
-
-            async def append(i: int) -> object:
-                return await repo.append_history(ids[i % KEYS], make_entry(i))
+            execs = store.executions
 
             async def save_result(i: int) -> object:
                 return await execs.save(results[i % KEYS])
@@ -86,9 +77,7 @@ async def run(url: str, n: int) -> None:
                 return await execs.get(results[i % KEYS].id)
 
             return {
-                "save": save,
-                "get": get,
-                "append": append,
+                **session_ops(store, models, ids),
                 "save_result": save_result,
                 "get_result": get_result,
             }

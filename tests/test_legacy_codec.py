@@ -522,13 +522,20 @@ def _both_paths(
     return fast, slow, any(fast_taken)
 
 
+def _same_outcome(fast: Any, slow: Any) -> bool:
+    """The same Rewrite (or error), NaN values in problems included: compared by repr, since
+    NaN != NaN (Python 3.13's dataclass __eq__ compares fields one by one, without the tuple
+    comparison's identity shortcut that made a shared NaN object equal to itself)."""
+    return type(fast) is type(slow) and repr(fast) == repr(slow)
+
+
 def test_the_fast_path_writes_what_the_model_writes_for_the_shared_table(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     taken = 0
     for name, case in TABLE.items():
         fast, slow, used = _both_paths(monkeypatch, case(name), name)
-        assert fast == slow, name
+        assert _same_outcome(fast, slow), name
         taken += used
     assert taken >= len(TABLE) // 2  # the plain cases are not left to the model
 
@@ -543,7 +550,7 @@ def test_the_fast_path_writes_what_the_model_writes_byte_for_byte(
         key_id = f"s{i}" if rng.random() < 0.97 else rng.choice(("a b", "x*", "", "é" * 300))
         data = _random_legacy(rng, key_id)
         fast, slow, used = _both_paths(monkeypatch, data, key_id)
-        assert fast == slow, (i, data)
+        assert _same_outcome(fast, slow), (i, data)
         taken += used
     assert n // 3 < taken < n  # both paths were exercised
 
@@ -552,16 +559,29 @@ def test_the_fast_path_writes_what_the_model_writes_byte_for_byte(
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal values of equal types: -0.0 is not 0.0, NaN is NaN, key order counts."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return repr(a) == repr(b)
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(map(_same, a, b))
-    return bool(a == b)
+    """Equal values of equal types: -0.0 is not 0.0, NaN is NaN, key order counts.
+
+    Iterative: the texts nest deeper than the interpreter's recursion limit allows a
+    recursive walk (Python 3.13 counts its frames differently)."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, float):
+            if repr(x) != repr(y):
+                return False
+        elif isinstance(x, dict):
+            if list(x) != list(y):
+                return False
+            stack.extend((x[k], y[k]) for k in x)
+        elif isinstance(x, list):
+            if len(x) != len(y):
+                return False
+            stack.extend(zip(x, y, strict=True))
+        elif x != y:
+            return False
+    return True
 
 
 def _outcome(parse: Callable[[bytes], Any], text: bytes) -> tuple[str, Any]:

@@ -393,6 +393,8 @@ _WHEN = (
     "20251118T100000",
     "2300-01-01T00:00:00.123456",  # beyond +-9e9 s: stored to the millisecond
     "2255-06-01T00:00:00.000001",
+    "2250-01-01T00:00:00.000001",  # beyond 2**33 s: a double can't hold every microsecond
+    "1690-01-01T00:00:00.000001",
     "9999-12-31T23:59:59.999999",
     "0001-01-01 00:00:00",
     "junk",
@@ -649,3 +651,26 @@ def test_loads_gives_what_json_loads_gives() -> None:
         assert _same(mine[1], theirs[1]), text
         accepted += mine[0] == "ok"
     assert accepted > 25_000
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2025-11-18T10:00:00.000001",
+        "2242-03-16T12:56:31.000001",  # just below 2**33 s
+        "2250-01-01T00:00:00.000001",  # beyond 2**33 s: a double's step is ~1.9 us there
+        "2255-03-01T00:00:00.000003",
+        "1690-01-01T00:00:00.000001",
+    ],
+)
+def test_a_history_timestamp_in_iso_text_exports_as_it_was(stamp: str) -> None:
+    data = {
+        "id": "s1",
+        "backend": "flowise",
+        "history": [{"role": "user", "content": "hi", "timestamp": stamp}],
+    }
+    rewrite = legacy_codec.import_session("ns:session:s1", "s1", data, 1763460000.0)
+    assert rewrite.value is not None
+    # What the store holds goes through RedisJSON's number parser: JSON text either way.
+    exported = json.loads(legacy_codec.export_session(json.loads(rewrite.value)))
+    assert exported["history"][0]["timestamp"] == stamp

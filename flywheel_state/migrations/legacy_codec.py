@@ -54,7 +54,6 @@ from flywheel_state.models._base import Document
 from flywheel_state.models._types import (
     INT64_MAX,
     INT64_MIN,
-    MICROSECOND_RANGE_SECONDS,
     validate_id,
 )
 
@@ -150,6 +149,11 @@ _DATETIME = re.compile(
     r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?",
     re.IGNORECASE,
 )
+
+_EXACT_US_SECONDS = 2.0**33
+"""Below this many seconds from the epoch a double's step is under a microsecond, so every
+whole microsecond survives the trip through an epoch double; the codec's shortcuts hold only
+there (the model's MICROSECOND_RANGE_SECONDS reaches farther; the slow paths decide beyond)."""
 
 
 def loads(raw: bytes | str) -> Any:
@@ -574,7 +578,7 @@ def _stored_as_is(epoch: Any) -> bool:
     """
     return (
         type(epoch) is float
-        and -MICROSECOND_RANGE_SECONDS < epoch < MICROSECOND_RANGE_SECONDS
+        and -_EXACT_US_SECONDS < epoch < _EXACT_US_SECONDS
         and round(epoch * 1e6) / 1e6 == epoch
     )
 
@@ -685,10 +689,12 @@ def _history(imp: _Import, items: list[Any]) -> tuple[list[dict[str, Any]], bool
                 parsed = _parse(stamp)
                 epoch = None if parsed is None else _epoch(parsed)
                 # A canonical ISO text (what the downgrade writes) needs no second look when
-                # the epoch reads back as the same microsecond (within +-9e9 s).
+                # the epoch reads back as the same microsecond: below 2**33 s, where a
+                # double's step is under a microsecond (farther out, up to +-9e9 s, it is
+                # ~1.9 us and render_datetime decides).
                 canonical = (
                     epoch is not None
-                    and -MICROSECOND_RANGE_SECONDS < epoch < MICROSECOND_RANGE_SECONDS
+                    and -_EXACT_US_SECONDS < epoch < _EXACT_US_SECONDS
                     and parsed is not None
                     and parsed.isoformat() == stamp
                 )

@@ -391,7 +391,7 @@ _WHEN = (
     "2025-11-18T10:00:00.123",
     "2025-W47-2T10:00:00.123456",
     "20251118T100000",
-    "2300-01-01T00:00:00.123456",  # beyond +-9e9 s: stored to the millisecond
+    "2300-01-01T00:00:00.123456",  # beyond +-2**33 s: stored to the millisecond
     "2255-06-01T00:00:00.000001",
     "2250-01-01T00:00:00.000001",  # beyond 2**33 s: a double can't hold every microsecond
     "1690-01-01T00:00:00.000001",

@@ -520,3 +520,18 @@ async def test_filter_expressions_equal_brute_force(
     finally:
         await repo.delete_many([r.id for r in records])
         await wipe(store)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("year", [1690, 1697, 1698, 2000, 2241, 2242, 2243, 2250, 2255, 2300])
+def test_a_datetime_reads_back_as_it_was_built_whatever_the_year(year: int) -> None:
+    """What you read is what you built: the model holds the stored precision, so a trip
+    through the stored JSON (epoch seconds, a double) gives the same datetime back."""
+    for us in range(1, 400, 7):
+        built = HistoryEntry(
+            role="user",
+            content="x",
+            timestamp=datetime(year, 3, 1, 0, 0, 0, us, tzinfo=timezone.utc),
+        )
+        back = HistoryEntry.model_validate_json(built.model_dump_json())
+        assert back.timestamp == built.timestamp, (year, us)

@@ -54,6 +54,7 @@ from flywheel_state.models._base import Document
 from flywheel_state.models._types import (
     INT64_MAX,
     INT64_MIN,
+    MICROSECOND_RANGE_SECONDS,
     validate_id,
 )
 
@@ -150,11 +151,6 @@ _DATETIME = re.compile(
     re.IGNORECASE,
 )
 
-_EXACT_US_SECONDS = 2.0**33
-"""Below this many seconds from the epoch a double's step is under a microsecond, so every
-whole microsecond survives the trip through an epoch double; the codec's shortcuts hold only
-there (the model's MICROSECOND_RANGE_SECONDS reaches farther; the slow paths decide beyond)."""
-
 
 def loads(raw: bytes | str) -> Any:
     """``json.loads(raw)``, the same values, faster: pydantic_core's parser (from_json), and
@@ -238,7 +234,7 @@ def _instant(value: float) -> datetime | None:
     # these, not the floats, is immune to the last-bit changes a double can get on its way
     # through JSON text.
     try:
-        if -9e9 < value < 9e9:
+        if -MICROSECOND_RANGE_SECONDS < value < MICROSECOND_RANGE_SECONDS:
             return datetime.fromtimestamp(value, timezone.utc)
         return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(
             milliseconds=round(value * 1000)
@@ -571,14 +567,14 @@ _INF_NAN: Literal["null", "constants", "strings"] = Session.model_config.get(
 def _stored_as_is(epoch: Any) -> bool:
     """True when the model stores ``epoch`` (a datetime in epoch seconds) unchanged.
 
-    The model reads a stored epoch back as a datetime to the microsecond (within +-9e9 s) and
+    The model reads a stored epoch back as a datetime to the microsecond (within +-2**33 s) and
     writes ``datetime.timestamp()``: for the double nearest to a whole number of microseconds
     (what the legacy parser and stored_now give) that is the same double. Anything else (digits
     below the microsecond, millisecond precision farther out) takes the model's path.
     """
     return (
         type(epoch) is float
-        and -_EXACT_US_SECONDS < epoch < _EXACT_US_SECONDS
+        and -MICROSECOND_RANGE_SECONDS < epoch < MICROSECOND_RANGE_SECONDS
         and round(epoch * 1e6) / 1e6 == epoch
     )
 
@@ -689,12 +685,10 @@ def _history(imp: _Import, items: list[Any]) -> tuple[list[dict[str, Any]], bool
                 parsed = _parse(stamp)
                 epoch = None if parsed is None else _epoch(parsed)
                 # A canonical ISO text (what the downgrade writes) needs no second look when
-                # the epoch reads back as the same microsecond: below 2**33 s, where a
-                # double's step is under a microsecond (farther out, up to +-9e9 s, it is
-                # ~1.9 us and render_datetime decides).
+                # the epoch reads back as the same microsecond (within +-2**33 s).
                 canonical = (
                     epoch is not None
-                    and -_EXACT_US_SECONDS < epoch < _EXACT_US_SECONDS
+                    and -MICROSECOND_RANGE_SECONDS < epoch < MICROSECOND_RANGE_SECONDS
                     and parsed is not None
                     and parsed.isoformat() == stamp
                 )

@@ -88,12 +88,12 @@ def utcnow() -> datetime:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SECOND = timedelta(seconds=1)
-# Stored datetimes are epoch seconds (doubles). Within +-9e9 s of the epoch (1684-10 .. 2255-03)
-# a microsecond count has at most 16 digits (< 2**53): the double nearest to it is written and
-# parsed back exactly, and rounds back to the same microsecond. Farther out a double can't hold
-# every microsecond (and RedisJSON's number parser is exact only for up to 2**53 digits), so
-# datetimes there are kept to the millisecond.
-MICROSECOND_RANGE_SECONDS = 9e9
+# Stored datetimes are epoch seconds (doubles). Below 2**33 s from the epoch (1697-10-17 ..
+# 2242-03-16) a double's step is under a microsecond: the double nearest to a whole number of
+# microseconds rounds back to that microsecond, through JSON text and RedisJSON's parser.
+# Farther out the step is ~1.9 us or more and a double can't hold every microsecond, so
+# datetimes there are kept to the millisecond (truncated).
+MICROSECOND_RANGE_SECONDS = float(2**33)
 _US_LOW = _EPOCH - timedelta(seconds=MICROSECOND_RANGE_SECONDS)
 _US_HIGH = _EPOCH + timedelta(seconds=MICROSECOND_RANGE_SECONDS)
 MIN_DATETIME = datetime.min.replace(tzinfo=timezone.utc)
@@ -134,8 +134,8 @@ def epoch_seconds(value: datetime) -> float:
 def stored_datetime(value: datetime) -> datetime:
     """``value`` in UTC at the precision it is stored with (what a read gives back).
 
-    Microseconds within +-9e9 s of the epoch (1684-10 to 2255-03), milliseconds (truncated)
-    outside.
+    Microseconds within +-2**33 s of the epoch (1697-10-17 to 2242-03-16), milliseconds
+    (truncated) outside.
 
     Raises:
         ValueError: Outside the representable range in UTC.
